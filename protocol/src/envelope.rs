@@ -490,7 +490,10 @@ mod tests {
         forged_bytes[last] ^= 1;
         let forged = Record::decode(forged_bytes)?;
         let results = verify_batch(&[&good, &forged, &good]);
-        let codes: Vec<_> = results.iter().map(|r| r.clone().map_err(|e| e.code())).collect();
+        let codes: Vec<_> = results
+            .iter()
+            .map(|r| r.clone().map_err(|e| e.code()))
+            .collect();
         assert_eq!(codes, vec![Ok(()), Err("signature.invalid"), Ok(())]);
         Ok(())
     }

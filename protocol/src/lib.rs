@@ -27,6 +27,7 @@ pub mod limits;
 pub mod membership;
 pub mod names;
 pub mod resolve;
+pub mod samples;
 pub mod types;
 pub mod validate;
 

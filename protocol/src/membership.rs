@@ -270,7 +270,11 @@ impl KeyRotation {
     }
 
     /// Checks the new key's proof of possession.
-    pub fn verify_proof(&self, federation: &FederationId, old_key: &PublicKey) -> Result<(), Error> {
+    pub fn verify_proof(
+        &self,
+        federation: &FederationId,
+        old_key: &PublicKey,
+    ) -> Result<(), Error> {
         let key = author_key(&self.new_key).map_err(|_| Error::BadRotationProof)?;
         key.verify_strict(
             &Self::proof_message(federation, old_key),
@@ -420,8 +424,13 @@ fn transition_digest(from: &Hash32, changes: &[Change]) -> Hash32 {
 
 #[derive(Debug, Clone, Copy)]
 enum ActionKind {
-    Endorse { candidate: RegionId, join_request: RecordId },
-    Vote { target: RegionId },
+    Endorse {
+        candidate: RegionId,
+        join_request: RecordId,
+    },
+    Vote {
+        target: RegionId,
+    },
     Leave,
 }
 
@@ -520,10 +529,7 @@ pub fn evaluate<'a>(
         .collect();
     for region in regions {
         let mut current = region;
-        loop {
-            let Some(candidates) = rotations.get(&current) else {
-                break;
-            };
+        while let Some(candidates) = rotations.get(&current) {
             let mut followed = None;
             for (id, new_key, created_at_ms) in candidates {
                 if keys.contains_key(new_key) {
@@ -737,7 +743,11 @@ fn tally_round(
                 join_request,
             } => {
                 if !members.contains(&candidate) && requests.contains(&(candidate, join_request)) {
-                    tally.endorsements.entry(candidate).or_default().insert(actor);
+                    tally
+                        .endorsements
+                        .entry(candidate)
+                        .or_default()
+                        .insert(actor);
                 }
             }
         }

@@ -164,24 +164,36 @@ mod tests {
 
     #[test]
     fn higher_revision_wins_and_older_is_kept_out() {
-        assert_eq!(decide(&rev(1, 1, false), &rev(2, 2, false)), Decision::Replace);
+        assert_eq!(
+            decide(&rev(1, 1, false), &rev(2, 2, false)),
+            Decision::Replace
+        );
         assert_eq!(decide(&rev(2, 2, false), &rev(1, 1, false)), Decision::Keep);
-        assert_eq!(decide(&rev(1, 1, false), &rev(1, 1, false)), Decision::Duplicate);
+        assert_eq!(
+            decide(&rev(1, 1, false), &rev(1, 1, false)),
+            Decision::Duplicate
+        );
     }
 
     #[test]
     fn equivocation_picks_tombstone_then_lowest_id() {
         assert_eq!(
             decide(&rev(5, 3, false), &rev(9, 3, true)),
-            Decision::Equivocation { incoming_wins: true }
+            Decision::Equivocation {
+                incoming_wins: true
+            }
         );
         assert_eq!(
             decide(&rev(5, 3, false), &rev(9, 3, false)),
-            Decision::Equivocation { incoming_wins: false }
+            Decision::Equivocation {
+                incoming_wins: false
+            }
         );
         assert_eq!(
             decide(&rev(9, 3, false), &rev(5, 3, false)),
-            Decision::Equivocation { incoming_wins: true }
+            Decision::Equivocation {
+                incoming_wins: true
+            }
         );
     }
 

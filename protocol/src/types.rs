@@ -33,7 +33,8 @@ impl Date {
         if !(1900..=2999).contains(&self.year) || !(1..=12).contains(&self.month) {
             return false;
         }
-        let leap = self.year % 4 == 0 && (self.year % 100 != 0 || self.year % 400 == 0);
+        let leap = self.year.is_multiple_of(4)
+            && (!self.year.is_multiple_of(100) || self.year.is_multiple_of(400));
         let days = match self.month {
             4 | 6 | 9 | 11 => 30,
             2 if leap => 29,
@@ -66,7 +67,9 @@ impl Date {
             return None;
         }
         let num = |s: &str| -> Option<u16> {
-            s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+            s.bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| s.parse().ok())?
         };
         let year = num(text.get(0..4)?)?;
         let month = u8::try_from(num(text.get(5..7)?)?).ok()?;
@@ -465,18 +468,42 @@ mod tests {
     #[test]
     fn days_since_epoch_matches_known_days() {
         assert_eq!(Date::new(1970, 1, 1).map(|d| d.days_since_epoch()), Some(0));
-        assert_eq!(Date::new(2000, 3, 1).map(|d| d.days_since_epoch()), Some(11_017));
-        assert_eq!(Date::new(2026, 11, 27).map(|d| d.days_since_epoch()), Some(20_784));
+        assert_eq!(
+            Date::new(2000, 3, 1).map(|d| d.days_since_epoch()),
+            Some(11_017)
+        );
+        assert_eq!(
+            Date::new(2026, 11, 27).map(|d| d.days_since_epoch()),
+            Some(20_784)
+        );
     }
 
     #[test]
     fn sme_size_classes_follow_the_eu_definition() {
-        assert_eq!(SizeClass::from_eu_definition(9, 1_000_000, 0), SizeClass::Micro);
-        assert_eq!(SizeClass::from_eu_definition(9, 5_000_000, 1_000_000), SizeClass::Micro);
-        assert_eq!(SizeClass::from_eu_definition(9, 5_000_000, 5_000_000), SizeClass::Small);
-        assert_eq!(SizeClass::from_eu_definition(49, 9_000_000, 99_000_000), SizeClass::Small);
-        assert_eq!(SizeClass::from_eu_definition(200, 60_000_000, 40_000_000), SizeClass::Medium);
-        assert_eq!(SizeClass::from_eu_definition(200, 60_000_000, 45_000_000), SizeClass::Large);
+        assert_eq!(
+            SizeClass::from_eu_definition(9, 1_000_000, 0),
+            SizeClass::Micro
+        );
+        assert_eq!(
+            SizeClass::from_eu_definition(9, 5_000_000, 1_000_000),
+            SizeClass::Micro
+        );
+        assert_eq!(
+            SizeClass::from_eu_definition(9, 5_000_000, 5_000_000),
+            SizeClass::Small
+        );
+        assert_eq!(
+            SizeClass::from_eu_definition(49, 9_000_000, 99_000_000),
+            SizeClass::Small
+        );
+        assert_eq!(
+            SizeClass::from_eu_definition(200, 60_000_000, 40_000_000),
+            SizeClass::Medium
+        );
+        assert_eq!(
+            SizeClass::from_eu_definition(200, 60_000_000, 45_000_000),
+            SizeClass::Large
+        );
         assert_eq!(SizeClass::from_eu_definition(250, 1, 1), SizeClass::Large);
     }
 }

@@ -522,7 +522,12 @@ fn interest(i: &ExpressionOfInterest) -> Result<(), Error> {
     )?;
     text("message", &i.message, DESCRIPTION_CHARS_MAX, true)?;
     text("questions", &i.questions, DESCRIPTION_CHARS_MAX, false)?;
-    text("presentation", &i.presentation, DESCRIPTION_CHARS_MAX, false)
+    text(
+        "presentation",
+        &i.presentation,
+        DESCRIPTION_CHARS_MAX,
+        false,
+    )
 }
 
 fn outcome(o: &Outcome) -> Result<(), Error> {
@@ -610,23 +615,44 @@ fn looks_like_domain(word: &str) -> bool {
         && TLDS.contains(&tld)
 }
 
+/// The stateless part of every ingest path: size check, decode, verify the signature, validate.
+/// What remains for the caller is authorisation (membership) and resolution (store).
+pub fn check_record(bytes: Vec<u8>, ctx: &Context) -> Result<crate::envelope::Record, Error> {
+    let record = crate::envelope::Record::decode(bytes)?;
+    record.verify()?;
+    validate(&record.content, ctx)?;
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn contact_data_is_found_in_free_text() {
-        assert_eq!(contact_data_in("write to anna@firma.at"), Some("an e-mail address"));
+        assert_eq!(
+            contact_data_in("write to anna@firma.at"),
+            Some("an e-mail address")
+        );
         assert_eq!(contact_data_in("see https://firma.at"), Some("a web link"));
         assert_eq!(contact_data_in("see www.firma.at"), Some("a web link"));
         assert_eq!(contact_data_in("see firma.at/kontakt"), Some("a web link"));
-        assert_eq!(contact_data_in("call +43 316 123 4567"), Some("a phone number"));
-        assert_eq!(contact_data_in("call (0316) 12-34-56"), Some("a phone number"));
+        assert_eq!(
+            contact_data_in("call +43 316 123 4567"),
+            Some("a phone number")
+        );
+        assert_eq!(
+            contact_data_in("call (0316) 12-34-56"),
+            Some("a phone number")
+        );
         assert_eq!(contact_data_in("founded 2019, 45 staff, ISO 9001"), None);
         assert_eq!(contact_data_in("e.g. sensors, i.e. MEMS"), None);
         assert_eq!(contact_data_in("NACE 62.10 and 26.11"), None);
         assert_eq!(contact_data_in("running 2019-2026, 2021 2022 2023"), None);
-        assert_eq!(contact_data_in("tel. 0316 876 5432"), Some("a phone number"));
+        assert_eq!(
+            contact_data_in("tel. 0316 876 5432"),
+            Some("a phone number")
+        );
     }
 
     #[test]
