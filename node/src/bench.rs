@@ -1,0 +1,233 @@
+//! `kim bench …`: throughput figures measured on this machine, printed per second.
+//!
+//! Benchmarks live here rather than in timed tests: tests check correctness, these print numbers.
+//! Each figure runs its operation over a fixed set of realistic records (from
+//! `kim_protocol::samples`) for at least a minimum wall time and reports operations per second.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use kim_protocol::envelope::{Content, Kind, Record, verify_batch};
+use kim_protocol::membership::federation_id;
+use kim_protocol::validate::{Context, validate};
+use kim_protocol::{PublicKey, samples};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Encode, decode, sign, verify, batch verify and validate on realistic records.
+    Protocol {
+        /// Distinct records to cycle through.
+        #[arg(long, default_value_t = 1000)]
+        records: usize,
+        /// Minimum measuring time per figure, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        min_ms: u64,
+    },
+    /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
+    Encoding {
+        #[arg(long, default_value_t = 1000)]
+        records: usize,
+        #[arg(long, default_value_t = 1000)]
+        min_ms: u64,
+    },
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Protocol { records, min_ms } => protocol(records, min_ms),
+        BenchCommand::Encoding { records, min_ms } => encoding(records, min_ms),
+    }
+}
+
+const NOW_MS: u64 = 1_795_780_800_000;
+
+/// Signed realistic offers and knowledge items, as a node would receive them.
+fn sample_records(count: usize) -> anyhow::Result<Vec<Record>> {
+    if count == 0 {
+        bail!("--records must be at least 1");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let federation = federation_id(b"kim bench federation");
+    let keys: Vec<_> = (0..16).map(|_| samples::signing_key(&mut rng)).collect();
+    (0..count)
+        .map(|i| {
+            let key = &keys[i % keys.len()];
+            let kind = if i % 4 == 3 {
+                Kind::Knowledge
+            } else {
+                Kind::Cooperation
+            };
+            let content = samples::content(
+                &mut rng,
+                federation,
+                PublicKey(key.verifying_key().to_bytes()),
+                kind,
+                &format!("item-{i}"),
+                NOW_MS - 1000,
+            );
+            Record::sign(&content, key).context("signing a sample record")
+        })
+        .collect()
+}
+
+/// Runs `op` over all items repeatedly for at least `min` and returns items per second.
+fn rate<T>(items: &[T], min: Duration, mut op: impl FnMut(&T)) -> f64 {
+    let start = Instant::now();
+    let mut done = 0u64;
+    while start.elapsed() < min {
+        for item in items {
+            op(item);
+        }
+        done += items.len() as u64;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn line(name: &str, per_second: f64, note: &str) {
+    println!("{name:<28} {per_second:>12.0} /s  {note}");
+}
+
+fn protocol(count: usize, min_ms: u64) -> anyhow::Result<()> {
+    let min = Duration::from_millis(min_ms);
+    let records = sample_records(count)?;
+    let mean_bytes = records.iter().map(|r| r.bytes.len()).sum::<usize>() / records.len();
+    println!(
+        "kim bench protocol: {} records, mean {} bytes, one thread",
+        records.len(),
+        mean_bytes
+    );
+    let contents: Vec<Content> = records.iter().map(|r| r.content.clone()).collect();
+    line(
+        "encode content",
+        rate(&contents, min, |c| {
+            black_box(postcard::to_stdvec(c).ok());
+        }),
+        "postcard",
+    );
+    line(
+        "decode record",
+        rate(&records, min, |r| {
+            black_box(Record::decode(r.bytes.clone()).ok());
+        }),
+        "size check, decode, canonical check, id",
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let key = samples::signing_key(&mut rng);
+    let own: Vec<Content> = contents
+        .iter()
+        .map(|c| Content {
+            author: PublicKey(key.verifying_key().to_bytes()),
+            ..c.clone()
+        })
+        .collect();
+    line(
+        "sign",
+        rate(&own, min, |c| {
+            black_box(Record::sign(c, &key).ok());
+        }),
+        "encode + ed25519 sign + decode",
+    );
+    line(
+        "verify (single, strict)",
+        rate(&records, min, |r| {
+            black_box(r.verify().is_ok());
+        }),
+        "ed25519 verify_strict",
+    );
+    for batch in [64usize, 256] {
+        let chunks: Vec<Vec<&Record>> = records.chunks(batch).map(|c| c.iter().collect()).collect();
+        let per_batch = rate(&chunks, min, |chunk| {
+            black_box(verify_batch(chunk));
+        });
+        let mean_chunk = records.len() as f64 / chunks.len() as f64;
+        line(
+            &format!("verify (batch of {batch})"),
+            per_batch * mean_chunk,
+            "ed25519 batch verification",
+        );
+    }
+    let ctx = Context {
+        federation: records[0].content.federation,
+        now_ms: NOW_MS,
+    };
+    line(
+        "validate",
+        rate(&contents, min, |c| {
+            black_box(validate(c, &ctx).is_ok());
+        }),
+        "all stateless rules incl. code lists",
+    );
+    Ok(())
+}
+
+fn encoding(count: usize, min_ms: u64) -> anyhow::Result<()> {
+    let min = Duration::from_millis(min_ms);
+    let records = sample_records(count)?;
+    let contents: Vec<Content> = records.iter().map(|r| r.content.clone()).collect();
+    let mean = |f: &dyn Fn(&Content) -> usize| {
+        contents.iter().map(f).sum::<usize>() as f64 / contents.len() as f64
+    };
+    let cbor = |c: &Content| {
+        let mut out = Vec::new();
+        ciborium::into_writer(c, &mut out).map(|_| out).ok()
+    };
+    println!(
+        "kim bench encoding: {} realistic records (offers and knowledge items), one thread",
+        contents.len()
+    );
+    println!(
+        "{:<12} {:>10} {:>14} {:>14} {:>18}",
+        "encoding", "mean bytes", "encode /s", "decode /s", "encode+decode /s"
+    );
+    let report = |name: &str, bytes: f64, enc: f64, dec: f64| {
+        let both = 1.0 / (1.0 / enc + 1.0 / dec);
+        println!("{name:<12} {bytes:>10.0} {enc:>14.0} {dec:>14.0} {both:>18.0}");
+    };
+    // postcard
+    let pc: Vec<Vec<u8>> = contents
+        .iter()
+        .filter_map(|c| postcard::to_stdvec(c).ok())
+        .collect();
+    report(
+        "postcard",
+        mean(&|c| postcard::to_stdvec(c).map_or(0, |b| b.len())),
+        rate(&contents, min, |c| {
+            black_box(postcard::to_stdvec(c).ok());
+        }),
+        rate(&pc, min, |b| {
+            black_box(postcard::from_bytes::<Content>(b).ok());
+        }),
+    );
+    // CBOR (ciborium writes definite lengths and shortest integers: deterministic for our types)
+    let cb: Vec<Vec<u8>> = contents.iter().filter_map(cbor).collect();
+    report(
+        "cbor",
+        mean(&|c| cbor(c).map_or(0, |b| b.len())),
+        rate(&contents, min, |c| {
+            black_box(cbor(c));
+        }),
+        rate(&cb, min, |b| {
+            black_box(ciborium::from_reader::<Content, _>(b.as_slice()).ok());
+        }),
+    );
+    // JSON
+    let js: Vec<Vec<u8>> = contents
+        .iter()
+        .filter_map(|c| serde_json::to_vec(c).ok())
+        .collect();
+    report(
+        "json",
+        mean(&|c| serde_json::to_vec(c).map_or(0, |b| b.len())),
+        rate(&contents, min, |c| {
+            black_box(serde_json::to_vec(c).ok());
+        }),
+        rate(&js, min, |b| {
+            black_box(serde_json::from_slice::<Content>(b).ok());
+        }),
+    );
+    Ok(())
+}

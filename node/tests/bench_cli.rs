@@ -1,0 +1,60 @@
+//! The `kim bench` commands run end to end through the real binary and print every figure.
+
+use std::process::Command;
+
+fn kim(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kim"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kim: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_protocol_prints_every_rate() {
+    let (ok, stdout, stderr) = kim(&["bench", "protocol", "--records", "20", "--min-ms", "1"]);
+    assert!(ok, "kim bench protocol failed: {stderr}");
+    for name in [
+        "encode content",
+        "decode record",
+        "sign",
+        "verify (single, strict)",
+        "verify (batch of 64)",
+        "verify (batch of 256)",
+        "validate",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{stdout}"));
+        let figure: f64 = line[28..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"));
+        assert!(figure > 0.0, "{line}");
+    }
+}
+
+#[test]
+fn bench_encoding_compares_three_encodings() {
+    let (ok, stdout, stderr) = kim(&["bench", "encoding", "--records", "10", "--min-ms", "1"]);
+    assert!(ok, "kim bench encoding failed: {stderr}");
+    for name in ["postcard", "cbor", "json"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_zero_records_with_a_clear_error() {
+    let (ok, _, stderr) = kim(&["bench", "protocol", "--records", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--records must be at least 1"), "{stderr}");
+}
