@@ -99,6 +99,17 @@ fn deserialize_fixed<'de, D: Deserializer<'de>, const N: usize>(
     }
 }
 
+/// OpenAPI schema of an N-byte value written as hex.
+#[cfg(feature = "openapi")]
+fn hex_schema(len: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^[0-9a-f]{{{}}}$", len * 2)))
+        .description(Some(format!("{len} bytes as lowercase hex")))
+        .into()
+}
+
 macro_rules! fixed_bytes {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
         $(#[$doc])*
@@ -145,6 +156,16 @@ macro_rules! fixed_bytes {
                 })
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                hex_schema($len)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

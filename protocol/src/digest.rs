@@ -52,6 +52,16 @@ impl StateDigest {
         self.count = self.count.wrapping_sub(1);
     }
 
+    /// Rebuilds a digest from its persisted parts.
+    pub fn from_parts(count: u64, sum: [u8; 32]) -> StateDigest {
+        StateDigest { count, sum }
+    }
+
+    /// The running sum (little-endian, mod 2^256), for persisting.
+    pub fn sum_bytes(&self) -> [u8; 32] {
+        self.sum
+    }
+
     /// How many ids are in the set.
     pub fn count(&self) -> u64 {
         self.count

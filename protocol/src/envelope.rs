@@ -25,6 +25,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const SIGNING_DOMAIN: &[u8] = b"kim/record/v1";
 
 /// What logical kind of item a record is about.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -126,6 +127,7 @@ impl std::fmt::Display for Kind {
 
 /// The payload of a record. Its variant must match the envelope's kind, except a tombstone,
 /// which withdraws an item of any withdrawable kind.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
@@ -178,6 +180,7 @@ impl Body {
 }
 
 /// Everything a record says; these exact bytes are signed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     /// Always [`FORMAT_VERSION`]; the first byte of the content.

@@ -5,8 +5,10 @@
 //! everything by id before looking at it, so the order and number of times records arrived
 //! cannot change the result. State-bound actions (endorsement, removal vote, leave) name the
 //! digest of the membership state they were made in and count only in that state; the chain of
-//! states is replayed from the charter, so a record naming a state that never existed, or one
-//! that has been left behind, changes nothing.
+//! states is replayed from the charter. A record naming a state that is not on the chain changes
+//! nothing. Records made concurrently in the same state (for example on both sides of a
+//! partition) merge: every change that reaches its threshold in that state applies in one
+//! transition, and actions made in a state the merge replaced are re-issued by their nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +32,7 @@ pub const GENESIS_CONTEXT: &str = "kim 2026 membership genesis v1";
 pub const TRANSITION_CONTEXT: &str = "kim 2026 membership transition v1";
 
 /// How many distinct votes a decision needs, given how many may vote.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdRule {
@@ -78,6 +81,7 @@ impl ThresholdRule {
 }
 
 /// A founding region as named in the charter.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Founder {
     pub key: PublicKey,
@@ -86,6 +90,7 @@ pub struct Founder {
 }
 
 /// The federation's founding document. Its hash is the federation id.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charter {
     pub name: String,
@@ -157,6 +162,7 @@ pub fn federation_id(charter_bytes: &[u8]) -> FederationId {
 }
 
 /// One founder's signature over the charter bytes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FounderSignature {
     pub founder: PublicKey,
@@ -164,6 +170,7 @@ pub struct FounderSignature {
 }
 
 /// Body of the charter record: the charter's exact bytes and every founder's signature on them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CharterRecord {
     pub charter: Vec<u8>,
@@ -211,6 +218,7 @@ impl CharterRecord {
 }
 
 /// A region asks to join; signed by the candidate's key (which becomes its region id).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub profile: RegionProfile,
@@ -218,6 +226,7 @@ pub struct JoinRequest {
 }
 
 /// A member endorses a candidate's join request, in the membership state it names.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endorsement {
     pub state: Hash32,
@@ -226,6 +235,7 @@ pub struct Endorsement {
 }
 
 /// A member votes to remove another, in the membership state it names.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovalVote {
     pub state: Hash32,
@@ -234,6 +244,7 @@ pub struct RemovalVote {
 }
 
 /// A member leaves of its own accord, in the membership state it names.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leave {
     pub state: Hash32,
@@ -241,6 +252,7 @@ pub struct Leave {
 }
 
 /// Hands a region over from the signing (old) key to `new_key`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRotation {
     pub new_key: PublicKey,
@@ -285,6 +297,7 @@ impl KeyRotation {
 }
 
 /// One change of the member set.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
@@ -294,6 +307,7 @@ pub enum Change {
 }
 
 /// One step of the membership chain.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transition {
     pub from: Hash32,
@@ -303,6 +317,7 @@ pub struct Transition {
 }
 
 /// A current member.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
     pub region: RegionId,
@@ -314,6 +329,7 @@ pub struct Member {
 }
 
 /// A candidate waiting for endorsements in the current state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pending {
     pub candidate: RegionId,
@@ -325,6 +341,7 @@ pub struct Pending {
 }
 
 /// Something operators should look at; never changes the member set by itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Anomaly {
@@ -514,20 +531,28 @@ pub fn evaluate<'a>(
         }
     }
     let mut anomalies = Vec::new();
-    // First keys of candidates that are not already some region's key.
-    for author in join_requests.keys() {
-        keys.entry(*author).or_insert(KeyInfo {
-            region: *author,
+    // Each region's key chain is followed as soon as the region is known: founders first, then
+    // candidates in join-request id order. A join request signed by a key some chain already
+    // reached belongs to that region (a former member asking again), never to a new one.
+    let mut first_keys: Vec<RegionId> = charter.founders.iter().map(|f| f.key).collect();
+    first_keys.extend(
+        by_id
+            .values()
+            .filter(|r| matches!(r.content.body, Body::JoinRequest(_)))
+            .map(|r| r.content.author),
+    );
+    let mut followed_regions: BTreeSet<RegionId> = BTreeSet::new();
+    for region in first_keys {
+        // Skip keys that belong to another region's chain, and chains already followed.
+        if keys.get(&region).is_some_and(|info| info.region != region)
+            || !followed_regions.insert(region)
+        {
+            continue;
+        }
+        keys.entry(region).or_insert(KeyInfo {
+            region,
             retired_at_ms: None,
         });
-    }
-    // Follow each region's rotation chain from its first key, regions in id order.
-    let regions: Vec<RegionId> = keys
-        .iter()
-        .filter(|(k, info)| **k == info.region)
-        .map(|(k, _)| *k)
-        .collect();
-    for region in regions {
         let mut current = region;
         while let Some(candidates) = rotations.get(&current) {
             let mut followed = None;
@@ -641,7 +666,7 @@ pub fn evaluate<'a>(
         });
         digest = next;
     }
-    let off_chain = actions.len() - used_states - usize::from(actions.contains_key(&digest));
+    let off_chain = actions.len().saturating_sub(used_states);
     if off_chain > 0 {
         anomalies.push(Anomaly::OffChainActions {
             count: actions

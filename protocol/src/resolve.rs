@@ -15,6 +15,7 @@ use crate::envelope::{Kind, Record};
 use crate::types::ItemRef;
 
 /// What resolution needs to know about one record of an item.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Revision {
     pub id: RecordId,
@@ -80,6 +81,7 @@ pub fn decide(current: &Revision, incoming: &Revision) -> Decision {
 }
 
 /// The resolved state of one item.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolved {
     pub winner: Revision,

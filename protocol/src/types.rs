@@ -90,6 +90,22 @@ impl fmt::Debug for Date {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Date {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Date,
+            )))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Date {}
+
 impl Serialize for Date {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
@@ -116,6 +132,7 @@ impl<'de> Deserialize<'de> for Date {
 }
 
 /// A reference to a logical item: the region that owns it, its kind and the author's key for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ItemRef {
     pub region: PublicKey,
@@ -124,6 +141,7 @@ pub struct ItemRef {
 }
 
 /// How a node of a region can be reached: its libp2p peer id and multiaddresses.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAddress {
     pub peer_id: String,
@@ -131,6 +149,7 @@ pub struct NodeAddress {
 }
 
 /// Public contact details. Never required; always public when given.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicContact {
     pub email: Option<String>,
@@ -139,6 +158,7 @@ pub struct PublicContact {
 }
 
 /// The node's self-description; item key `profile`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionProfile {
     /// The region's name, e.g. "Steiermark".
@@ -158,6 +178,7 @@ pub struct RegionProfile {
 }
 
 /// What kind of body an organisation is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrganisationType {
@@ -172,6 +193,7 @@ pub enum OrganisationType {
 }
 
 /// Size class from the EU SME definition (Recommendation 2003/361).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SizeClass {
@@ -204,6 +226,7 @@ impl SizeClass {
 }
 
 /// Public profile of an SME, administration, university, research or support body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Organisation {
     /// Public name; must be absent when `anonymous` is set.
@@ -224,6 +247,7 @@ pub struct Organisation {
 }
 
 /// A project's life stage.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectStatus {
@@ -233,6 +257,7 @@ pub enum ProjectStatus {
 }
 
 /// A participant's role in a project.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParticipantRole {
@@ -242,6 +267,7 @@ pub enum ParticipantRole {
 }
 
 /// One participant of a project.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     pub name: String,
@@ -253,6 +279,7 @@ pub struct Participant {
 }
 
 /// A co-operation project, as in Interreg's project databases.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
     pub acronym: String,
@@ -269,6 +296,7 @@ pub struct Project {
 }
 
 /// Which partnering profile this is; "who pays" decides offer versus request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CooperationKind {
@@ -282,6 +310,7 @@ pub enum CooperationKind {
 }
 
 /// How far a technology has come.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DevelopmentStage {
@@ -294,6 +323,7 @@ pub enum DevelopmentStage {
 }
 
 /// Intellectual property status of what is offered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IprStatus {
@@ -306,6 +336,7 @@ pub enum IprStatus {
 }
 
 /// A form of co-operation sought.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartnershipType {
@@ -321,6 +352,7 @@ pub enum PartnershipType {
 }
 
 /// The partner an offer or request is looking for.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartnerSought {
     /// The role the partner would play, in words.
@@ -336,6 +368,7 @@ pub struct PartnerSought {
 }
 
 /// A co-operation offer or request: the heart of KIM.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cooperation {
     pub kind: CooperationKind,
@@ -363,6 +396,7 @@ pub struct Cooperation {
 }
 
 /// What a knowledge item is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KnowledgeCategory {
@@ -376,6 +410,7 @@ pub enum KnowledgeCategory {
 }
 
 /// A file attached to a knowledge item, fetched from peers by its content hash.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub name: String,
@@ -385,6 +420,7 @@ pub struct Attachment {
 }
 
 /// A knowledge item: good practice, toolkit, training manual, survey result, study or dataset.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Knowledge {
     pub category: KnowledgeCategory,
@@ -404,6 +440,7 @@ pub struct Knowledge {
 }
 
 /// A response to an offer, delivered only to the offering region.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpressionOfInterest {
     /// The offer or request responded to.
@@ -418,6 +455,7 @@ pub struct ExpressionOfInterest {
 }
 
 /// What kind of agreement a co-operation produced.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgreementType {
@@ -433,6 +471,7 @@ pub enum AgreementType {
 }
 
 /// The recorded outcome of an accepted expression of interest.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub offer: ItemRef,
@@ -445,6 +484,7 @@ pub struct Outcome {
 }
 
 /// Withdraws an item: the body is gone everywhere; the tombstone stays so sync cannot resurrect it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     pub reason: String,
