@@ -173,6 +173,9 @@ pub struct FounderSignature {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CharterRecord {
+    /// The charter's exact bytes (hex in JSON).
+    #[serde(with = "crate::bytes::hex_vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub charter: Vec<u8>,
     pub founder_signatures: Vec<FounderSignature>,
 }
@@ -624,26 +627,26 @@ pub fn evaluate<'a>(
         };
         used_states += 1;
         let tally = tally_round(round, &members, &all_requests, &acting_region);
-        let mut changes: BTreeSet<Change> = BTreeSet::new();
+        let mut reached: BTreeSet<Change> = BTreeSet::new();
         for region in &tally.leaving {
-            changes.insert(Change::Leave(*region));
+            reached.insert(Change::Leave(*region));
         }
         let removal_needed = charter.removal.required(members.len().saturating_sub(1));
         for (target, voters) in &tally.votes {
-            if voters.len() >= removal_needed && !tally.leaving.contains(target) {
-                changes.insert(Change::Remove(*target));
+            if voters.len() >= removal_needed {
+                reached.insert(Change::Remove(*target));
             }
         }
         let admission_needed = charter.admission.required(members.len());
         for (candidate, endorsers) in &tally.endorsements {
             if endorsers.len() >= admission_needed {
-                changes.insert(Change::Admit(*candidate));
+                reached.insert(Change::Admit(*candidate));
             }
         }
-        if changes.is_empty() {
+        if reached.is_empty() {
             break;
         }
-        let changes: Vec<Change> = changes.into_iter().collect();
+        let changes = choose_transition(&digest, &reached, &members, &actions, &acting_region);
         for change in &changes {
             match change {
                 Change::Admit(r) => {
@@ -730,6 +733,81 @@ pub fn evaluate<'a>(
         anomalies,
         keys,
     }
+}
+
+/// Most changes reaching their threshold in one state for which every subset is considered;
+/// beyond this only the merged default applies.
+pub const TRANSITION_SUBSETS_CHANGES_MAX: usize = 10;
+
+/// Picks the changes of the transition out of `from`, given every change that reached its
+/// threshold there.
+///
+/// The default is all of them together (concurrent changes merge), with a leave preferred over a
+/// removal of the same region. But once members have acted in a successor state, that history
+/// stands: if actions name the digest of a successor made of some subset of the reached changes,
+/// the successor witnessed by the most distinct regions (then the larger subset, then the lower
+/// digest) is chosen, and the other changes must be made again in it. So a late or backdated
+/// record naming an old state cannot undo transitions others have already built on.
+fn choose_transition(
+    from: &Hash32,
+    reached: &BTreeSet<Change>,
+    members: &BTreeSet<RegionId>,
+    actions: &BTreeMap<Hash32, Vec<Action>>,
+    acting_region: &impl Fn(&Action) -> Option<RegionId>,
+) -> Vec<Change> {
+    let region_of = |c: &Change| match c {
+        Change::Admit(r) | Change::Remove(r) | Change::Leave(r) => *r,
+    };
+    let leaving: BTreeSet<RegionId> = reached
+        .iter()
+        .filter(|c| matches!(c, Change::Leave(_)))
+        .map(region_of)
+        .collect();
+    let default: Vec<Change> = reached
+        .iter()
+        .filter(|c| !matches!(c, Change::Remove(r) if leaving.contains(r)))
+        .copied()
+        .collect();
+    let all: Vec<Change> = reached.iter().copied().collect();
+    if all.len() > TRANSITION_SUBSETS_CHANGES_MAX {
+        return default;
+    }
+    let mut best: Option<(usize, usize, Hash32, Vec<Change>)> = None;
+    for mask in 1u32..(1u32 << all.len()) {
+        let subset: Vec<Change> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, c)| *c)
+            .collect();
+        let regions: BTreeSet<RegionId> = subset.iter().map(region_of).collect();
+        if regions.len() != subset.len() {
+            continue; // a region both leaving and removed
+        }
+        let successor = transition_digest(from, &subset);
+        let Some(named) = actions.get(&successor) else {
+            continue;
+        };
+        let witnesses: BTreeSet<RegionId> = named
+            .iter()
+            .filter_map(acting_region)
+            .filter(|r| members.contains(r) || regions.contains(r))
+            .collect();
+        if witnesses.is_empty() {
+            continue;
+        }
+        let key = (witnesses.len(), subset.len(), successor);
+        let better = match &best {
+            None => true,
+            Some((w, n, d, _)) => {
+                (key.0, key.1) > (*w, *n) || ((key.0, key.1) == (*w, *n) && key.2 < *d)
+            }
+        };
+        if better {
+            best = Some((key.0, key.1, key.2, subset));
+        }
+    }
+    best.map_or(default, |(_, _, _, subset)| subset)
 }
 
 #[derive(Debug, Default)]

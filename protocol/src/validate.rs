@@ -359,11 +359,30 @@ fn organisation(o: &Organisation) -> Result<(), Error> {
     opt_text("website", &o.website, REFERENCE_CHARS_MAX)
 }
 
-fn item_ref(field: &'static str, r: &ItemRef) -> Result<(), Error> {
+fn item_ref(field: &'static str, r: &ItemRef, kind: Kind) -> Result<(), Error> {
+    if r.kind != kind {
+        return Err(Error::BadValue {
+            field,
+            reason: "the reference points at an item of the wrong kind",
+        });
+    }
     item_key(&r.key).map_err(|_| Error::BadValue {
         field,
         reason: "the referenced item key is invalid",
     })
+}
+
+fn distinct<T: Ord + std::fmt::Debug>(field: &'static str, items: &[T]) -> Result<(), Error> {
+    let mut seen = std::collections::BTreeSet::new();
+    for item in items {
+        if !seen.insert(item) {
+            return Err(Error::DuplicateItem {
+                field,
+                value: format!("{item:?}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn project(p: &Project) -> Result<(), Error> {
@@ -388,7 +407,7 @@ fn project(p: &Project) -> Result<(), Error> {
         text("participants.name", &participant.name, NAME_CHARS_MAX, true)?;
         nuts("participants.nuts", &participant.nuts)?;
         if let Some(org) = &participant.organisation {
-            item_ref("participants.organisation", org)?;
+            item_ref("participants.organisation", org, Kind::Organisation)?;
         }
     }
     let leads = p
@@ -415,6 +434,9 @@ fn cooperation(c: &Cooperation, expires_at_ms: Option<u64>) -> Result<(), Error>
         &c.partnership_types,
         PartnershipType::COUNT,
     )?;
+    distinct("partnership_types", &c.partnership_types)?;
+    distinct("partner_sought.org_types", &c.partner_sought.org_types)?;
+    distinct("partner_sought.sizes", &c.partner_sought.sizes)?;
     let ps = &c.partner_sought;
     text("partner_sought.role", &ps.role, SUMMARY_CHARS_MAX, false)?;
     list_len("partner_sought.org_types", &ps.org_types, LIST_ITEMS_MAX)?;
@@ -450,7 +472,7 @@ fn cooperation(c: &Cooperation, expires_at_ms: Option<u64>) -> Result<(), Error>
             anonymous_text("keywords", k)?;
         }
     } else if let Some(org) = &c.organisation {
-        item_ref("organisation", org)?;
+        item_ref("organisation", org, Kind::Organisation)?;
     }
     Ok(())
 }
@@ -473,7 +495,7 @@ fn knowledge(k: &Knowledge) -> Result<(), Error> {
         text("authors", author, NAME_CHARS_MAX, true)?;
     }
     if let Some(project) = &k.project {
-        item_ref("project", project)?;
+        item_ref("project", project, Kind::Project)?;
     }
     list_len("attachments", &k.attachments, ATTACHMENTS_MAX)?;
     for a in &k.attachments {
@@ -485,11 +507,13 @@ fn knowledge(k: &Knowledge) -> Result<(), Error> {
             true,
         )?;
         let well_formed = a.media_type.split_once('/').is_some_and(|(t, s)| {
-            !t.is_empty()
-                && !s.is_empty()
-                && a.media_type
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b))
+            let token = |part: &str| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".+-_".contains(&b))
+            };
+            token(t) && token(s)
         });
         if !well_formed {
             return Err(Error::BadValue {
@@ -508,18 +532,13 @@ fn knowledge(k: &Knowledge) -> Result<(), Error> {
 }
 
 fn interest(i: &ExpressionOfInterest) -> Result<(), Error> {
-    item_ref("offer", &i.offer)?;
-    if !matches!(i.offer.kind, Kind::Cooperation) {
-        return Err(Error::BadValue {
-            field: "offer",
-            reason: "an expression of interest answers a co-operation offer or request",
-        });
-    }
+    item_ref("offer", &i.offer, Kind::Cooperation)?;
     list_len(
         "cooperation_sought",
         &i.cooperation_sought,
         PartnershipType::COUNT,
     )?;
+    distinct("cooperation_sought", &i.cooperation_sought)?;
     text("message", &i.message, DESCRIPTION_CHARS_MAX, true)?;
     text("questions", &i.questions, DESCRIPTION_CHARS_MAX, false)?;
     text(
@@ -531,7 +550,7 @@ fn interest(i: &ExpressionOfInterest) -> Result<(), Error> {
 }
 
 fn outcome(o: &Outcome) -> Result<(), Error> {
-    item_ref("offer", &o.offer)?;
+    item_ref("offer", &o.offer, Kind::Cooperation)?;
     date("date", &o.date)?;
     if let Some(code) = &o.nace {
         nace("nace", code)?;
