@@ -36,7 +36,7 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Protocol { records, min_ms } => protocol(records, min_ms),
         BenchCommand::Encoding { records, min_ms } => encoding(records, min_ms),

@@ -1,19 +1,99 @@
-//! The `kim` command line. Thin: parses arguments and hands over to the library modules.
+//! The `kim` command line. Thin: parses arguments, sets up logging, hands over to the library.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-mod bench;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use kim_node::cli::{self, Client, ClientArgs, ItemCommand};
+use kim_node::config::{Config, DataDir};
+use kim_node::{bench, node};
 
 /// KIM — Knowledge and Information Manager: a regional node of a federated co-operation network.
 #[derive(Debug, Parser)]
 #[command(name = "kim", version, about)]
 struct Cli {
+    /// The node's data directory (key, token, config, store).
+    #[arg(long, global = true, env = "KIM_DATA_DIR", default_value = "kim-data")]
+    data_dir: PathBuf,
+    /// Log format on stderr; the filter comes from RUST_LOG (default info).
+    #[arg(long, global = true, env = "KIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a new node: region key, API token, config and store.
+    Init {
+        /// The region's name, e.g. "Steiermark".
+        #[arg(long, env = "KIM_REGION_NAME")]
+        region_name: String,
+        /// NUTS 2024 code of the region, e.g. AT22.
+        #[arg(long, env = "KIM_NUTS")]
+        nuts: String,
+        /// The agency operating the node.
+        #[arg(long)]
+        agency: Option<String>,
+        /// ISO 639-1 languages the agency works in (repeatable).
+        #[arg(long = "language")]
+        languages: Vec<String>,
+        /// HTTP API address (default 127.0.0.1:7650).
+        #[arg(long, env = "KIM_API_LISTEN")]
+        api_listen: Option<SocketAddr>,
+        /// libp2p listen multiaddr (repeatable; default /ip4/0.0.0.0/tcp/7651).
+        #[arg(long, env = "KIM_P2P_LISTEN")]
+        p2p_listen: Vec<String>,
+    },
+    /// Run the node until SIGINT or SIGTERM.
+    Run,
+    /// Show the running node's status.
+    Status,
+    /// Organisations (public profiles of SMEs, administrations, research bodies).
+    Org {
+        #[command(subcommand)]
+        command: ItemCommand,
+    },
+    /// Projects.
+    Project {
+        #[command(subcommand)]
+        command: ItemCommand,
+    },
+    /// Co-operation offers and requests.
+    Offer {
+        #[command(subcommand)]
+        command: ItemCommand,
+    },
+    /// Knowledge items (good practices, manuals, studies).
+    Knowledge {
+        #[command(subcommand)]
+        command: ItemCommand,
+    },
+    /// Read the audit log of every change made through the API.
+    Audit {
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Write a backup bundle of every signed record (and with --local, local-only data).
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        local: bool,
+    },
+    /// Import a bundle; every record is verified before any is accepted.
+    Import { file: PathBuf },
     /// Measure and print throughput figures.
     Bench {
         #[command(subcommand)]
@@ -21,9 +101,100 @@ enum Command {
     },
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let data = DataDir::new(&cli.data_dir);
+    let client = || Client::new(&data, &cli.client);
     match cli.command {
-        Command::Bench { what } => bench::run(what),
+        Command::Init {
+            region_name,
+            nuts,
+            agency,
+            languages,
+            api_listen,
+            p2p_listen,
+        } => {
+            let report = node::init(
+                &data,
+                node::InitOptions {
+                    region_name,
+                    nuts,
+                    agency,
+                    languages,
+                    api_listen,
+                    p2p_listen,
+                },
+            )
+            .await?;
+            println!("created KIM node in {}", data.root.display());
+            println!("region id:   {}", report.region);
+            println!("federation:  {}", report.federation);
+            println!("api:         http://{}", report.config.api_listen);
+            println!("token file:  {}", data.token().display());
+            println!("start it:    kim --data-dir {} run", data.root.display());
+            Ok(())
+        }
+        Command::Run => {
+            let config = Config::load(&data.root)?;
+            node::run(&data, config, shutdown_signal()).await
+        }
+        Command::Status => cli::status(&client()?).await,
+        Command::Org { command } => cli::items(&client()?, "organisations", command).await,
+        Command::Project { command } => cli::items(&client()?, "projects", command).await,
+        Command::Offer { command } => cli::items(&client()?, "offers", command).await,
+        Command::Knowledge { command } => cli::items(&client()?, "knowledge", command).await,
+        Command::Audit { after, limit } => cli::audit(&client()?, after, limit).await,
+        Command::Export { output, local } => cli::export(&client()?, output, local).await,
+        Command::Import { file } => cli::import(&client()?, file).await,
+        Command::Bench { what } => bench::run(what).await,
     }
 }

@@ -1,0 +1,500 @@
+//! The client side of the `kim` command line: subcommands that talk to a running node over its
+//! HTTP API, printing readable tables by default and JSON with `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{Config, DataDir};
+
+/// How to reach the node: from the data directory unless overridden.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Node API base URL (default: from the data directory's config.toml).
+    #[arg(long, global = true, env = "KIM_API")]
+    pub api: Option<String>,
+    /// File holding the API token (default: the data directory's api-token).
+    #[arg(long, global = true, env = "KIM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// What to do with items of one collection.
+#[derive(Debug, Subcommand)]
+pub enum ItemCommand {
+    /// List items, newest first.
+    List {
+        /// live (default), expired, withdrawn or all.
+        #[arg(long)]
+        status: Option<String>,
+        /// NUTS prefix, e.g. AT2.
+        #[arg(long)]
+        nuts: Option<String>,
+        /// NACE prefix, e.g. 26.
+        #[arg(long)]
+        nace: Option<String>,
+        /// Text the title, summary or name contains.
+        #[arg(long)]
+        text: Option<String>,
+        /// Only this region (hex id).
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Follow cursors and print every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one item.
+    Show {
+        key: String,
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Publish a new item from a JSON file ({"key"?, "body", "expires_at_ms"?, "private"?}).
+    Publish {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Publish a new revision of an own item from a JSON file.
+    Revise {
+        key: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Withdraw an own item; its content is erased on every node.
+    Withdraw {
+        key: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Save a draft (local only) from a JSON file.
+    Draft {
+        key: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List drafts.
+    Drafts,
+    /// Publish a saved draft.
+    PublishDraft { key: String },
+    /// Delete a saved draft.
+    DeleteDraft { key: String },
+}
+
+/// A minimal HTTP client for the node API.
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    pub json: bool,
+}
+
+impl Client {
+    /// Resolves the API address and token from flags, environment and the data directory.
+    pub fn new(data: &DataDir, args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = match &args.api {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let config = Config::load(&data.root)?;
+                format!("http://{}", config.api_listen)
+            }
+        };
+        let token_path = args.token_file.clone().unwrap_or_else(|| data.token());
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| {
+                format!(
+                    "cannot read the API token from {}: pass --data-dir or --token-file",
+                    token_path.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        Ok(Client {
+            base,
+            token,
+            http: reqwest::Client::new(),
+            json: args.json,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!(
+                    "cannot reach the node at {}: is it running? start it with `kim --data-dir DIR run`",
+                    self.base
+                )
+            } else {
+                anyhow::anyhow!("request to {url} failed: {e}")
+            }
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let code = value["error"]["code"].as_str().unwrap_or("http.error");
+        let message = value["error"]["message"].as_str().unwrap_or("");
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("the node refused the token ({code}): {message}");
+        }
+        bail!("{code}: {message} (HTTP {})", status.as_u16())
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            table(value);
+        }
+    }
+}
+
+fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn title_of(item: &Value) -> String {
+    let body = &item["body"];
+    for field in ["title", "name", "acronym"] {
+        if let Some(t) = body[field].as_str() {
+            return t.to_string();
+        }
+    }
+    String::new()
+}
+
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+fn print_items(items: &[Value]) {
+    println!(
+        "{:<28} {:>4} {:<10} {:<10} TITLE",
+        "KEY", "REV", "STATUS", "REGION"
+    );
+    for item in items {
+        println!(
+            "{:<28} {:>4} {:<10} {:<10} {}",
+            short(item["key"].as_str().unwrap_or(""), 28),
+            item["revision"].as_u64().unwrap_or(0),
+            item["status"].as_str().unwrap_or(""),
+            short(item["region"].as_str().unwrap_or(""), 10),
+            short(&title_of(item), 60)
+        );
+    }
+}
+
+fn print_item(item: &Value) {
+    println!("key:      {}", item["key"].as_str().unwrap_or(""));
+    println!("id:       {}", item["id"].as_str().unwrap_or(""));
+    println!("region:   {}", item["region"].as_str().unwrap_or(""));
+    println!("kind:     {}", item["kind"].as_str().unwrap_or(""));
+    println!("revision: {}", item["revision"]);
+    println!("status:   {}", item["status"].as_str().unwrap_or(""));
+    if !item["body"].is_null() {
+        println!("title:    {}", title_of(item));
+        println!(
+            "body:     {}",
+            serde_json::to_string_pretty(&item["body"]).unwrap_or_default()
+        );
+    }
+    if let Some(private) = item.get("private").filter(|p| !p.is_null()) {
+        println!("private (this node only): {private}");
+    }
+}
+
+/// Runs an item subcommand against a collection path (organisations, projects, …).
+pub async fn items(client: &Client, collection: &str, command: ItemCommand) -> anyhow::Result<()> {
+    match command {
+        ItemCommand::List {
+            status,
+            nuts,
+            nace,
+            text,
+            region,
+            limit,
+            all,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (name, value) in [
+                ("status", status),
+                ("nuts", nuts),
+                ("nace", nace),
+                ("text", text),
+                ("region", region),
+            ] {
+                if let Some(v) = value {
+                    query.push(format!("{name}={}", encode(&v)));
+                }
+            }
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = query.clone();
+                if let Some(c) = &cursor {
+                    q.push(format!("cursor={c}"));
+                }
+                let page = client
+                    .get(&format!("/{collection}?{}", q.join("&")))
+                    .await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                cursor = page["next"].as_str().map(String::from);
+                if !all || cursor.is_none() {
+                    break;
+                }
+            }
+            client.print(&Value::Array(items.clone()), |_| print_items(&items));
+        }
+        ItemCommand::Show { key, region } => {
+            let q = region
+                .map(|r| format!("?region={}", encode(&r)))
+                .unwrap_or_default();
+            let item = client
+                .get(&format!("/{collection}/{}{q}", encode(&key)))
+                .await?;
+            client.print(&item, print_item);
+        }
+        ItemCommand::Publish { file } => {
+            let item = client
+                .post(&format!("/{collection}"), read_json(&file)?)
+                .await?;
+            client.print(&item, |i| {
+                println!(
+                    "published {} revision {} ({})",
+                    i["key"].as_str().unwrap_or(""),
+                    i["revision"],
+                    i["id"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ItemCommand::Revise { key, file } => {
+            let item = client
+                .put(
+                    &format!("/{collection}/{}", encode(&key)),
+                    read_json(&file)?,
+                )
+                .await?;
+            client.print(&item, |i| {
+                println!("revised {} to revision {}", key, i["revision"])
+            });
+        }
+        ItemCommand::Withdraw { key, reason } => {
+            let item = client
+                .post(
+                    &format!("/{collection}/{}/withdraw", encode(&key)),
+                    json!({ "reason": reason }),
+                )
+                .await?;
+            client.print(&item, |i| {
+                println!("withdrew {} (revision {})", key, i["revision"])
+            });
+        }
+        ItemCommand::Draft { key, file } => {
+            client
+                .put(
+                    &format!("/drafts/{collection}/{}", encode(&key)),
+                    read_json(&file)?,
+                )
+                .await?;
+            client.print(&json!({ "saved": key }), |_| {
+                println!("draft {key} saved (local only)")
+            });
+        }
+        ItemCommand::Drafts => {
+            let drafts = client.get(&format!("/drafts/{collection}")).await?;
+            client.print(&drafts, |d| {
+                println!("{:<28} TITLE", "KEY");
+                for draft in d.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<28} {}",
+                        short(draft["key"].as_str().unwrap_or(""), 28),
+                        short(&title_of(&draft["draft"]), 60)
+                    );
+                }
+            });
+        }
+        ItemCommand::PublishDraft { key } => {
+            let item = client
+                .post(
+                    &format!("/drafts/{collection}/{}/publish", encode(&key)),
+                    json!(null),
+                )
+                .await?;
+            client.print(&item, |i| {
+                println!("published draft {} as revision {}", key, i["revision"])
+            });
+        }
+        ItemCommand::DeleteDraft { key } => {
+            client
+                .delete(&format!("/drafts/{collection}/{}", encode(&key)))
+                .await?;
+            client.print(&json!({ "deleted": key }), |_| {
+                println!("draft {key} deleted")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `kim status`.
+pub async fn status(client: &Client) -> anyhow::Result<()> {
+    let s = client.get("/status").await?;
+    client.print(&s, |s| {
+        println!(
+            "region:      {} ({})",
+            s["region_name"].as_str().unwrap_or(""),
+            s["nuts"].as_str().unwrap_or("")
+        );
+        println!("region id:   {}", s["region"].as_str().unwrap_or(""));
+        println!("federation:  {}", s["federation"].as_str().unwrap_or(""));
+        let members = s["members"].as_array().cloned().unwrap_or_default();
+        println!("members:     {}", members.len());
+        for m in &members {
+            println!(
+                "  - {} {}",
+                short(m["region"].as_str().unwrap_or(""), 16),
+                m["name"].as_str().unwrap_or("")
+            );
+        }
+        println!("pending:     {}", s["pending"]);
+        println!("peers:       {}", s["peers"].as_array().map_or(0, Vec::len));
+        println!("records:");
+        if let Some(map) = s["records"].as_object() {
+            for (k, v) in map {
+                println!("  {k:<14} {v}");
+            }
+        }
+        println!(
+            "sync set:    {} records, digest {}",
+            s["sync_set"],
+            short(s["state_digest"].as_str().unwrap_or(""), 16)
+        );
+        let rejections = s["rejections"].as_object().cloned().unwrap_or_default();
+        println!(
+            "rejections:  {}",
+            if rejections.is_empty() {
+                "none".to_string()
+            } else {
+                String::new()
+            }
+        );
+        for (k, v) in rejections {
+            println!("  {k:<30} {v}");
+        }
+        println!("store:       {} bytes", s["store_bytes"]);
+    });
+    Ok(())
+}
+
+/// `kim audit`.
+pub async fn audit(client: &Client, after: Option<u64>, limit: usize) -> anyhow::Result<()> {
+    let mut path = format!("/audit?limit={limit}");
+    if let Some(a) = after {
+        path.push_str(&format!("&after={a}"));
+    }
+    let entries = client.get(&path).await?;
+    client.print(&entries, |e| {
+        println!(
+            "{:>6} {:<15} {:<16} {:<40} RESULT",
+            "SEQ", "AT (ms)", "ACTION", "TARGET"
+        );
+        for entry in e.as_array().cloned().unwrap_or_default() {
+            println!(
+                "{:>6} {:<15} {:<16} {:<40} {}",
+                entry["seq"],
+                entry["at_ms"],
+                entry["action"].as_str().unwrap_or(""),
+                short(entry["target"].as_str().unwrap_or(""), 40),
+                entry["result"].as_str().unwrap_or("")
+            );
+        }
+    });
+    Ok(())
+}
+
+/// `kim export`.
+pub async fn export(client: &Client, output: Option<PathBuf>, local: bool) -> anyhow::Result<()> {
+    let bundle = client.get(&format!("/export?local={local}")).await?;
+    let count = bundle["records"].as_array().map_or(0, Vec::len);
+    let text = serde_json::to_string(&bundle)?;
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("exported {count} records to {}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// `kim import`.
+pub async fn import(client: &Client, file: PathBuf) -> anyhow::Result<()> {
+    let bundle = read_json(&file)?;
+    let report = client.post("/import", bundle).await?;
+    client.print(&report, |r| {
+        println!(
+            "imported: {} stored, {} already held, {} older revisions, {} local values",
+            r["stored"], r["duplicates"], r["older"], r["local_values"]
+        )
+    });
+    Ok(())
+}

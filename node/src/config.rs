@@ -1,0 +1,233 @@
+//! The data directory and the node's configuration: TOML file, `KIM_*` environment and flags.
+//!
+//! Layout of a data directory:
+//! - `config.toml` — every option, documented, with its default
+//! - `region.key` — the region's ed25519 signing key (32 raw bytes, mode 0600)
+//! - `api-token` — the bearer token for the HTTP API (mode 0600)
+//! - `store/` — the sled database
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+/// Default HTTP API address: loopback only, so nothing is exposed by accident.
+pub const API_LISTEN_DEFAULT: &str = "127.0.0.1:7650";
+/// Default libp2p listen address.
+pub const P2P_LISTEN_DEFAULT: &str = "/ip4/0.0.0.0/tcp/7651";
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7650))
+}
+fn default_p2p_listen() -> Vec<String> {
+    vec![P2P_LISTEN_DEFAULT.to_string()]
+}
+fn default_cache_bytes() -> u64 {
+    crate::store::CACHE_BYTES_DEFAULT
+}
+fn default_offer_validity_days() -> u32 {
+    365
+}
+fn default_request_body_bytes_max() -> usize {
+    256 * 1024
+}
+
+/// Everything `config.toml` may say. Unknown keys are refused, so typos do not pass silently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub region_name: String,
+    pub nuts: String,
+    pub country: String,
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+    #[serde(default = "default_p2p_listen")]
+    pub p2p_listen: Vec<String>,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    #[serde(default = "default_cache_bytes")]
+    pub store_cache_bytes: u64,
+    #[serde(default = "default_offer_validity_days")]
+    pub offer_validity_days: u32,
+    #[serde(default = "default_request_body_bytes_max")]
+    pub request_body_bytes_max: usize,
+    /// Set when the node is created; the federation the node serves.
+    #[serde(default)]
+    pub federation: String,
+}
+
+impl Config {
+    /// The TOML text `kim init` writes: every option with a comment saying what it does.
+    pub fn to_documented_toml(&self) -> String {
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            r#"# KIM node configuration. Environment variables KIM_<NAME> and command-line flags
+# override what is written here.
+
+# The region this node speaks for, and its NUTS 2024 code and ISO 3166-1 country.
+region_name = {region:?}
+nuts = {nuts:?}
+country = {country:?}
+
+# The federation this node serves (its charter hash). Set by `kim init`; do not edit.
+federation = {federation:?}
+
+# HTTP API (and dashboard) address. Keep it on loopback unless a reverse proxy with TLS
+# fronts it; every route but /api/v1/health needs the bearer token in `api-token`.
+api_listen = "{api}"
+
+# libp2p listen addresses (multiaddrs) and peers to dial at start.
+p2p_listen = [{p2p}]
+bootstrap = [{bootstrap}]
+
+# sled page cache in bytes. The store's memory use grows with this, not with the data.
+store_cache_bytes = {cache}
+
+# Default validity of a published offer or request, in days (renewal extends it).
+offer_validity_days = {validity}
+
+# Largest HTTP request body accepted, in bytes.
+request_body_bytes_max = {body_max}
+"#,
+            region = self.region_name,
+            nuts = self.nuts,
+            country = self.country,
+            federation = self.federation,
+            api = self.api_listen,
+            p2p = list(&self.p2p_listen),
+            bootstrap = list(&self.bootstrap),
+            cache = self.store_cache_bytes,
+            validity = self.offer_validity_days,
+            body_max = self.request_body_bytes_max,
+        )
+    }
+
+    /// Reads `config.toml` from a data directory.
+    pub fn load(dir: &Path) -> anyhow::Result<Config> {
+        let path = dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}: is {} a KIM data directory? run `kim --data-dir {} init` first",
+                path.display(),
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        config.apply_env()?;
+        Ok(config)
+    }
+
+    /// Applies `KIM_API_LISTEN`, `KIM_P2P_LISTEN`, `KIM_BOOTSTRAP` (comma-separated) and
+    /// `KIM_STORE_CACHE_BYTES` over the file's values.
+    pub fn apply_env(&mut self) -> anyhow::Result<()> {
+        if let Ok(v) = std::env::var("KIM_API_LISTEN") {
+            self.api_listen = v.parse().with_context(|| {
+                format!("KIM_API_LISTEN={v:?} is not an address like 127.0.0.1:7650")
+            })?;
+        }
+        if let Ok(v) = std::env::var("KIM_P2P_LISTEN") {
+            self.p2p_listen = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Ok(v) = std::env::var("KIM_BOOTSTRAP") {
+            self.bootstrap = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string())
+                .collect();
+        }
+        if let Ok(v) = std::env::var("KIM_STORE_CACHE_BYTES") {
+            self.store_cache_bytes = v
+                .parse()
+                .with_context(|| format!("KIM_STORE_CACHE_BYTES={v:?} is not a number of bytes"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("region.key")
+    }
+    pub fn token(&self) -> PathBuf {
+        self.root.join("api-token")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    /// Reads the region's signing key.
+    pub fn load_key(&self) -> anyhow::Result<SigningKey> {
+        let path = self.key();
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read the region key {}", path.display()))?;
+        let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a 32-byte ed25519 key: restore it from your backup",
+                path.display()
+            )
+        })?;
+        Ok(SigningKey::from_bytes(&secret))
+    }
+
+    /// Reads the API token.
+    pub fn load_token(&self) -> anyhow::Result<String> {
+        let path = self.token();
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the API token {}", path.display()))?;
+        let token = token.trim().to_string();
+        if token.len() < 32 {
+            bail!(
+                "{} holds no valid token: run `kim init` again in a new directory",
+                path.display()
+            );
+        }
+        Ok(token)
+    }
+}
+
+/// Writes a secret file readable only by its owner (mode 0600), refusing to overwrite.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// 32 random bytes from the operating system.
+pub fn random_bytes() -> anyhow::Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    Ok(bytes)
+}

@@ -1,0 +1,585 @@
+//! What agency staff do through the API and CLI: publish, revise, withdraw, read and list items,
+//! keep drafts and private notes. Signing happens here and only here; every record then goes
+//! through the one ingest pipeline like any record from a peer.
+//!
+//! This module also decides what may be published: bodies are signed from the typed public
+//! fields only; drafts and the `private` object (contact persons, internal notes, private fields
+//! of client organisations) live in the store's local tree and never enter a record.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind, Record};
+use kim_protocol::types::Tombstone;
+use kim_protocol::{PublicKey, RecordId, RegionId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ingest::{Accepted, Ingest, Rejected, Source, system_now_ms};
+use crate::store::{ItemEntry, StoreError};
+
+/// A collection of the HTTP API and CLI, and the record kind it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Organisations,
+    Projects,
+    Offers,
+    Knowledge,
+}
+
+impl Collection {
+    pub const ALL: [Collection; 4] = [
+        Collection::Organisations,
+        Collection::Projects,
+        Collection::Offers,
+        Collection::Knowledge,
+    ];
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Collection::Organisations => Kind::Organisation,
+            Collection::Projects => Kind::Project,
+            Collection::Offers => Kind::Cooperation,
+            Collection::Knowledge => Kind::Knowledge,
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Collection::Organisations => "organisations",
+            Collection::Projects => "projects",
+            Collection::Offers => "offers",
+            Collection::Knowledge => "knowledge",
+        }
+    }
+
+    pub fn parse(path: &str) -> Option<Collection> {
+        Collection::ALL.into_iter().find(|c| c.path() == path)
+    }
+
+    /// Parses a JSON body into this collection's typed body, naming the offending field.
+    pub fn body_from_json(self, value: Value) -> Result<Body, ServiceError> {
+        let bad = |e: serde_json::Error| ServiceError::BadBody(e.to_string());
+        Ok(match self {
+            Collection::Organisations => {
+                Body::Organisation(serde_json::from_value(value).map_err(bad)?)
+            }
+            Collection::Projects => Body::Project(serde_json::from_value(value).map_err(bad)?),
+            Collection::Offers => Body::Cooperation(serde_json::from_value(value).map_err(bad)?),
+            Collection::Knowledge => Body::Knowledge(serde_json::from_value(value).map_err(bad)?),
+        })
+    }
+}
+
+/// Why a service call failed; the API maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("body does not match the schema: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    Rejected(#[from] Rejected),
+    #[error("no {kind} item {key:?} of region {region}")]
+    NotFound {
+        kind: Kind,
+        region: RegionId,
+        key: String,
+    },
+    #[error("{0} already exists: revise it instead")]
+    Exists(String),
+    #[error("{kind} item {key:?} was withdrawn")]
+    Withdrawn { kind: Kind, key: String },
+    #[error("no draft {0}")]
+    NoDraft(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The operations staff perform, bound to the region's key.
+#[derive(Debug, Clone)]
+pub struct Service {
+    ingest: Arc<Ingest>,
+    key: Arc<SigningKey>,
+    region: RegionId,
+    offer_validity_days: u32,
+}
+
+/// One item as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ItemView {
+    /// The record id of the winning revision.
+    pub id: RecordId,
+    pub region: RegionId,
+    pub author: PublicKey,
+    pub kind: Kind,
+    pub key: String,
+    pub revision: u64,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// `live`, `expired` or `withdrawn`.
+    pub status: String,
+    /// The public body; null once withdrawn.
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// Local-only data kept beside the item on this node (own items only); never published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub private: Option<Value>,
+}
+
+/// A write request for publish, revise and drafts.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemInput {
+    /// The item key; generated when absent on publish.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The public body (schema of the collection's kind).
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// Expiry in ms since the epoch; offers default to now + offer_validity_days.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// Local-only data (contact persons, internal notes, private fields); never published.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub private: Option<Value>,
+}
+
+/// Filters of a list call.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub region: Option<RegionId>,
+    pub nuts_prefix: Option<String>,
+    pub nace_prefix: Option<String>,
+    /// `live` (default), `expired`, `withdrawn` or `all`.
+    pub status: Option<String>,
+    pub text: Option<String>,
+}
+
+fn status_of(entry: &ItemEntry, now_ms: u64) -> &'static str {
+    if entry.tombstone {
+        "withdrawn"
+    } else if entry.is_live(now_ms) {
+        "live"
+    } else {
+        "expired"
+    }
+}
+
+/// The NUTS codes, NACE codes and searchable text of a body, for list filters.
+fn facets(body: &Body) -> (Vec<&str>, Vec<&str>, String) {
+    match body {
+        Body::Cooperation(c) => (
+            vec![c.nuts.as_str()],
+            c.nace.iter().map(String::as_str).collect(),
+            format!("{} {} {}", c.title, c.summary, c.description),
+        ),
+        Body::Organisation(o) => (
+            o.nuts.iter().map(String::as_str).collect(),
+            o.nace.iter().map(String::as_str).collect(),
+            format!("{} {}", o.name.as_deref().unwrap_or(""), o.description),
+        ),
+        Body::Project(p) => (
+            p.participants.iter().map(|x| x.nuts.as_str()).collect(),
+            vec![],
+            format!("{} {} {}", p.acronym, p.title, p.summary),
+        ),
+        Body::Knowledge(k) => (
+            k.regions.iter().map(String::as_str).collect(),
+            vec![],
+            format!("{} {}", k.title, k.abstract_text),
+        ),
+        _ => (vec![], vec![], String::new()),
+    }
+}
+
+fn private_key(kind: Kind, key: &str) -> String {
+    format!("private/{}/{key}", kind.as_str())
+}
+
+fn draft_key(kind: Kind, key: &str) -> String {
+    format!("draft/{}/{key}", kind.as_str())
+}
+
+impl Service {
+    pub fn new(ingest: Arc<Ingest>, key: SigningKey, offer_validity_days: u32) -> Service {
+        let author = PublicKey(key.verifying_key().to_bytes());
+        let region = ingest.membership().region_of(&author).unwrap_or(author);
+        Service {
+            ingest,
+            key: Arc::new(key),
+            region,
+            offer_validity_days,
+        }
+    }
+
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
+    }
+
+    /// This node's region id.
+    pub fn region(&self) -> RegionId {
+        self.region
+    }
+
+    fn author(&self) -> PublicKey {
+        PublicKey(self.key.verifying_key().to_bytes())
+    }
+
+    fn new_key(kind: Kind) -> Result<String, ServiceError> {
+        let bytes =
+            crate::config::random_bytes().map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        Ok(format!(
+            "{}-{}",
+            kind.as_str().replace('_', "-"),
+            kim_protocol::bytes::to_hex(&bytes[..6])
+        ))
+    }
+
+    async fn sign_and_ingest(
+        &self,
+        kind: Kind,
+        key: &str,
+        revision: u64,
+        body: Body,
+        expires_at_ms: Option<u64>,
+    ) -> Result<Record, ServiceError> {
+        let now = system_now_ms();
+        let expires_at_ms = match (expires_at_ms, kind, &body) {
+            (Some(e), _, _) => Some(e),
+            (None, Kind::Cooperation, Body::Cooperation(_)) => {
+                Some(now + u64::from(self.offer_validity_days) * 86_400_000)
+            }
+            _ => None,
+        };
+        let content = Content {
+            format: FORMAT_VERSION,
+            federation: self.ingest.federation(),
+            author: self.author(),
+            kind,
+            key: key.to_string(),
+            revision,
+            created_at_ms: now,
+            expires_at_ms,
+            body,
+        };
+        let record = Record::sign(&content, &self.key).map_err(Rejected::from)?;
+        match self
+            .ingest
+            .ingest_one(record.bytes.clone(), Source::Api)
+            .await?
+        {
+            Accepted::Stored { .. } | Accepted::Equivocation { .. } => Ok(record),
+            Accepted::Duplicate { .. } | Accepted::Older { .. } => Err(ServiceError::BadRequest(
+                "a newer revision of this item exists; reload and retry".into(),
+            )),
+        }
+    }
+
+    /// Publishes a new item (fails if the key is taken).
+    pub async fn publish(
+        &self,
+        collection: Collection,
+        input: ItemInput,
+    ) -> Result<ItemView, ServiceError> {
+        let kind = collection.kind();
+        let key = match input.key {
+            Some(k) => k,
+            None => Self::new_key(kind)?,
+        };
+        kim_protocol::validate::item_key(&key).map_err(Rejected::from)?;
+        let existing = self.ingest.store().item(&self.region, kind, &key)?;
+        if existing.as_ref().is_some_and(|e| !e.tombstone) {
+            return Err(ServiceError::Exists(format!("{kind} item {key:?}")));
+        }
+        let revision = existing.map_or(1, |e| e.revision + 1);
+        let body = collection.body_from_json(input.body)?;
+        let record = self
+            .sign_and_ingest(kind, &key, revision, body, input.expires_at_ms)
+            .await?;
+        if let Some(private) = &input.private {
+            self.ingest
+                .store()
+                .local_put(&private_key(kind, &key), private)?;
+        }
+        self.view_record(&record, Some(self.region))
+    }
+
+    /// Publishes a new revision of an own item.
+    pub async fn revise(
+        &self,
+        collection: Collection,
+        key: &str,
+        input: ItemInput,
+    ) -> Result<ItemView, ServiceError> {
+        let kind = collection.kind();
+        let current = self.own_item(kind, key)?;
+        let body = collection.body_from_json(input.body)?;
+        let record = self
+            .sign_and_ingest(kind, key, current.revision + 1, body, input.expires_at_ms)
+            .await?;
+        if let Some(private) = &input.private {
+            self.ingest
+                .store()
+                .local_put(&private_key(kind, key), private)?;
+        }
+        self.view_record(&record, Some(self.region))
+    }
+
+    /// Withdraws an own item: a tombstone revision that erases the body everywhere.
+    pub async fn withdraw(
+        &self,
+        collection: Collection,
+        key: &str,
+        reason: String,
+    ) -> Result<ItemView, ServiceError> {
+        let kind = collection.kind();
+        let current = self.own_item(kind, key)?;
+        if current.tombstone {
+            return Err(ServiceError::Withdrawn {
+                kind,
+                key: key.to_string(),
+            });
+        }
+        let record = self
+            .sign_and_ingest(
+                kind,
+                key,
+                current.revision + 1,
+                Body::Tombstone(Tombstone { reason }),
+                None,
+            )
+            .await?;
+        self.view_record(&record, Some(self.region))
+    }
+
+    fn own_item(&self, kind: Kind, key: &str) -> Result<ItemEntry, ServiceError> {
+        self.ingest
+            .store()
+            .item(&self.region, kind, key)?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind,
+                region: self.region,
+                key: key.to_string(),
+            })
+    }
+
+    /// One item of any region.
+    pub fn get(
+        &self,
+        collection: Collection,
+        region: &RegionId,
+        key: &str,
+    ) -> Result<ItemView, ServiceError> {
+        let kind = collection.kind();
+        let entry = self
+            .ingest
+            .store()
+            .item(region, kind, key)?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind,
+                region: *region,
+                key: key.to_string(),
+            })?;
+        self.view_entry(&entry)
+    }
+
+    fn load(&self, id: &RecordId) -> Result<Record, ServiceError> {
+        let bytes = self.ingest.store().record(id)?.ok_or_else(|| {
+            ServiceError::Store(StoreError::Damaged {
+                dir: self.ingest.store().dir().to_path_buf(),
+                cause: format!("indexed record {id} is missing"),
+            })
+        })?;
+        Record::decode(bytes).map_err(|e| {
+            ServiceError::Store(StoreError::Damaged {
+                dir: self.ingest.store().dir().to_path_buf(),
+                cause: format!("stored record {id} does not decode: {e}"),
+            })
+        })
+    }
+
+    fn view_entry(&self, entry: &ItemEntry) -> Result<ItemView, ServiceError> {
+        let record = self.load(&entry.id)?;
+        self.view_record(&record, Some(entry.region))
+    }
+
+    fn view_record(
+        &self,
+        record: &Record,
+        region: Option<RegionId>,
+    ) -> Result<ItemView, ServiceError> {
+        let c = &record.content;
+        let region = region.unwrap_or(c.author);
+        let now = system_now_ms();
+        let tombstone = c.body.is_tombstone();
+        let status = if tombstone {
+            "withdrawn"
+        } else if c.expires_at_ms.is_some_and(|e| now >= e) {
+            "expired"
+        } else {
+            "live"
+        };
+        let body = match &c.body {
+            Body::Tombstone(_) => Value::Null,
+            Body::Cooperation(b) => serde_json::to_value(b).unwrap_or(Value::Null),
+            Body::Organisation(b) => serde_json::to_value(b).unwrap_or(Value::Null),
+            Body::Project(b) => serde_json::to_value(b).unwrap_or(Value::Null),
+            Body::Knowledge(b) => serde_json::to_value(b).unwrap_or(Value::Null),
+            other => serde_json::to_value(other).unwrap_or(Value::Null),
+        };
+        let private = if region == self.region {
+            self.ingest
+                .store()
+                .local_get(&private_key(c.kind, &c.key))?
+        } else {
+            None
+        };
+        Ok(ItemView {
+            id: record.id,
+            region,
+            author: c.author,
+            kind: c.kind,
+            key: c.key.clone(),
+            revision: c.revision,
+            created_at_ms: c.created_at_ms,
+            expires_at_ms: c.expires_at_ms,
+            status: status.to_string(),
+            body,
+            private,
+        })
+    }
+
+    /// Lists items newest first with filters and a cursor.
+    pub fn list(
+        &self,
+        collection: Collection,
+        filter: &ListFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<ItemView>, Option<Vec<u8>>), ServiceError> {
+        let kind = collection.kind();
+        let now = system_now_ms();
+        let wanted_status = filter.status.clone().unwrap_or_else(|| "live".into());
+        if !["live", "expired", "withdrawn", "all"].contains(&wanted_status.as_str()) {
+            return Err(ServiceError::BadRequest(format!(
+                "status {wanted_status:?} is not one of live, expired, withdrawn, all"
+            )));
+        }
+        let text = filter.text.as_ref().map(|t| t.to_lowercase());
+        let store = self.ingest.store();
+        let mut failure = None;
+        let (entries, next) =
+            store.list_items(kind, filter.region.as_ref(), cursor, limit, |entry| {
+                if wanted_status != "all" && status_of(entry, now) != wanted_status {
+                    return false;
+                }
+                if filter.nuts_prefix.is_none() && filter.nace_prefix.is_none() && text.is_none() {
+                    return true;
+                }
+                let record = match self.load(&entry.id) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                };
+                let (nuts, nace, words) = facets(&record.content.body);
+                filter
+                    .nuts_prefix
+                    .as_ref()
+                    .is_none_or(|p| nuts.iter().any(|n| n.starts_with(p.as_str())))
+                    && filter
+                        .nace_prefix
+                        .as_ref()
+                        .is_none_or(|p| nace.iter().any(|n| n.starts_with(p.as_str())))
+                    && text
+                        .as_ref()
+                        .is_none_or(|t| words.to_lowercase().contains(t.as_str()))
+            })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let views = entries
+            .iter()
+            .map(|e| self.view_entry(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((views, next))
+    }
+
+    /// Saves (or replaces) a draft: checked against the schema, never published.
+    pub fn save_draft(
+        &self,
+        collection: Collection,
+        key: &str,
+        input: &ItemInput,
+    ) -> Result<(), ServiceError> {
+        kim_protocol::validate::item_key(key).map_err(Rejected::from)?;
+        collection.body_from_json(input.body.clone())?;
+        let value =
+            serde_json::to_value(input).map_err(|e| ServiceError::BadBody(e.to_string()))?;
+        self.ingest
+            .store()
+            .local_put(&draft_key(collection.kind(), key), &value)?;
+        Ok(())
+    }
+
+    /// Drafts of a collection.
+    pub fn drafts(&self, collection: Collection) -> Result<Vec<(String, Value)>, ServiceError> {
+        let prefix = draft_key(collection.kind(), "");
+        Ok(self
+            .ingest
+            .store()
+            .local_scan(&prefix)?
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect())
+    }
+
+    /// Deletes a draft.
+    pub fn delete_draft(&self, collection: Collection, key: &str) -> Result<(), ServiceError> {
+        if self
+            .ingest
+            .store()
+            .local_delete(&draft_key(collection.kind(), key))?
+        {
+            Ok(())
+        } else {
+            Err(ServiceError::NoDraft(format!(
+                "{}/{key}",
+                collection.path()
+            )))
+        }
+    }
+
+    /// Publishes a draft (new item or new revision) and deletes it.
+    pub async fn publish_draft(
+        &self,
+        collection: Collection,
+        key: &str,
+    ) -> Result<ItemView, ServiceError> {
+        let name = draft_key(collection.kind(), key);
+        let value = self
+            .ingest
+            .store()
+            .local_get(&name)?
+            .ok_or_else(|| ServiceError::NoDraft(format!("{}/{key}", collection.path())))?;
+        let mut input: ItemInput =
+            serde_json::from_value(value).map_err(|e| ServiceError::BadBody(e.to_string()))?;
+        input.key = Some(key.to_string());
+        let exists = self
+            .ingest
+            .store()
+            .item(&self.region, collection.kind(), key)?
+            .is_some_and(|e| !e.tombstone);
+        let view = if exists {
+            self.revise(collection, key, input).await?
+        } else {
+            self.publish(collection, input).await?
+        };
+        self.ingest.store().local_delete(&name)?;
+        Ok(view)
+    }
+}

@@ -1,0 +1,613 @@
+//! The node's durable store: sled 0.34, behind this one module. Nothing else names sled.
+//!
+//! Three trees, few on purpose:
+//! - `data`: everything shared, under one-byte key prefixes, so a whole ingest batch is one
+//!   atomic `apply_batch` (record bytes, item winners, indexes and the state digest together):
+//!   - `r` id → record bytes (the sync set: winners, tombstones, equivocation evidence,
+//!     membership records)
+//!   - `i` region ‖ kind ‖ key → [`ItemEntry`] (the current winner of each item)
+//!   - `k` kind ‖ updated-at (BE) ‖ id → () (list by kind, newest first)
+//!   - `a` region ‖ kind ‖ updated-at (BE) ‖ id → () (list by author region)
+//!   - `m` id → () (membership records, loaded at start to evaluate membership)
+//!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
+//!   - `x` name → value (metadata: format version, federation, charter, state digest)
+//! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
+//!   fields), as JSON.
+//! - `audit`: the audit log, sequence number (BE) → JSON entry.
+
+use std::path::{Path, PathBuf};
+
+use kim_protocol::digest::StateDigest;
+use kim_protocol::{Kind, PublicKey, RecordId, RegionId};
+use serde::{Deserialize, Serialize};
+
+/// Version of the on-disk layout. Bump it and add a step to [`migrate`] when the layout changes.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Default sled page-cache size; set explicitly because sled's default is 1 GiB.
+pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Why the store could not be used. Every message names the directory and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store {dir} is locked by another process: stop the other kim node using this data directory, then retry"
+    )]
+    Locked { dir: PathBuf },
+    #[error(
+        "store {dir} is damaged ({cause}): restore it from a backup (`kim import`) or move it aside and let the node resync from its peers"
+    )]
+    Damaged { dir: PathBuf, cause: String },
+    #[error("store {dir} does not exist: run `kim init` first")]
+    Missing { dir: PathBuf },
+    #[error(
+        "store {dir} has format {found}, newer than this kim understands ({supported}): upgrade kim"
+    )]
+    TooNew {
+        dir: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store {dir}: {cause}")]
+    Io { dir: PathBuf, cause: String },
+}
+
+/// The current winner of one item, as indexed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemEntry {
+    pub id: RecordId,
+    pub region: RegionId,
+    pub author: PublicKey,
+    pub kind: Kind,
+    pub key: String,
+    pub revision: u64,
+    pub tombstone: bool,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+impl ItemEntry {
+    /// Whether the item shows in queries at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.tombstone && self.expires_at_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// One audit-log entry: who did what through the API, when, with what result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Which token acted (a fingerprint, never the token itself).
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+}
+
+/// A set of changes applied atomically by [`Store::apply`].
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    batch: sled::Batch,
+    pub records_added: usize,
+}
+
+fn item_key(region: &RegionId, kind: Kind, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 32 + 1 + key.len());
+    k.push(b'i');
+    k.extend_from_slice(&region.0);
+    k.push(kind as u8);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn kind_index(kind: Kind, created_at_ms: u64, id: &RecordId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 1 + 8 + 32);
+    k.push(b'k');
+    k.push(kind as u8);
+    k.extend_from_slice(&created_at_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn author_index(region: &RegionId, kind: Kind, created_at_ms: u64, id: &RecordId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 32 + 1 + 8 + 32);
+    k.push(b'a');
+    k.extend_from_slice(&region.0);
+    k.push(kind as u8);
+    k.extend_from_slice(&created_at_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn evidence_prefix(region: &RegionId, kind: Kind, key: &str) -> Vec<u8> {
+    let mut k = item_key(region, kind, key);
+    k[0] = b'e';
+    // Item keys never contain NUL, so this ends the key unambiguously.
+    k.push(0);
+    k
+}
+
+fn evidence_key(region: &RegionId, kind: Kind, key: &str, id: &RecordId) -> Vec<u8> {
+    let mut k = evidence_prefix(region, kind, key);
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = tag;
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
+const META_FORMAT: &[u8] = b"xformat";
+const META_DIGEST: &[u8] = b"xdigest";
+
+impl WriteSet {
+    /// Stores a record's bytes in the sync set.
+    pub fn put_record(&mut self, id: &RecordId, bytes: &[u8]) {
+        self.batch.insert(&prefixed(b'r', id)[..], bytes);
+        self.records_added += 1;
+    }
+
+    /// Drops a record's bytes (superseded revision or erased body).
+    pub fn remove_record(&mut self, id: &RecordId) {
+        self.batch.remove(&prefixed(b'r', id)[..]);
+    }
+
+    /// Makes `entry` the winner of its item and indexes it, replacing `previous` if given.
+    pub fn set_item(&mut self, entry: &ItemEntry, previous: Option<&ItemEntry>) {
+        if let Some(prev) = previous {
+            self.batch
+                .remove(kind_index(prev.kind, prev.created_at_ms, &prev.id));
+            self.batch.remove(author_index(
+                &prev.region,
+                prev.kind,
+                prev.created_at_ms,
+                &prev.id,
+            ));
+        }
+        let value = postcard::to_stdvec(entry).unwrap_or_default();
+        let item = item_key(&entry.region, entry.kind, &entry.key);
+        self.batch.insert(item.clone(), value);
+        self.batch.insert(
+            kind_index(entry.kind, entry.created_at_ms, &entry.id),
+            item.clone(),
+        );
+        self.batch.insert(
+            author_index(&entry.region, entry.kind, entry.created_at_ms, &entry.id),
+            item,
+        );
+    }
+
+    /// Marks a record as a membership record.
+    pub fn mark_membership(&mut self, id: &RecordId) {
+        self.batch.insert(&prefixed(b'm', id)[..], &[][..]);
+    }
+
+    /// Marks a record as equivocation evidence for an item's current revision.
+    pub fn mark_equivocation(&mut self, region: &RegionId, kind: Kind, key: &str, id: &RecordId) {
+        self.batch
+            .insert(evidence_key(region, kind, key, id), &[][..]);
+    }
+
+    /// Drops an evidence marker (its revision was superseded).
+    pub fn unmark_equivocation(&mut self, region: &RegionId, kind: Kind, key: &str, id: &RecordId) {
+        self.batch.remove(evidence_key(region, kind, key, id));
+    }
+
+    /// Records the new state digest in the same batch.
+    pub fn set_digest(&mut self, digest: &StateDigest) {
+        self.batch.insert(META_DIGEST, encode_digest(digest));
+    }
+}
+
+fn encode_digest(digest: &StateDigest) -> Vec<u8> {
+    postcard::to_stdvec(&(digest.count(), digest.sum_bytes())).unwrap_or_default()
+}
+
+/// The node's store. Cheap to clone; all clones share the same database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    data: sled::Tree,
+    local: sled::Tree,
+    audit: sled::Tree,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or with `create`, creates) the store in `dir`. Never panics on a damaged store.
+    pub fn open(dir: &Path, cache_bytes: u64, create: bool) -> Result<Store, StoreError> {
+        let dir = dir.to_path_buf();
+        if !create && !dir.join("conf").exists() {
+            return Err(StoreError::Missing { dir });
+        }
+        let config = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000));
+        // sled may panic on some kinds of damage; turn that into an operator-facing error.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(err)) => return Err(classify(&dir, err)),
+            Err(_) => {
+                return Err(StoreError::Damaged {
+                    dir,
+                    cause: "the storage engine failed while opening it".into(),
+                });
+            }
+        };
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| StoreError::Damaged {
+                dir: dir.clone(),
+                cause: e.to_string(),
+            })
+        };
+        let store = Store {
+            data: tree("data")?,
+            local: tree("local")?,
+            audit: tree("audit")?,
+            db,
+            dir,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings an older layout up to [`STORE_FORMAT_VERSION`], one step at a time.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let found =
+            match self.data.get(META_FORMAT).map_err(|e| self.io(e))? {
+                Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                    StoreError::Damaged {
+                        dir: self.dir.clone(),
+                        cause: "unreadable format version".into(),
+                    }
+                })?,
+                None => {
+                    self.data
+                        .insert(META_FORMAT, &STORE_FORMAT_VERSION.to_be_bytes())
+                        .map_err(|e| self.io(e))?;
+                    STORE_FORMAT_VERSION
+                }
+            };
+        if found > STORE_FORMAT_VERSION {
+            return Err(StoreError::TooNew {
+                dir: self.dir.clone(),
+                found,
+                supported: STORE_FORMAT_VERSION,
+            });
+        }
+        // Migration steps go here as `if found < N { step_to_n()?; }`; version 1 is the first.
+        Ok(())
+    }
+
+    fn io(&self, err: sled::Error) -> StoreError {
+        classify(&self.dir, err)
+    }
+
+    /// The data directory of this store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Applies a write set atomically (all of it or none of it). Not yet durable: see [`flush`].
+    pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
+        self.data.apply_batch(writes.batch).map_err(|e| self.io(e))
+    }
+
+    /// Waits until everything applied so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    /// A record's exact bytes.
+    pub fn record(&self, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .data
+            .get(prefixed(b'r', id))
+            .map_err(|e| self.io(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Whether the record is held.
+    pub fn has_record(&self, id: &RecordId) -> Result<bool, StoreError> {
+        self.data
+            .contains_key(prefixed(b'r', id))
+            .map_err(|e| self.io(e))
+    }
+
+    /// The current winner of an item.
+    pub fn item(
+        &self,
+        region: &RegionId,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<ItemEntry>, StoreError> {
+        match self
+            .data
+            .get(item_key(region, kind, key))
+            .map_err(|e| self.io(e))?
+        {
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| self.damaged(format!("item entry: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn damaged(&self, cause: String) -> StoreError {
+        StoreError::Damaged {
+            dir: self.dir.clone(),
+            cause,
+        }
+    }
+
+    /// Items of a kind, newest first, starting after `cursor` (an id from a previous page).
+    /// `accept` filters; at most `limit` entries are returned with the next cursor.
+    pub fn list_items(
+        &self,
+        kind: Kind,
+        region: Option<&RegionId>,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        mut accept: impl FnMut(&ItemEntry) -> bool,
+    ) -> Result<(Vec<ItemEntry>, Option<Vec<u8>>), StoreError> {
+        let prefix: Vec<u8> = match region {
+            Some(r) => {
+                let mut p = vec![b'a'];
+                p.extend_from_slice(&r.0);
+                p.push(kind as u8);
+                p
+            }
+            None => vec![b'k', kind as u8],
+        };
+        let mut out = Vec::new();
+        let range_end = match cursor {
+            Some(c) if c.starts_with(&prefix) => c.to_vec(),
+            _ => {
+                let mut end = prefix.clone();
+                end.push(0xff);
+                end.extend_from_slice(&[0xff; 40]);
+                end
+            }
+        };
+        for entry in self.data.range(prefix.clone()..range_end).rev() {
+            let (index_key, item_key) = entry.map_err(|e| self.io(e))?;
+            let Some(value) = self.data.get(&item_key).map_err(|e| self.io(e))? else {
+                continue;
+            };
+            let item: ItemEntry = postcard::from_bytes(&value)
+                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            if !index_key.ends_with(&item.id.0) {
+                continue;
+            }
+            if accept(&item) {
+                out.push(item);
+                if out.len() >= limit {
+                    return Ok((out, Some(index_key.to_vec())));
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Equivocation evidence held for an item.
+    pub fn equivocations(
+        &self,
+        region: &RegionId,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Vec<RecordId>, StoreError> {
+        let prefix = evidence_prefix(region, kind, key);
+        let mut out = Vec::new();
+        for kv in self.data.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(|e| self.io(e))?;
+            let id: [u8; 32] = k
+                .get(prefix.len()..)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| self.damaged("evidence key malformed".into()))?;
+            out.push(RecordId(id));
+        }
+        Ok(out)
+    }
+
+    /// Every record id held (the sync set), in id order.
+    pub fn record_ids(&self) -> impl Iterator<Item = Result<RecordId, StoreError>> + '_ {
+        self.data.scan_prefix([b'r']).map(move |kv| {
+            let (k, _) = kv.map_err(|e| self.io(e))?;
+            k.get(1..33)
+                .and_then(|b| b.try_into().ok())
+                .map(RecordId)
+                .ok_or_else(|| self.damaged("record key too short".into()))
+        })
+    }
+
+    /// Every record's bytes, in id order.
+    pub fn records(&self) -> impl Iterator<Item = Result<(RecordId, Vec<u8>), StoreError>> + '_ {
+        self.data.scan_prefix([b'r']).map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            let id = k
+                .get(1..33)
+                .and_then(|b| b.try_into().ok())
+                .map(RecordId)
+                .ok_or_else(|| self.damaged("record key too short".into()))?;
+            Ok((id, v.to_vec()))
+        })
+    }
+
+    /// The bytes of every membership record.
+    pub fn membership_records(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.data.scan_prefix([b'm']) {
+            let (k, _) = kv.map_err(|e| self.io(e))?;
+            let id: [u8; 32] = k
+                .get(1..33)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| self.damaged("membership key too short".into()))?;
+            if let Some(bytes) = self.record(&RecordId(id))? {
+                out.push(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The persisted state digest (all zero for an empty store).
+    pub fn digest(&self) -> Result<StateDigest, StoreError> {
+        match self.data.get(META_DIGEST).map_err(|e| self.io(e))? {
+            None => Ok(StateDigest::default()),
+            Some(v) => {
+                let (count, sum): (u64, [u8; 32]) = postcard::from_bytes(&v)
+                    .map_err(|e| self.damaged(format!("state digest: {e}")))?;
+                Ok(StateDigest::from_parts(count, sum))
+            }
+        }
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = [b"x".as_slice(), name.as_bytes()].concat();
+        Ok(self
+            .data
+            .get(key)
+            .map_err(|e| self.io(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Writes a metadata value.
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = [b"x".as_slice(), name.as_bytes()].concat();
+        self.data
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    /// Reads a local-only JSON value.
+    pub fn local_get(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.local.get(key).map_err(|e| self.io(e))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.damaged(format!("local value {key}: {e}"))),
+        }
+    }
+
+    /// Writes a local-only JSON value.
+    pub fn local_put(&self, key: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| self.damaged(e.to_string()))?;
+        self.local
+            .insert(key, bytes)
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    /// Deletes a local-only value; returns whether it existed.
+    pub fn local_delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.local
+            .remove(key)
+            .map(|v| v.is_some())
+            .map_err(|e| self.io(e))
+    }
+
+    /// Local-only values whose key starts with `prefix`, in key order.
+    pub fn local_scan(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.local.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let value = serde_json::from_slice(&v)
+                .map_err(|e| self.damaged(format!("local value {key}: {e}")))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Appends an audit entry and returns its sequence number.
+    pub fn audit_append(&self, mut entry: AuditEntry) -> Result<u64, StoreError> {
+        // A gap-free counter, updated atomically in the audit tree itself.
+        let next = self
+            .audit
+            .update_and_fetch(b"seq", |old| {
+                let n = old
+                    .and_then(|v| v.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.io(e))?;
+        let seq = next
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(1, u64::from_be_bytes);
+        entry.seq = seq;
+        let bytes = serde_json::to_vec(&entry).map_err(|e| self.damaged(e.to_string()))?;
+        self.audit
+            .insert(seq.to_be_bytes(), bytes)
+            .map_err(|e| self.io(e))?;
+        Ok(seq)
+    }
+
+    /// Audit entries with sequence numbers above `after`, oldest first, at most `limit`.
+    pub fn audit_list(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let mut out = Vec::new();
+        // Entries are keyed by 8-byte sequence numbers; the counter lives under "seq".
+        for kv in self.audit.range(start.to_be_bytes()..[0xffu8; 8]) {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            if k.len() != 8 {
+                continue;
+            }
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| self.damaged(format!("audit entry: {e}")))?,
+            );
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn classify(dir: &Path, err: sled::Error) -> StoreError {
+    let dir = dir.to_path_buf();
+    match err {
+        sled::Error::Io(io) => {
+            let text = io.to_string();
+            if text.contains("lock") || io.kind() == std::io::ErrorKind::WouldBlock {
+                StoreError::Locked { dir }
+            } else {
+                StoreError::Io { dir, cause: text }
+            }
+        }
+        sled::Error::Corruption { .. } => StoreError::Damaged {
+            dir,
+            cause: err.to_string(),
+        },
+        other => StoreError::Damaged {
+            dir,
+            cause: other.to_string(),
+        },
+    }
+}
