@@ -220,6 +220,7 @@ impl Ingest {
         batch: Vec<Vec<u8>>,
         source: Source,
     ) -> Vec<Result<Accepted, Rejected>> {
+        let started = std::time::Instant::now();
         let mut results: Vec<Option<Result<Accepted, Rejected>>> = vec![None; batch.len()];
         let mut decoded: Vec<(usize, Record)> = Vec::with_capacity(batch.len());
         for (i, bytes) in batch.into_iter().enumerate() {
@@ -240,8 +241,10 @@ impl Ingest {
                 Err(err) => results[i] = Some(Err(self.reject(err.into(), source))),
             }
         }
+        let decoded_at = started.elapsed();
         let refs: Vec<&Record> = decoded.iter().map(|(_, r)| r).collect();
         let verified = verify_batch(&refs);
+        let verified_at = started.elapsed();
         let ctx = Context {
             federation: self.federation,
             now_ms: (self.clock)(),
@@ -257,6 +260,8 @@ impl Ingest {
                 Err(err) => results[i] = Some(Err(self.reject(err, source))),
             }
         }
+        let checked_at = started.elapsed();
+        let count = checked.len();
         if !checked.is_empty() {
             match self.write(&checked).await {
                 Ok(outcomes) => {
@@ -273,6 +278,15 @@ impl Ingest {
                 }
             }
         }
+        tracing::debug!(
+            ?source,
+            records = count,
+            decode_us = decoded_at.as_micros() as u64,
+            verify_us = (verified_at - decoded_at).as_micros() as u64,
+            validate_us = (checked_at - verified_at).as_micros() as u64,
+            write_us = (started.elapsed() - checked_at).as_micros() as u64,
+            "ingest batch"
+        );
         results
             .into_iter()
             .map(|r| r.unwrap_or(Err(Rejected::Store("record lost in pipeline".into()))))
@@ -455,8 +469,15 @@ impl Ingest {
             outcomes.push(outcome);
         }
         writes.set_digest(&digest);
+        let resolved = std::time::Instant::now();
         self.store.apply(writes)?;
+        let applied = std::time::Instant::now();
         self.store.flush().await?;
+        tracing::trace!(
+            apply_us = (applied - resolved).as_micros() as u64,
+            flush_us = applied.elapsed().as_micros() as u64,
+            "store write"
+        );
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
         }

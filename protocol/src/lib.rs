@@ -15,6 +15,7 @@
 //! - [`resolve`]: which record of an item wins.
 //! - [`digest`]: the order-free state digest over a set of record ids.
 
+//! - [`reconcile`]: range-based set reconciliation messages and driver-free step functions.
 //! - [`names`]: libp2p protocol ids and gossip topics.
 //! - [`error`]: the one error enum with stable codes.
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod limits;
 pub mod membership;
 pub mod names;
+pub mod reconcile;
 pub mod resolve;
 pub mod samples;
 pub mod types;
