@@ -109,15 +109,6 @@ fn kind_index(kind: Kind, created_at_ms: u64, id: &RecordId) -> Vec<u8> {
     k
 }
 
-fn author_index(region: &RegionId, kind: Kind, created_at_ms: u64, id: &RecordId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 32 + 1 + 8 + 32);
-    k.push(b'a');
-    k.extend_from_slice(&region.0);
-    k.push(kind as u8);
-    k.extend_from_slice(&created_at_ms.to_be_bytes());
-    k.extend_from_slice(&id.0);
-    k
-}
 
 fn evidence_prefix(region: &RegionId, kind: Kind, key: &str) -> Vec<u8> {
     let mut k = item_key(region, kind, key);
@@ -160,24 +151,12 @@ impl WriteSet {
         if let Some(prev) = previous {
             self.batch
                 .remove(kind_index(prev.kind, prev.created_at_ms, &prev.id));
-            self.batch.remove(author_index(
-                &prev.region,
-                prev.kind,
-                prev.created_at_ms,
-                &prev.id,
-            ));
         }
         let value = postcard::to_stdvec(entry).unwrap_or_default();
         let item = item_key(&entry.region, entry.kind, &entry.key);
         self.batch.insert(item.clone(), value);
-        self.batch.insert(
-            kind_index(entry.kind, entry.created_at_ms, &entry.id),
-            item.clone(),
-        );
-        self.batch.insert(
-            author_index(&entry.region, entry.kind, entry.created_at_ms, &entry.id),
-            item,
-        );
+        self.batch
+            .insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
     }
 
     /// Marks a record as a membership record.
@@ -233,7 +212,9 @@ impl Store {
             .path(&dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000));
+            // Every acknowledged write is flushed explicitly; a periodic flusher would only add
+            // background work.
+            .flush_every_ms(None);
         // sled may panic on some kinds of damage; turn that into an operator-facing error.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
         let db = match opened {
@@ -366,15 +347,9 @@ impl Store {
         limit: usize,
         mut accept: impl FnMut(&ItemEntry) -> bool,
     ) -> Result<(Vec<ItemEntry>, Option<Vec<u8>>), StoreError> {
-        let prefix: Vec<u8> = match region {
-            Some(r) => {
-                let mut p = vec![b'a'];
-                p.extend_from_slice(&r.0);
-                p.push(kind as u8);
-                p
-            }
-            None => vec![b'k', kind as u8],
-        };
+        // One index by kind and time; a region filter is applied while walking it (the
+        // search index serves heavier queries), which keeps each write to two index entries.
+        let prefix: Vec<u8> = vec![b'k', kind as u8];
         let mut out = Vec::new();
         let range_end = match cursor {
             Some(c) if c.starts_with(&prefix) => c.to_vec(),
@@ -392,7 +367,7 @@ impl Store {
             };
             let item: ItemEntry = postcard::from_bytes(&value)
                 .map_err(|e| self.damaged(format!("item entry: {e}")))?;
-            if !index_key.ends_with(&item.id.0) {
+            if !index_key.ends_with(&item.id.0) || region.is_some_and(|r| *r != item.region) {
                 continue;
             }
             if accept(&item) {
