@@ -83,7 +83,10 @@ impl TestNode {
         }));
         // Wait until the API answers.
         for _ in 0..200 {
-            if reqwest::get(format!("{}/api/v1/health", self.base())).await.is_ok() {
+            if reqwest::get(format!("{}/api/v1/health", self.base()))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
