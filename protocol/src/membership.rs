@@ -736,8 +736,11 @@ pub fn evaluate<'a>(
 }
 
 /// Most changes reaching their threshold in one state for which every subset is considered;
-/// beyond this only the merged default applies.
+/// beyond this, subsets of up to three changes and the merged default are.
 pub const TRANSITION_SUBSETS_CHANGES_MAX: usize = 10;
+/// Most reached changes for which pairs and triples are considered; beyond it, single changes
+/// and the merged default only, so evaluation work stays bounded whatever members sign.
+pub const TRANSITION_SMALL_SUBSETS_CHANGES_MAX: usize = 64;
 
 /// Picks the changes of the transition out of `from`, given every change that reached its
 /// threshold there.
@@ -769,17 +772,45 @@ fn choose_transition(
         .copied()
         .collect();
     let all: Vec<Change> = reached.iter().copied().collect();
-    if all.len() > TRANSITION_SUBSETS_CHANGES_MAX {
-        return default;
-    }
+    // Every subset while that is cheap; beyond it, subsets of up to three changes (honest
+    // transitions are small) and the default, so a flood of reached changes cannot hide a
+    // witnessed successor.
+    let subsets: Vec<Vec<Change>> = if all.len() <= TRANSITION_SUBSETS_CHANGES_MAX {
+        (1u32..(1u32 << all.len()))
+            .map(|mask| {
+                all.iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, c)| *c)
+                    .collect()
+            })
+            .collect()
+    } else {
+        let n = all.len();
+        let mut out = vec![default.clone()];
+        // Pairs and triples only while their number stays small (64 changes: 43,744 subsets);
+        // a flood of more reached changes gets singles, which bounds the work per state.
+        let depth = if n <= TRANSITION_SMALL_SUBSETS_CHANGES_MAX {
+            3
+        } else {
+            1
+        };
+        for a in 0..n {
+            out.push(vec![all[a]]);
+            if depth < 2 {
+                continue;
+            }
+            for b in a + 1..n {
+                out.push(vec![all[a], all[b]]);
+                for c in b + 1..n {
+                    out.push(vec![all[a], all[b], all[c]]);
+                }
+            }
+        }
+        out
+    };
     let mut best: Option<(usize, usize, Hash32, Vec<Change>)> = None;
-    for mask in 1u32..(1u32 << all.len()) {
-        let subset: Vec<Change> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| mask & (1 << i) != 0)
-            .map(|(_, c)| *c)
-            .collect();
+    for subset in subsets {
         let regions: BTreeSet<RegionId> = subset.iter().map(region_of).collect();
         if regions.len() != subset.len() {
             continue; // a region both leaving and removed

@@ -8,7 +8,7 @@
 //! agree are dropped, so only ranges that differ are ever split again: one missing record among a
 //! million costs three round trips and about a kilobyte.
 //!
-//! `protocol/RECONCILE.md` specifies the algorithm, the byte layout and the limits. It also says
+//! `protocol/SPEC.md §11` specifies the algorithm, the byte layout and the limits. It also says
 //! why this is our own implementation rather than the `negentropy` crate, with numbers measured on
 //! the same sets at the same 64 KiB message limit: never more bytes or round trips, 2 to 3 times
 //! fewer bytes at a million ids, and 4 to 9 times fewer round trips at 1 to 10 % difference.
@@ -49,7 +49,7 @@ pub type ShortId = [u8; SHORT_ID_BYTES];
 pub const ID_BYTES: usize = 32;
 /// Length of a short id in bytes; collisions are caught by the reply's check fingerprint.
 pub const SHORT_ID_BYTES: usize = 4;
-/// Length of a range fingerprint in bytes (BLAKE3 output truncated; see RECONCILE.md for why 12).
+/// Length of a range fingerprint in bytes (BLAKE3 output truncated; see SPEC.md §11 for why 12).
 pub const FINGERPRINT_BYTES: usize = 12;
 
 /// Largest encoded reconciliation message, in bytes. Checked before decoding; every message this
@@ -288,7 +288,7 @@ impl IdSum {
 /// `derive_key(FINGERPRINT_CONTEXT, count as u64 LE ‖ sum)`, where `sum` is the [`IdSum`] as 32
 /// bytes LE: the state digest's construction (SPEC.md §10) under its own context, over a range.
 /// The count makes sets of different sizes differ even when their sums agree; hashing makes the
-/// bytes uniform; 12 bytes are as strong as the sum underneath (RECONCILE.md, "Security").
+/// bytes uniform; 12 bytes are as strong as the sum underneath (SPEC.md §11, "Security").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint(pub [u8; FINGERPRINT_BYTES]);
 
@@ -367,7 +367,7 @@ pub trait IdSet {
 
 /// An in-memory [`IdSet`]: a sorted `Vec` plus prefix sums every 32 ids, so a
 /// range sum costs at most 62 additions however long the range (measured for a million ids in
-/// RECONCILE.md) at a memory cost of one byte per id.
+/// SPEC.md §11) at a memory cost of one byte per id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SortedIds {
     /// The ids, ascending and without duplicates.
@@ -1098,7 +1098,7 @@ impl Builder {
 /// does not fit is cut ([`cut_list`]); any other answer that does not fit becomes an echo, the
 /// sender's own fingerprint of the range (about 17 bytes), so the peer takes it up next round at
 /// the same granularity. When not even an echo fits, one fingerprint sums up everything from there
-/// to infinity (RECONCILE.md §11.7.5).
+/// to infinity (SPEC.md §11 §11.7.5).
 fn process<S: IdSet + ?Sized>(
     role: Role,
     view: &View<'_, S>,
@@ -1759,7 +1759,7 @@ mod tests {
         (a, b)
     }
 
-    /// The measured envelope of RECONCILE.md with margin (2 more rounds, 1.5 times the bytes):
+    /// The measured envelope of SPEC.md §11 with margin (2 more rounds, 1.5 times the bytes):
     /// a depth term, plus the bytes that must cross over the room a message has for answers.
     /// Those bytes are whole ids the initiator lacks, short ids the responder lacks, and about
     /// 100 bytes of fingerprints per difference per level of 16 between the set and the
@@ -1836,7 +1836,7 @@ mod tests {
 
     #[test]
     fn fingerprint_matches_the_spec_vector() {
-        // The vector in RECONCILE.md: ids 01 00 .. 00 and 02 00 .. 00.
+        // The vector in SPEC.md §11: ids 01 00 .. 00 and 02 00 .. 00.
         let mut first = [0u8; ID_BYTES];
         first[0] = 1;
         let mut second = [0u8; ID_BYTES];

@@ -136,7 +136,9 @@ pub fn resolve<'a>(
             .get(item)
             .into_iter()
             .flatten()
+            // Evidence never carries a body beside a winning tombstone (erasure holds).
             .filter(|r| r.revision == resolved.winner.revision && r.id != resolved.winner.id)
+            .filter(|r| !resolved.winner.tombstone || r.tombstone)
             .map(|r| r.id)
             .collect();
         evidence.sort();
