@@ -5,19 +5,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use kim_protocol::envelope::Kind;
+use kim_protocol::envelope::{Body, Kind, Record};
+use kim_protocol::membership::{AuthorStatus, evaluate};
 use kim_protocol::{RecordId, RegionId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::ingest::{Accepted, Rejected, Source, system_now_ms};
@@ -35,7 +36,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn audit(&self, action: &str, target: &str, result: &str) {
+    /// Appends an audit entry and flushes the store, so the entry and whatever the call wrote
+    /// to the local tree (drafts, private data) are durable before the answer goes out.
+    async fn audit(&self, action: &str, target: &str, result: &str) -> Result<(), ApiError> {
         let entry = AuditEntry {
             seq: 0,
             at_ms: system_now_ms(),
@@ -44,9 +47,32 @@ impl AppState {
             target: target.to_string(),
             result: result.to_string(),
         };
-        if let Err(err) = self.service.ingest().store().audit_append(entry) {
+        let store = self.service.ingest().store();
+        if let Err(err) = store.audit_append(entry) {
             tracing::error!(cause = %err, action, target, "audit log write failed");
         }
+        store
+            .flush()
+            .await
+            .map_err(|e| ApiError::from(ServiceError::Store(e)))
+    }
+
+    /// Logs a mutating call with its outcome (`ok …` or the error code), makes it durable and
+    /// passes the outcome on; a success that could not be flushed becomes a store failure.
+    async fn audited<T>(
+        &self,
+        action: &str,
+        target: &str,
+        outcome: Result<T, ApiError>,
+        ok: impl FnOnce(&T) -> String,
+    ) -> Result<T, ApiError> {
+        let result = match &outcome {
+            Ok(value) => ok(value),
+            Err(err) => err.code.to_string(),
+        };
+        let durable = self.audit(action, target, &result).await;
+        let value = outcome?;
+        durable.map(|()| value)
     }
 }
 
@@ -139,11 +165,74 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request.content_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::new(
+                        rejection.status(),
+                        "request.unreadable",
+                        rejection.body_text(),
+                    )
+                }
+            })?;
+        // Every request body is a JSON object; serde would also take a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Ok(_) => ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "request.invalid_body",
+                        "the request body must be a JSON object",
+                    ),
+                    Err(e) => ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "request.malformed_json",
+                        format!("the request body is not JSON: {e}"),
+                    ),
+                },
+            );
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(JsonBody(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `application/json` or `application/*+json`, parameters allowed.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request.too_large",
+        "request body is larger than request_body_bytes_max (256 MiB for POST /api/v1/import)",
+    )
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -163,11 +252,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "send the body as JSON with Content-Type: application/json",
         ),
         JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request.too_large",
-                "request body is larger than request_body_bytes_max",
-            )
+            too_large()
         }
         _ => ApiError::new(rejection.status(), "request.unreadable", text),
     }
@@ -193,6 +278,31 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                     "request.bad_parameter",
                     r.body_text(),
                 )
+            })
+    }
+}
+
+/// Path-parameter extractor whose failures (e.g. invalid UTF-8) use the API's error format.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|r: PathRejection| {
+                let status = r.status();
+                if status.is_client_error() {
+                    ApiError::new(status, "request.bad_parameter", r.body_text())
+                } else {
+                    ApiError::new(status, "request.unreadable", r.body_text())
+                }
             })
     }
 }
@@ -233,6 +343,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[openapi(
     info(title = "KIM node API", description = "A regional node of the KIM federation."),
     modifiers(&BearerAuth),
+    components(schemas(
+        kim_protocol::types::Organisation,
+        kim_protocol::types::Project,
+        kim_protocol::types::Cooperation,
+        kim_protocol::types::Knowledge,
+        kim_protocol::types::RegionProfile,
+        kim_protocol::types::Tombstone,
+    )),
     security(("bearer" = [])),
     tags((name = "node"), (name = "items"), (name = "drafts"), (name = "backup"))
 )]
@@ -265,10 +383,22 @@ pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::open
         .routes(routes!(get_record))
         .routes(routes!(audit_log))
         .routes(routes!(export_bundle))
-        .routes(routes!(import_bundle))
+        // A backup holds every record: import has its own, larger body limit.
+        .routes(
+            routes!(import_bundle)
+                .layer(DefaultBodyLimit::max(IMPORT_BODY_BYTES_MAX.max(body_limit))),
+        )
         .split_for_parts();
     let openapi_doc = Arc::new(openapi.clone());
     let router = router
+        // Before the layers: it applies to the routes' method routers.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "request.method_not_allowed",
+                "this route does not take that method; see /api/v1/openapi.json",
+            )
+        })
         .layer(axum::Extension(openapi_doc))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -336,15 +466,9 @@ pub struct MemberView {
 async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, ApiError> {
     let ingest = state.service.ingest();
     let membership = ingest.membership();
-    let now = system_now_ms();
     let mut records = BTreeMap::new();
     for c in Collection::ALL {
-        let (items, _) = state
-            .service
-            .list(c, &ListFilter::default(), None, usize::MAX)
-            .map_err(ApiError::from)?;
-        let _ = now;
-        records.insert(c.kind().as_str().to_string(), items.len() as u64);
+        records.insert(c.kind().as_str().to_string(), state.service.count_live(c)?);
     }
     let digest = ingest.digest();
     Ok(axum::Json(Status {
@@ -427,7 +551,7 @@ fn parse_region(text: &str) -> Result<RegionId, ApiError> {
     responses((status = 200, body = ItemPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_items(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<axum::Json<ItemPage>, ApiError> {
     let c = collection(&name)?;
@@ -469,25 +593,40 @@ async fn list_items(
     responses((status = 201, body = ItemView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn publish_item(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    JsonBody(input): JsonBody<ItemInput>,
+    PathParams(name): PathParams<String>,
+    body: Result<JsonBody<ItemInput>, ApiError>,
 ) -> Result<(StatusCode, axum::Json<ItemView>), ApiError> {
-    let c = collection(&name)?;
-    let target = format!("{}/{}", c.path(), input.key.as_deref().unwrap_or("(new)"));
-    match state.service.publish(c, input).await {
-        Ok(view) => {
-            state.audit(
-                "publish",
-                &format!("{}/{}", c.path(), view.key),
-                &format!("ok {}", view.id),
-            );
-            Ok((StatusCode::CREATED, axum::Json(view)))
-        }
-        Err(err) => {
-            let err = ApiError::from(err);
-            state.audit("publish", &target, err.code);
-            Err(err)
-        }
+    let target = match &body {
+        Ok(JsonBody(input)) => format!("{name}/{}", input.key.as_deref().unwrap_or("(new)")),
+        Err(_) => name.clone(),
+    };
+    let outcome = async {
+        let c = collection(&name)?;
+        let JsonBody(input) = body?;
+        Ok(state.service.publish(c, input).await?)
+    }
+    .await;
+    let target = match &outcome {
+        Ok(view) => format!("{name}/{}", view.key),
+        Err(_) => target,
+    };
+    let view = state
+        .audited("publish", &target, outcome, |v| format!("ok {}", v.id))
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(view)))
+}
+
+/// Refuses a body whose `key` names another item than the path.
+fn same_key(input: &ItemInput, key: &str) -> Result<(), ApiError> {
+    match &input.key {
+        Some(named) if named != key => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "request.invalid_body",
+            format!(
+                "the body names key {named:?} but the path {key:?}; omit key or make them equal"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -504,7 +643,7 @@ pub struct GetQuery {
     responses((status = 200, body = ItemView), (status = 404, body = ErrorBody)))]
 async fn get_item(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    PathParams((name, key)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<GetQuery>,
 ) -> Result<axum::Json<ItemView>, ApiError> {
     let c = collection(&name)?;
@@ -521,22 +660,21 @@ async fn get_item(
     responses((status = 200, body = ItemView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn revise_item(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
-    JsonBody(input): JsonBody<ItemInput>,
+    PathParams((name, key)): PathParams<(String, String)>,
+    body: Result<JsonBody<ItemInput>, ApiError>,
 ) -> Result<axum::Json<ItemView>, ApiError> {
-    let c = collection(&name)?;
-    let target = format!("{}/{key}", c.path());
-    match state.service.revise(c, &key, input).await {
-        Ok(view) => {
-            state.audit("revise", &target, &format!("ok {}", view.id));
-            Ok(axum::Json(view))
-        }
-        Err(err) => {
-            let err = ApiError::from(err);
-            state.audit("revise", &target, err.code);
-            Err(err)
-        }
+    let outcome = async {
+        let c = collection(&name)?;
+        let JsonBody(input) = body?;
+        same_key(&input, &key)?;
+        Ok(state.service.revise(c, &key, input).await?)
     }
+    .await;
+    let target = format!("{name}/{key}");
+    let view = state
+        .audited("revise", &target, outcome, |v| format!("ok {}", v.id))
+        .await?;
+    Ok(axum::Json(view))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -552,22 +690,20 @@ pub struct WithdrawInput {
     responses((status = 200, body = ItemView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn withdraw_item(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
-    JsonBody(input): JsonBody<WithdrawInput>,
+    PathParams((name, key)): PathParams<(String, String)>,
+    body: Result<JsonBody<WithdrawInput>, ApiError>,
 ) -> Result<axum::Json<ItemView>, ApiError> {
-    let c = collection(&name)?;
-    let target = format!("{}/{key}", c.path());
-    match state.service.withdraw(c, &key, input.reason).await {
-        Ok(view) => {
-            state.audit("withdraw", &target, &format!("ok {}", view.id));
-            Ok(axum::Json(view))
-        }
-        Err(err) => {
-            let err = ApiError::from(err);
-            state.audit("withdraw", &target, err.code);
-            Err(err)
-        }
+    let outcome = async {
+        let c = collection(&name)?;
+        let JsonBody(input) = body?;
+        Ok(state.service.withdraw(c, &key, input.reason).await?)
     }
+    .await;
+    let target = format!("{name}/{key}");
+    let view = state
+        .audited("withdraw", &target, outcome, |v| format!("ok {}", v.id))
+        .await?;
+    Ok(axum::Json(view))
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -582,7 +718,7 @@ pub struct DraftView {
     params(("collection" = String, Path)), responses((status = 200, body = Vec<DraftView>)))]
 async fn list_drafts(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<axum::Json<Vec<DraftView>>, ApiError> {
     let c = collection(&name)?;
     Ok(axum::Json(
@@ -601,22 +737,20 @@ async fn list_drafts(
     responses((status = 204), (status = 422, body = ErrorBody)))]
 async fn save_draft(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
-    JsonBody(input): JsonBody<ItemInput>,
+    PathParams((name, key)): PathParams<(String, String)>,
+    body: Result<JsonBody<ItemInput>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    let c = collection(&name)?;
-    let target = format!("drafts/{}/{key}", c.path());
-    match state.service.save_draft(c, &key, &input) {
-        Ok(()) => {
-            state.audit("draft.save", &target, "ok");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(err) => {
-            let err = ApiError::from(err);
-            state.audit("draft.save", &target, err.code);
-            Err(err)
-        }
-    }
+    let outcome = (|| {
+        let c = collection(&name)?;
+        let JsonBody(input) = body?;
+        same_key(&input, &key)?;
+        Ok(state.service.save_draft(c, &key, &input)?)
+    })();
+    let target = format!("drafts/{name}/{key}");
+    state
+        .audited("draft.save", &target, outcome, |()| "ok".into())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a draft.
@@ -625,17 +759,15 @@ async fn save_draft(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_draft(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    PathParams((name, key)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let c = collection(&name)?;
-    let target = format!("drafts/{}/{key}", c.path());
-    let result = state.service.delete_draft(c, &key).map_err(ApiError::from);
-    state.audit(
-        "draft.delete",
-        &target,
-        result.as_ref().map_or_else(|e| e.code, |_| "ok"),
-    );
-    result.map(|()| StatusCode::NO_CONTENT)
+    let outcome =
+        collection(&name).and_then(|c| state.service.delete_draft(c, &key).map_err(ApiError::from));
+    let target = format!("drafts/{name}/{key}");
+    state
+        .audited("draft.delete", &target, outcome, |()| "ok".into())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Publish a draft and delete it.
@@ -644,21 +776,20 @@ async fn delete_draft(
     responses((status = 201, body = ItemView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn publish_draft(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    PathParams((name, key)): PathParams<(String, String)>,
 ) -> Result<(StatusCode, axum::Json<ItemView>), ApiError> {
-    let c = collection(&name)?;
-    let target = format!("drafts/{}/{key}", c.path());
-    match state.service.publish_draft(c, &key).await {
-        Ok(view) => {
-            state.audit("draft.publish", &target, &format!("ok {}", view.id));
-            Ok((StatusCode::CREATED, axum::Json(view)))
-        }
-        Err(err) => {
-            let err = ApiError::from(err);
-            state.audit("draft.publish", &target, err.code);
-            Err(err)
-        }
+    let outcome = async {
+        let c = collection(&name)?;
+        Ok(state.service.publish_draft(c, &key).await?)
     }
+    .await;
+    let target = format!("drafts/{name}/{key}");
+    let view = state
+        .audited("draft.publish", &target, outcome, |v| {
+            format!("ok {}", v.id)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -676,7 +807,7 @@ pub struct RecordView {
     responses((status = 200, body = RecordView), (status = 404, body = ErrorBody)))]
 async fn get_record(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<axum::Json<RecordView>, ApiError> {
     let id = RecordId::from_hex(&id).ok_or_else(|| {
         ApiError::new(
@@ -764,6 +895,10 @@ pub struct Bundle {
 
 pub const BUNDLE_FORMAT: &str = "kim-bundle/1";
 
+/// Largest bundle `POST /api/v1/import` takes: a node's whole export (hex doubles the record
+/// bytes), well above `request_body_bytes_max`, which guards every other route.
+pub const IMPORT_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
@@ -795,7 +930,9 @@ async fn export_bundle(
     } else {
         None
     };
-    state.audit("export", &format!("{} records", records.len()), "ok");
+    state
+        .audit("export", &format!("{} records", records.len()), "ok")
+        .await?;
     Ok(axum::Json(Bundle {
         format: BUNDLE_FORMAT.to_string(),
         federation: state.service.ingest().federation().to_hex(),
@@ -820,18 +957,20 @@ pub struct ImportReport {
     responses((status = 200, body = ImportReport), (status = 422, body = ErrorBody)))]
 async fn import_bundle(
     State(state): State<AppState>,
-    JsonBody(bundle): JsonBody<Bundle>,
+    body: Result<JsonBody<Bundle>, ApiError>,
 ) -> Result<axum::Json<ImportReport>, ApiError> {
-    let result = import(&state, bundle).await;
-    match &result {
-        Ok(r) => state.audit(
-            "import",
-            &format!("{} records", r.stored + r.duplicates + r.older),
-            "ok",
-        ),
-        Err(e) => state.audit("import", "bundle", e.code),
-    }
-    result.map(axum::Json)
+    let result = match body {
+        Ok(JsonBody(bundle)) => import(&state, bundle).await,
+        Err(err) => Err(err),
+    };
+    let target = match &result {
+        Ok(r) => format!("{} records", r.stored + r.duplicates + r.older),
+        Err(_) => "bundle".to_string(),
+    };
+    state
+        .audited("import", &target, result, |_| "ok".into())
+        .await
+        .map(axum::Json)
 }
 
 async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiError> {
@@ -882,10 +1021,13 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
                 .map_err(|e| invalid(position, e.code(), e.to_string()))?;
         }
     }
+    authorise_bundle(state, &all)
+        .map_err(|(position, e)| invalid(position, e.code(), e.to_string()))?;
     // Membership records first, so authors admitted by them are members when their items come.
     let (membership, items): (Vec<_>, Vec<_>) = all
         .into_iter()
-        .partition(|r| r.content.kind.is_membership());
+        .enumerate()
+        .partition(|(_, r)| r.content.kind.is_membership());
     let mut report = ImportReport {
         stored: 0,
         duplicates: 0,
@@ -894,8 +1036,8 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
     };
     for group in [membership, items] {
         for chunk in group.chunks(1000) {
-            let bytes: Vec<Vec<u8>> = chunk.iter().map(|r| r.bytes.clone()).collect();
-            for (record, result) in chunk
+            let bytes: Vec<Vec<u8>> = chunk.iter().map(|(_, r)| r.bytes.clone()).collect();
+            for ((position, _), result) in chunk
                 .iter()
                 .zip(ingest.ingest_batch(bytes, Source::Import).await)
             {
@@ -910,8 +1052,7 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
                             StatusCode::UNPROCESSABLE_ENTITY,
                             e.code(),
                             format!(
-                                "record {} was refused: {e}; records before it were imported, import again after fixing",
-                                record.id
+                                "record {position} of the bundle was refused: {e}; records before it were imported, import again after fixing"
                             ),
                         ));
                     }
@@ -928,6 +1069,61 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
             report.local_values += 1;
         }
     }
-    let _ = Kind::Charter;
     Ok(report)
+}
+
+/// The pipeline's authorisation rule applied to a whole bundle before anything is written, so
+/// a record the pipeline would refuse fails the import instead of half-importing it. Records
+/// are judged against the membership the bundle's own membership records lead to; records
+/// already held are skipped, as the pipeline does. Returns the first refused position.
+///
+/// Mirrors `Ingest::authorise`; the pipeline checks again while writing.
+fn authorise_bundle(state: &AppState, all: &[Record]) -> Result<(), (usize, Rejected)> {
+    let ingest = state.service.ingest();
+    let store = ingest.store();
+    let stored = |e| (0, Rejected::from(e));
+    let mut membership: Vec<Record> = store
+        .membership_records()
+        .map_err(stored)?
+        .into_iter()
+        .filter_map(|bytes| Record::decode(bytes).ok())
+        .collect();
+    membership.extend(
+        all.iter()
+            .filter(|r| r.content.kind.is_membership())
+            .cloned(),
+    );
+    let current = ingest.membership();
+    let after = evaluate(&current.charter, ingest.federation(), membership.iter());
+    for (position, record) in all.iter().enumerate() {
+        if store
+            .has_record(&record.id)
+            .map_err(|e| (position, e.into()))?
+        {
+            continue;
+        }
+        let c = &record.content;
+        let status = after.author_status(&c.author, c.created_at_ms);
+        let verdict = match &c.body {
+            _ if c.kind == Kind::Interest => Err(Rejected::WrongSource {
+                kind: c.kind,
+                origin: Source::Import,
+            }),
+            Body::Charter(_) | Body::JoinRequest(_) => Ok(()),
+            Body::Endorsement(_) | Body::RemovalVote(_) | Body::Leave(_) | Body::KeyRotation(_) => {
+                match status {
+                    AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
+                    _ => Ok(()),
+                }
+            }
+            _ => match status {
+                AuthorStatus::Member(_) => Ok(()),
+                AuthorStatus::RetiredKey(_) => Err(Rejected::RetiredKey),
+                AuthorStatus::NotMember(_) => Err(Rejected::NotMember),
+                AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
+            },
+        };
+        verdict.map_err(|e| (position, e))?;
+    }
+    Ok(())
 }

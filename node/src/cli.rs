@@ -477,13 +477,35 @@ pub async fn export(client: &Client, output: Option<PathBuf>, local: bool) -> an
     let text = serde_json::to_string(&bundle)?;
     match output {
         Some(path) => {
-            std::fs::write(&path, text)
+            write_private(&path, text.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("exported {count} records to {}", path.display());
         }
         None => println!("{text}"),
     }
     Ok(())
+}
+
+/// Writes a backup readable only by its owner (mode 0600 on unix): with `--local` it holds
+/// contact persons, internal notes and drafts. Replaces an existing file.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        // An existing file keeps its mode on open; narrow it before writing anything.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.is_file()
+        {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// `kim import`.

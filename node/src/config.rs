@@ -61,24 +61,21 @@ pub struct Config {
 impl Config {
     /// The TOML text `kim init` writes: every option with a comment saying what it does.
     pub fn to_documented_toml(&self) -> String {
-        let list = |items: &[String]| {
-            items
-                .iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        // TOML string literals (Rust's `{:?}` escapes control characters as `\u{..}`, which
+        // TOML does not read).
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
         format!(
             r#"# KIM node configuration. Environment variables KIM_<NAME> and command-line flags
 # override what is written here.
 
 # The region this node speaks for, and its NUTS 2024 code and ISO 3166-1 country.
-region_name = {region:?}
-nuts = {nuts:?}
-country = {country:?}
+region_name = {region}
+nuts = {nuts}
+country = {country}
 
 # The federation this node serves (its charter hash). Set by `kim init`; do not edit.
-federation = {federation:?}
+federation = {federation}
 
 # HTTP API (and dashboard) address. Keep it on loopback unless a reverse proxy with TLS
 # fronts it; every route but /api/v1/health needs the bearer token in `api-token`.
@@ -97,10 +94,10 @@ offer_validity_days = {validity}
 # Largest HTTP request body accepted, in bytes.
 request_body_bytes_max = {body_max}
 "#,
-            region = self.region_name,
-            nuts = self.nuts,
-            country = self.country,
-            federation = self.federation,
+            region = q(&self.region_name),
+            nuts = q(&self.nuts),
+            country = q(&self.country),
+            federation = q(&self.federation),
             api = self.api_listen,
             p2p = list(&self.p2p_listen),
             bootstrap = list(&self.bootstrap),

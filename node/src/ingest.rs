@@ -367,6 +367,12 @@ impl Ingest {
                 outcomes.push(Accepted::Duplicate { id: record.id });
                 continue;
             }
+            if !c.kind.is_replicated() {
+                // Expressions of interest go to one region only: kept, never synced or gossiped.
+                writes.put_direct(&record.id, &record.bytes);
+                outcomes.push(Accepted::Stored { id: record.id });
+                continue;
+            }
             if c.kind.is_membership() || !c.kind.withdrawable() {
                 writes.put_record(&record.id, &record.bytes);
                 digest.add(&record.id);

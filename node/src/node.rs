@@ -44,7 +44,11 @@ const CHARTER_META: &str = "charter";
 /// and profile are ordinary records, so founding with several regions or joining later needs
 /// no change to stored data.
 pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitReport> {
-    if data.config().exists() || data.key().exists() || data.store().exists() {
+    if data.config().exists()
+        || data.key().exists()
+        || data.token().exists()
+        || data.store().exists()
+    {
         bail!(
             "{} already holds a KIM node; refusing to overwrite it (choose another --data-dir)",
             data.root.display()

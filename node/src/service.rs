@@ -58,16 +58,44 @@ impl Collection {
     }
 
     /// Parses a JSON body into this collection's typed body, naming the offending field.
+    /// Unknown fields are refused (a misspelt optional field would otherwise vanish silently).
     pub fn body_from_json(self, value: Value) -> Result<Body, ServiceError> {
-        let bad = |e: serde_json::Error| ServiceError::BadBody(e.to_string());
         Ok(match self {
-            Collection::Organisations => {
-                Body::Organisation(serde_json::from_value(value).map_err(bad)?)
-            }
-            Collection::Projects => Body::Project(serde_json::from_value(value).map_err(bad)?),
-            Collection::Offers => Body::Cooperation(serde_json::from_value(value).map_err(bad)?),
-            Collection::Knowledge => Body::Knowledge(serde_json::from_value(value).map_err(bad)?),
+            Collection::Organisations => Body::Organisation(strict(&value)?),
+            Collection::Projects => Body::Project(strict(&value)?),
+            Collection::Offers => Body::Cooperation(strict(&value)?),
+            Collection::Knowledge => Body::Knowledge(strict(&value)?),
         })
+    }
+}
+
+/// Deserialises `value` and refuses fields the type does not have, at any depth.
+fn strict<T: serde::de::DeserializeOwned + Serialize>(value: &Value) -> Result<T, ServiceError> {
+    let typed = T::deserialize(value).map_err(|e| ServiceError::BadBody(e.to_string()))?;
+    let known = serde_json::to_value(&typed).map_err(|e| ServiceError::BadBody(e.to_string()))?;
+    match unknown_field(value, &known) {
+        Some(path) => Err(ServiceError::BadBody(format!("unknown field `{path}`"))),
+        None => Ok(typed),
+    }
+}
+
+/// The path of the first field of `input` that the typed re-encoding `known` lacks.
+fn unknown_field(input: &Value, known: &Value) -> Option<String> {
+    match (input, known) {
+        (Value::Object(input), Value::Object(known)) => {
+            input
+                .iter()
+                .find_map(|(name, value)| match known.get(name) {
+                    None => Some(name.clone()),
+                    Some(k) => unknown_field(value, k).map(|inner| format!("{name}.{inner}")),
+                })
+        }
+        (Value::Array(input), Value::Array(known)) => input
+            .iter()
+            .zip(known)
+            .enumerate()
+            .find_map(|(i, (v, k))| unknown_field(v, k).map(|inner| format!("{i}.{inner}"))),
+        _ => None,
     }
 }
 
@@ -103,6 +131,9 @@ pub struct Service {
     key: Arc<SigningKey>,
     region: RegionId,
     offer_validity_days: u32,
+    /// Held from reading an item's current revision until its next one is stored, so two
+    /// concurrent calls never sign the same revision twice (which would be equivocation).
+    authoring: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One item as the API shows it.
@@ -212,6 +243,7 @@ impl Service {
             key: Arc::new(key),
             region,
             offer_validity_days,
+            authoring: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -284,6 +316,15 @@ impl Service {
         collection: Collection,
         input: ItemInput,
     ) -> Result<ItemView, ServiceError> {
+        let _authoring = self.authoring.lock().await;
+        self.publish_locked(collection, input).await
+    }
+
+    async fn publish_locked(
+        &self,
+        collection: Collection,
+        input: ItemInput,
+    ) -> Result<ItemView, ServiceError> {
         let kind = collection.kind();
         let key = match input.key {
             Some(k) => k,
@@ -314,6 +355,16 @@ impl Service {
         key: &str,
         input: ItemInput,
     ) -> Result<ItemView, ServiceError> {
+        let _authoring = self.authoring.lock().await;
+        self.revise_locked(collection, key, input).await
+    }
+
+    async fn revise_locked(
+        &self,
+        collection: Collection,
+        key: &str,
+        input: ItemInput,
+    ) -> Result<ItemView, ServiceError> {
         let kind = collection.kind();
         let current = self.own_item(kind, key)?;
         let body = collection.body_from_json(input.body)?;
@@ -335,6 +386,7 @@ impl Service {
         key: &str,
         reason: String,
     ) -> Result<ItemView, ServiceError> {
+        let _authoring = self.authoring.lock().await;
         let kind = collection.kind();
         let current = self.own_item(kind, key)?;
         if current.tombstone {
@@ -509,6 +561,18 @@ impl Service {
         Ok((views, next))
     }
 
+    /// Live items of a collection, counted from the index without loading records.
+    pub fn count_live(&self, collection: Collection) -> Result<u64, ServiceError> {
+        let now = system_now_ms();
+        let (entries, _) =
+            self.ingest
+                .store()
+                .list_items(collection.kind(), None, None, usize::MAX, |entry| {
+                    entry.is_live(now)
+                })?;
+        Ok(entries.len() as u64)
+    }
+
     /// Saves (or replaces) a draft: checked against the schema, never published.
     pub fn save_draft(
         &self,
@@ -560,6 +624,7 @@ impl Service {
         collection: Collection,
         key: &str,
     ) -> Result<ItemView, ServiceError> {
+        let _authoring = self.authoring.lock().await;
         let name = draft_key(collection.kind(), key);
         let value = self
             .ingest
@@ -575,9 +640,9 @@ impl Service {
             .item(&self.region, collection.kind(), key)?
             .is_some_and(|e| !e.tombstone);
         let view = if exists {
-            self.revise(collection, key, input).await?
+            self.revise_locked(collection, key, input).await?
         } else {
-            self.publish(collection, input).await?
+            self.publish_locked(collection, input).await?
         };
         self.ingest.store().local_delete(&name)?;
         Ok(view)

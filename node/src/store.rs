@@ -10,6 +10,7 @@
 //!   - `a` region ‖ kind ‖ updated-at (BE) ‖ id → () (list by author region)
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
 //!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
+//!   - `n` id → record bytes (directly delivered records: never in the sync set)
 //!   - `x` name → value (metadata: format version, federation, charter, state digest)
 //! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
 //!   fields), as JSON.
@@ -158,6 +159,11 @@ impl WriteSet {
             .insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
     }
 
+    /// Stores a directly delivered record (expression of interest) outside the sync set.
+    pub fn put_direct(&mut self, id: &RecordId, bytes: &[u8]) {
+        self.batch.insert(&prefixed(b'n', id)[..], bytes);
+    }
+
     /// Marks a record as a membership record.
     pub fn mark_membership(&mut self, id: &RecordId) {
         self.batch.insert(&prefixed(b'm', id)[..], &[][..]);
@@ -303,11 +309,25 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
-    /// Whether the record is held.
+    /// Whether the record is held (in the sync set or as a direct record).
     pub fn has_record(&self, id: &RecordId) -> Result<bool, StoreError> {
-        self.data
+        Ok(self
+            .data
             .contains_key(prefixed(b'r', id))
-            .map_err(|e| self.io(e))
+            .map_err(|e| self.io(e))?
+            || self
+                .data
+                .contains_key(prefixed(b'n', id))
+                .map_err(|e| self.io(e))?)
+    }
+
+    /// A directly delivered record's bytes.
+    pub fn direct_record(&self, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .data
+            .get(prefixed(b'n', id))
+            .map_err(|e| self.io(e))?
+            .map(|v| v.to_vec()))
     }
 
     /// The current winner of an item.
@@ -350,6 +370,7 @@ impl Store {
         // search index serves heavier queries), which keeps each write to two index entries.
         let prefix: Vec<u8> = vec![b'k', kind as u8];
         let mut out = Vec::new();
+        let mut last_key: Option<Vec<u8>> = None;
         let range_end = match cursor {
             Some(c) if c.starts_with(&prefix) => c.to_vec(),
             _ => {
@@ -370,10 +391,12 @@ impl Store {
                 continue;
             }
             if accept(&item) {
-                out.push(item);
-                if out.len() >= limit {
-                    return Ok((out, Some(index_key.to_vec())));
+                // One item past the page tells whether there is a next page at all.
+                if out.len() == limit {
+                    return Ok((out, last_key));
                 }
+                out.push(item);
+                last_key = Some(index_key.to_vec());
             }
         }
         Ok((out, None))
@@ -480,21 +503,28 @@ impl Store {
         }
     }
 
-    /// Writes a local-only JSON value.
+    /// Writes a local-only JSON value, durably: callers acknowledge it to users right after.
     pub fn local_put(&self, key: &str, value: &serde_json::Value) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| self.damaged(e.to_string()))?;
-        self.local
-            .insert(key, bytes)
-            .map(|_| ())
-            .map_err(|e| self.io(e))
+        self.local.insert(key, bytes).map_err(|e| self.io(e))?;
+        self.flush_now()
     }
 
-    /// Deletes a local-only value; returns whether it existed.
+    /// Flushes synchronously; for the small local and audit writes that are acknowledged at
+    /// once (records use the batched, asynchronous [`Store::flush`]).
+    fn flush_now(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.io(e))
+    }
+
+    /// Deletes a local-only value durably; returns whether it existed.
     pub fn local_delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.local
+        let existed = self
+            .local
             .remove(key)
             .map(|v| v.is_some())
-            .map_err(|e| self.io(e))
+            .map_err(|e| self.io(e))?;
+        self.flush_now()?;
+        Ok(existed)
     }
 
     /// Local-only values whose key starts with `prefix`, in key order.
@@ -530,6 +560,7 @@ impl Store {
         self.audit
             .insert(seq.to_be_bytes(), bytes)
             .map_err(|e| self.io(e))?;
+        self.flush_now()?;
         Ok(seq)
     }
 
