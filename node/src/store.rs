@@ -366,8 +366,10 @@ impl Store {
         limit: usize,
         mut accept: impl FnMut(&ItemEntry) -> bool,
     ) -> Result<(Vec<ItemEntry>, Option<Vec<u8>>), StoreError> {
-        // One index by kind and time; a region filter is applied while walking it (the
-        // search index serves heavier queries), which keeps each write to two index entries.
+        if let Some(region) = region {
+            return self.list_region_items(kind, region, cursor, limit, accept);
+        }
+        // The kind index, newest first.
         let prefix: Vec<u8> = vec![b'k', kind as u8];
         let mut out = Vec::new();
         let mut last_key: Option<Vec<u8>> = None;
@@ -387,7 +389,7 @@ impl Store {
             };
             let item: ItemEntry = postcard::from_bytes(&value)
                 .map_err(|e| self.damaged(format!("item entry: {e}")))?;
-            if !index_key.ends_with(&item.id.0) || region.is_some_and(|r| *r != item.region) {
+            if !index_key.ends_with(&item.id.0) {
                 continue;
             }
             if accept(&item) {
@@ -397,6 +399,44 @@ impl Store {
                 }
                 out.push(item);
                 last_key = Some(index_key.to_vec());
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Items of one region: the item tree is keyed region first, so this is a prefix scan of
+    /// that region's items, ordered newest first like the kind index (same cursor format).
+    fn list_region_items(
+        &self,
+        kind: Kind,
+        region: &RegionId,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        mut accept: impl FnMut(&ItemEntry) -> bool,
+    ) -> Result<(Vec<ItemEntry>, Option<Vec<u8>>), StoreError> {
+        let mut prefix = vec![b'i'];
+        prefix.extend_from_slice(&region.0);
+        prefix.push(kind as u8);
+        let mut entries: Vec<(Vec<u8>, ItemEntry)> = Vec::new();
+        for kv in self.data.scan_prefix(&prefix) {
+            let (_, value) = kv.map_err(|e| self.io(e))?;
+            let item: ItemEntry = postcard::from_bytes(&value)
+                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            let position = kind_index(item.kind, item.created_at_ms, &item.id);
+            if cursor.is_none_or(|c| position.as_slice() < c) {
+                entries.push((position, item));
+            }
+        }
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut out = Vec::new();
+        let mut last_key = None;
+        for (position, item) in entries {
+            if accept(&item) {
+                if out.len() == limit {
+                    return Ok((out, last_key));
+                }
+                out.push(item);
+                last_key = Some(position);
             }
         }
         Ok((out, None))
