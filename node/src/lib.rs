@@ -8,6 +8,7 @@
 //! - [`config`]: data directory, `config.toml`, `KIM_*` environment, secrets.
 //! - [`store`]: sled behind one module; nothing else names sled.
 //! - [`ingest`]: size check → decode → verify → validate → authorise → resolve → store.
+//! - [`net`]: the libp2p event loop (gossip, sync, discovery, gate) and its client.
 //! - [`service`]: publish, revise, withdraw, list, drafts; the one place that signs.
 //! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI.
 //! - [`node`]: `init` and `run`.
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod net;
 pub mod node;
 pub mod service;
 pub mod store;

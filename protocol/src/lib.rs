@@ -12,6 +12,7 @@
 //! - [`envelope`]: the signed envelope, record ids, signing and (batch) verification.
 //! - [`validate`]: stateless content rules, checked against [`codes`] and [`limits`].
 //! - [`membership`]: charter and membership records, and the order-free membership rule.
+//! - [`matching`]: offer/request matching: hard filters and a score out of 100 with reasons.
 //! - [`resolve`]: which record of an item wins.
 //! - [`digest`]: the order-free state digest over a set of record ids.
 
@@ -25,6 +26,7 @@ pub mod digest;
 pub mod envelope;
 pub mod error;
 pub mod limits;
+pub mod matching;
 pub mod membership;
 pub mod names;
 pub mod reconcile;

@@ -1,0 +1,2211 @@
+//! The node's network layer: one event loop owns the libp2p swarm, everyone else holds a
+//! cloneable [`NetClient`] that sends [`Command`]s over a bounded channel with `oneshot` replies.
+//!
+//! Push for latency, pull for correctness (DESIGN.md, principle 5):
+//! - **gossipsub** on the federation's records topic pushes each new record to the mesh within
+//!   milliseconds. Messages are anonymous at the libp2p level (the record carries its own
+//!   signature), the message id is the record id (BLAKE3 of the bytes), and nothing is forwarded
+//!   before the ingest pipeline accepted it (`validate_messages()` +
+//!   `report_message_validation_result`). Invalid records cost the forwarding peer score.
+//! - **sync** over request-response (`/kim/<federation>/sync/1`) runs the range-based
+//!   reconciliation of `kim_protocol::reconcile` on every new outbound connection and
+//!   periodically with a random connected peer, then fetches what we lack and pushes what the
+//!   peer lacks, in bounded batches, through the same ingest pipeline.
+//! - **identify**, **ping** (round-trip times for `peers()`), **kademlia** (discovery among the
+//!   allowed peers), and a connection **gate** that asks [`PeerGate`] about every connection.
+//!
+//! # Layout
+//! - Limits: [`SYNC_FETCH_IDS_MAX`], [`SYNC_BATCH_RECORDS_MAX`], [`SYNC_BATCH_BYTES_MAX`],
+//!   [`SYNC_FRAME_BYTES_MAX`], [`GOSSIP_TRANSMIT_BYTES_MAX`].
+//! - [`Records`]: what the network needs from the node (ingest, the sync set, record bytes);
+//!   the node implements it for its ingest pipeline and store.
+//! - [`SyncRequest`], [`SyncResponse`]: the sync protocol's messages and their byte layout
+//!   ([`SyncRequest::encode`] and friends are pure and unit-tested); `SyncCodec` frames them.
+//! - [`NetConfig`], [`new`], [`EventLoop::run`]: construction and the loop.
+//! - [`NetClient`]: `publish`, `dial`, `peers`, `sync_with`, `listen_addrs`, `stats`,
+//!   `recheck_gate`.
+//!
+//! # The sync protocol (one request, one response, each on its own substream)
+//! A frame is an unsigned LEB128 length (minimal, at most [`SYNC_FRAME_BYTES_MAX`]) followed by
+//! that many payload bytes: a tag byte and a body.
+//!
+//! | tag | request | body |
+//! | --- | --- | --- |
+//! | 0 | `ReconcileStart` | a reconcile `Message` (postcard, SPEC.md §11); starts a new session |
+//! | 1 | `ReconcileNext` | the next `Message` of the session the peer answers |
+//! | 2 | `Fetch` | varint count ≤ [`SYNC_FETCH_IDS_MAX`], then count × 32-byte record ids |
+//! | 3 | `Push` | varint count ≤ [`SYNC_BATCH_RECORDS_MAX`], then count × (varint length ‖ record bytes), records ≤ [`SYNC_BATCH_BYTES_MAX`] in total |
+//!
+//! | tag | response | body |
+//! | --- | --- | --- |
+//! | 0 | `Reconcile` | the responder's `Message` |
+//! | 1 | `Records` | as `Push`: the requested records that are held, in request order, cut at the byte budget |
+//! | 2 | `Ack` | varint new ‖ varint rejected: what ingesting a `Push` did |
+//! | 3 | `Refused` | varint length ≤ 64 ‖ an error code in ASCII (`sync.no_session`, `reconcile.*`, …) |
+//!
+//! A session: the **initiator** (the dialer on connect, or the side whose timer fired) builds
+//! an id snapshot and sends `ReconcileStart`; the **responder** keeps one session per peer
+//! (a `Responder` and its own snapshot, replaced by the next `ReconcileStart`) and answers each
+//! message. Each step tells the initiator ids it lacks (`need`) and ids the peer lacks (`have`).
+//! Whenever [`SYNC_FETCH_IDS_MAX`] needed ids have gathered (and at the end) the initiator sends
+//! `Fetch` and ingests the answer with [`Origin::Sync`]; records it did not ask for, or whose
+//! hash is not a requested id, are dropped. Ids the responder left out for lack of room are
+//! asked for again while each answer makes progress. The responder learns nothing from a
+//! session, so the initiator **pushes** the records the peer lacks (`Push`, ingested there with
+//! [`Origin::Sync`] exactly as if fetched). Push was chosen over asking the peer to start a
+//! session the other way because the initiator already knows exactly which ids are missing:
+//! one session, no second reconciliation. Records that arrive by sync are never gossiped: they
+//! are old news, and re-gossiping a catch-up of thousands of records would flood the mesh.
+//! If a session stored new records but also had some rejected (e.g. a member's record fetched
+//! before the endorsement that admits it), it is run again, at most
+//! `SYNC_FOLLOWUPS_MAX` times in a row.
+//!
+//! # Architecture invariants
+//! - Only the event loop touches the swarm. Work that takes time (ingest, id snapshots,
+//!   reconciliation steps, store reads) runs in tasks that report back over a bounded channel.
+//! - A gossip message is reported `Accept` only when ingest says the record is new; the
+//!   pipeline sees each message once, in batches (a batch is ingested while the next gathers).
+//! - Every queue, batch and frame is bounded; a frame's length is checked before it is read.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use kim_protocol::FederationId;
+use kim_protocol::limits::RECORD_BYTES_MAX;
+use kim_protocol::names::{records_topic, sync_protocol};
+use kim_protocol::reconcile::{
+    ID_BYTES, Id, Initiator, Message, RECONCILE_MESSAGE_BYTES_MAX, Responder, SortedIds,
+};
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, Swarm, SwarmEvent, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{PeerId, StreamProtocol, gossipsub, identify, identity, kad, noise, ping, tcp, yamux};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/// Most record ids one `Fetch` asks for (32 KiB of ids).
+pub const SYNC_FETCH_IDS_MAX: usize = 512;
+/// Most records in one `Push` request or `Records` response.
+pub const SYNC_BATCH_RECORDS_MAX: usize = 512;
+/// Most record bytes in one `Push` or `Records` (at least 32 records of the largest size).
+pub const SYNC_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Largest sync frame payload in either direction, checked before reading it.
+pub const SYNC_FRAME_BYTES_MAX: usize = SYNC_BATCH_BYTES_MAX + 64 * 1024;
+/// Largest gossipsub RPC: one record plus the topic and protobuf framing.
+pub const GOSSIP_TRANSMIT_BYTES_MAX: usize = RECORD_BYTES_MAX + 1024;
+/// Longest refusal code in a `Refused` response.
+const REFUSAL_CODE_BYTES_MAX: usize = 64;
+/// Gossip messages waiting for the pipeline; past this, new ones are ignored (sync brings them).
+const GOSSIP_QUEUE_RECORDS_MAX: usize = 4096;
+/// Gossip messages handed to the pipeline at once (one signature batch).
+const GOSSIP_BATCH_RECORDS_MAX: usize = 256;
+/// Commands waiting for the event loop.
+const COMMAND_QUEUE_LEN: usize = 64;
+/// Task results waiting for the event loop.
+const INTERNAL_QUEUE_LEN: usize = 256;
+/// Inbound sync requests worked on at once (snapshots, reconciliation steps, store reads).
+const INBOUND_SYNC_TASKS_MAX: usize = 4;
+/// Immediate re-runs of a session that stored records but had some rejected.
+const SYNC_FOLLOWUPS_MAX: u32 = 2;
+/// Listen addresses remembered per peer (from identify).
+const PEER_ADDRS_MAX: usize = 8;
+/// First wait before dialling the bootstrap addresses again while no peer is connected; it
+/// doubles up to [`BOOTSTRAP_REDIAL_MAX`].
+const BOOTSTRAP_REDIAL_MIN: Duration = Duration::from_secs(2);
+const BOOTSTRAP_REDIAL_MAX: Duration = Duration::from_secs(300);
+/// Least time a gossip message waits in the cache for its verdict, whatever the heartbeat.
+const GOSSIP_VALIDATION_WINDOW: Duration = Duration::from_secs(5);
+
+const _: () = assert!(SYNC_FRAME_BYTES_MAX > RECONCILE_MESSAGE_BYTES_MAX);
+const _: () = assert!(SYNC_FRAME_BYTES_MAX >= 1 + 5 + SYNC_FETCH_IDS_MAX * ID_BYTES);
+const _: () =
+    assert!(SYNC_FRAME_BYTES_MAX >= 1 + 5 + SYNC_BATCH_BYTES_MAX + SYNC_BATCH_RECORDS_MAX * 5);
+const _: () = assert!(SYNC_BATCH_BYTES_MAX >= RECORD_BYTES_MAX);
+
+// ---------------------------------------------------------------------------------------------
+// What the network needs from the node
+// ---------------------------------------------------------------------------------------------
+
+/// Where records handed to [`Records::ingest`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A gossipsub message.
+    Gossip,
+    /// A sync fetch answer or a peer's push.
+    Sync,
+}
+
+/// What ingest made of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Stored: it changed the sync set (gossip forwards it).
+    New,
+    /// Valid but changes nothing: already held, or an older revision (not forwarded, no penalty).
+    Known,
+    /// Refused: malformed, forged, oversized, unauthorised (not forwarded, the sender penalised).
+    Invalid,
+    /// A local failure, e.g. the store (not forwarded, nobody penalised).
+    Failed,
+}
+
+/// The node as the network sees it. Implemented by the node for its ingest pipeline and store;
+/// tests implement it in memory.
+///
+/// `ids` and `get` may block (they are called on blocking threads); `ingest` is async and must
+/// return one verdict per record, in order.
+pub trait Records: Send + Sync + 'static {
+    /// Runs records through the ingest pipeline.
+    fn ingest(
+        &self,
+        records: Vec<Vec<u8>>,
+        origin: Origin,
+    ) -> impl Future<Output = Vec<Verdict>> + Send;
+
+    /// Every id of the sync set, ascending.
+    fn ids(&self) -> anyhow::Result<Vec<Id>>;
+
+    /// The bytes of the held records among `ids`, in the order asked; missing ones are skipped.
+    fn get(&self, ids: &[Id]) -> anyhow::Result<Vec<Vec<u8>>>;
+}
+
+/// Decides whether a peer may hold a connection. Consulted when a connection is established
+/// (and before dialling a known peer id); membership plugs in here.
+pub type PeerGate = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
+
+/// A gate that lets everybody in.
+pub fn allow_all() -> PeerGate {
+    Arc::new(|_| true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sync messages and their encoding
+// ---------------------------------------------------------------------------------------------
+
+/// A sync request (see the module docs for the byte layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    /// A reconciliation message; `start` begins a new session.
+    Reconcile { start: bool, message: Message },
+    /// The records with these ids, at most [`SYNC_FETCH_IDS_MAX`].
+    Fetch(Vec<Id>),
+    /// Records the peer lacks, at most [`SYNC_BATCH_RECORDS_MAX`] and [`SYNC_BATCH_BYTES_MAX`].
+    Push(Vec<Vec<u8>>),
+}
+
+/// A sync response (see the module docs for the byte layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncResponse {
+    /// The responder's reconciliation message.
+    Reconcile(Message),
+    /// Records answering a `Fetch`.
+    Records(Vec<Vec<u8>>),
+    /// What ingesting a `Push` did.
+    Ack { new: u32, rejected: u32 },
+    /// The request was not served; a stable error code says why.
+    Refused(String),
+}
+
+/// Why bytes are not a sync message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("sync frame is {bytes} bytes, more than the {max} allowed")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("sync frame ends early")]
+    Truncated,
+    #[error("sync frame has {0} bytes after its end")]
+    Trailing(usize),
+    #[error("sync frame has unknown tag {0}")]
+    UnknownTag(u8),
+    #[error("sync frame has a non-minimal or overlong varint")]
+    BadVarint,
+    #[error("sync frame lists {count} items, more than the {max} allowed")]
+    TooMany { count: usize, max: usize },
+    #[error("sync frame carries a record of {bytes} bytes, more than the {max} allowed")]
+    RecordTooLarge { bytes: usize, max: usize },
+    #[error("sync frame carries a malformed reconcile message: {0}")]
+    Reconcile(String),
+    #[error("sync frame carries a refusal code that is not short ASCII")]
+    BadCode,
+}
+
+impl SyncRequest {
+    /// The payload bytes (tag and body, without the frame length).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            SyncRequest::Reconcile { start, message } => {
+                out.push(if *start { 0 } else { 1 });
+                out.extend_from_slice(&message.encode());
+            }
+            SyncRequest::Fetch(ids) => {
+                out.push(2);
+                put_varint(&mut out, ids.len() as u64);
+                for id in ids {
+                    out.extend_from_slice(id);
+                }
+            }
+            SyncRequest::Push(records) => {
+                out.push(3);
+                put_records(&mut out, records);
+            }
+        }
+        out
+    }
+
+    /// Parses a payload, checking every count and size before the work it would cause.
+    pub fn decode(bytes: &[u8]) -> Result<SyncRequest, DecodeError> {
+        check_frame_len(bytes.len())?;
+        let (&tag, body) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        match tag {
+            0 | 1 => Ok(SyncRequest::Reconcile {
+                start: tag == 0,
+                message: decode_message(body)?,
+            }),
+            2 => {
+                let mut reader = Reader(body);
+                let count = reader.count(SYNC_FETCH_IDS_MAX)?;
+                let mut ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let mut id = [0u8; ID_BYTES];
+                    id.copy_from_slice(reader.take(ID_BYTES)?);
+                    ids.push(id);
+                }
+                reader.finish()?;
+                Ok(SyncRequest::Fetch(ids))
+            }
+            3 => Ok(SyncRequest::Push(get_records(body)?)),
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+impl SyncResponse {
+    /// The payload bytes (tag and body, without the frame length).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            SyncResponse::Reconcile(message) => {
+                out.push(0);
+                out.extend_from_slice(&message.encode());
+            }
+            SyncResponse::Records(records) => {
+                out.push(1);
+                put_records(&mut out, records);
+            }
+            SyncResponse::Ack { new, rejected } => {
+                out.push(2);
+                put_varint(&mut out, u64::from(*new));
+                put_varint(&mut out, u64::from(*rejected));
+            }
+            SyncResponse::Refused(code) => {
+                out.push(3);
+                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
+                put_varint(&mut out, code.len() as u64);
+                out.extend_from_slice(code);
+            }
+        }
+        out
+    }
+
+    /// Parses a payload, checking every count and size before the work it would cause.
+    pub fn decode(bytes: &[u8]) -> Result<SyncResponse, DecodeError> {
+        check_frame_len(bytes.len())?;
+        let (&tag, body) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        match tag {
+            0 => Ok(SyncResponse::Reconcile(decode_message(body)?)),
+            1 => Ok(SyncResponse::Records(get_records(body)?)),
+            2 => {
+                let mut reader = Reader(body);
+                let new = u32::try_from(reader.varint()?).map_err(|_| DecodeError::BadVarint)?;
+                let rejected =
+                    u32::try_from(reader.varint()?).map_err(|_| DecodeError::BadVarint)?;
+                reader.finish()?;
+                Ok(SyncResponse::Ack { new, rejected })
+            }
+            3 => {
+                let mut reader = Reader(body);
+                let len = reader.count(REFUSAL_CODE_BYTES_MAX)?;
+                let code = reader.take(len)?;
+                reader.finish()?;
+                if !code.iter().all(|b| b.is_ascii_graphic()) {
+                    return Err(DecodeError::BadCode);
+                }
+                Ok(SyncResponse::Refused(
+                    String::from_utf8_lossy(code).into_owned(),
+                ))
+            }
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+fn check_frame_len(bytes: usize) -> Result<(), DecodeError> {
+    if bytes > SYNC_FRAME_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            bytes,
+            max: SYNC_FRAME_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
+    let message = Message::decode(body).map_err(|e| DecodeError::Reconcile(e.code().into()))?;
+    message
+        .validate()
+        .map_err(|e| DecodeError::Reconcile(e.code().into()))?;
+    Ok(message)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
+    put_varint(out, records.len() as u64);
+    for record in records {
+        put_varint(out, record.len() as u64);
+        out.extend_from_slice(record);
+    }
+}
+
+fn get_records(body: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let mut reader = Reader(body);
+    let count = reader.count(SYNC_BATCH_RECORDS_MAX)?;
+    let mut records = Vec::with_capacity(count);
+    let mut total = 0usize;
+    for _ in 0..count {
+        let len = reader.varint()?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > RECORD_BYTES_MAX {
+            return Err(DecodeError::RecordTooLarge {
+                bytes: len,
+                max: RECORD_BYTES_MAX,
+            });
+        }
+        total += len;
+        if total > SYNC_BATCH_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                bytes: total,
+                max: SYNC_BATCH_BYTES_MAX,
+            });
+        }
+        records.push(reader.take(len)?.to_vec());
+    }
+    reader.finish()?;
+    Ok(records)
+}
+
+/// A cursor over a payload body.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    /// A minimal LEB128 varint of at most 64 bits.
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = self.take(1)?[0];
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && byte > 1 {
+                return Err(DecodeError::BadVarint);
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                if i > 0 && byte == 0 {
+                    return Err(DecodeError::BadVarint);
+                }
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::BadVarint)
+    }
+
+    /// A varint count, at most `max`.
+    fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
+        let count = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+        if count > max {
+            return Err(DecodeError::TooMany { count, max });
+        }
+        Ok(count)
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.0.len()))
+        }
+    }
+}
+
+/// Frames sync messages on a substream: a varint length, then the payload.
+#[derive(Debug, Clone, Default)]
+struct SyncCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len: u64 = 0;
+    let mut i = 0;
+    loop {
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await?;
+        len |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            if i > 0 && byte[0] == 0 {
+                return Err(invalid("sync frame length is not minimal"));
+            }
+            break;
+        }
+        i += 1;
+        if i >= 4 {
+            // Four varint bytes reach 2^28, far beyond the frame limit.
+            return Err(invalid("sync frame length is too long"));
+        }
+    }
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > SYNC_FRAME_BYTES_MAX {
+        return Err(invalid(format!(
+            "sync frame is {len} bytes, more than the {SYNC_FRAME_BYTES_MAX} allowed"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -> io::Result<()> {
+    if payload.len() > SYNC_FRAME_BYTES_MAX {
+        return Err(invalid("refusing to send a sync frame above the limit"));
+    }
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    put_varint(&mut frame, payload.len() as u64);
+    frame.extend_from_slice(payload);
+    io.write_all(&frame).await?;
+    io.flush().await
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let payload = read_frame(io).await?;
+        SyncRequest::decode(&payload).map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let payload = read_frame(io).await?;
+        SyncResponse::decode(&payload).map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: SyncRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &request.encode()).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: SyncResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &response.encode()).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour
+// ---------------------------------------------------------------------------------------------
+
+/// Denies connections to and from peers the [`PeerGate`] refuses. First in [`Behaviour`], so a
+/// denied connection never reaches gossip or sync.
+struct Gate {
+    allowed: PeerGate,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer {0} is not allowed to connect to this federation's node")]
+struct NotAllowed(PeerId);
+
+impl Gate {
+    fn check(&self, peer: PeerId) -> Result<(), ConnectionDenied> {
+        if (self.allowed)(&peer) {
+            Ok(())
+        } else {
+            tracing::debug!(peer = %peer, "connection denied by the gate");
+            Err(ConnectionDenied::new(NotAllowed(peer)))
+        }
+    }
+}
+
+impl NetworkBehaviour for Gate {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check(peer)?;
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(peer) = peer {
+            self.check(peer)?;
+        }
+        Ok(vec![])
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check(peer)?;
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gate: Gate,
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kademlia: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+fn gossip_behaviour(
+    topic: &gossipsub::IdentTopic,
+    heartbeat: Duration,
+) -> anyhow::Result<gossipsub::Behaviour> {
+    let heartbeats_per_window =
+        (GOSSIP_VALIDATION_WINDOW.as_millis() / heartbeat.as_millis().max(1)).max(5) as usize;
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
+        })
+        .max_transmit_size(GOSSIP_TRANSMIT_BYTES_MAX)
+        .heartbeat_interval(heartbeat)
+        // Messages wait in the cache until ingest reports on them; keep them there for at least
+        // GOSSIP_VALIDATION_WINDOW however short the heartbeat.
+        .history_length(heartbeats_per_window)
+        .build()
+        .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+    let mut behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    // Positive score is small and capped, so that invalid records dominate: an honest peer
+    // earns at most +10, one invalid record costs -10, two cost -40 (below the gossip threshold
+    // of -10 and the publish threshold of -50 soon after), three cost -90 (graylisted: we ignore
+    // everything it sends). The penalty decays by 1 % a second (half-life about a minute).
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        // P1: +0.01 per second in the mesh, at most +6. (The default quantum of 1 ms would give
+        // +1000 within a second and hide any penalty.)
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 600.0,
+        // P2: +0.1 per record first delivered, at most +5.
+        first_message_deliveries_weight: 0.1,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        // P3, P3b: records are rare; do not punish mesh peers for delivering few of them.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // P4: -10 × (invalid records)².
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        topic_score_cap: 10.0,
+        // Only allowed peers connect at all, and several nodes may share an address (NAT, tests
+        // on loopback): no penalty for sharing an IP.
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params.topics.insert(topic.hash(), topic_params);
+    behaviour
+        .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+        .map_err(|e| anyhow::anyhow!("gossipsub scoring: {e}"))?;
+    Ok(behaviour)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration, results, errors
+// ---------------------------------------------------------------------------------------------
+
+/// How a node's network runs.
+#[derive(Clone)]
+pub struct NetConfig {
+    /// The federation served: names the topic and protocols.
+    pub federation: FederationId,
+    /// The node's transport identity (not the region's signing key).
+    pub keypair: identity::Keypair,
+    /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/4001`.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub bootstrap_addrs: Vec<Multiaddr>,
+    /// Subscribe to the records topic and allow `publish`. Off: sync only.
+    pub gossip: bool,
+    /// Start a session when we dial a peer and the connection is up.
+    pub sync_on_connect: bool,
+    /// Start a session with a random connected peer this often; `None`: never.
+    pub sync_interval: Option<Duration>,
+    /// Dial the allowed peers kademlia discovers.
+    pub discovery: bool,
+    /// gossipsub heartbeat (mesh maintenance and gossip emission).
+    pub gossip_heartbeat: Duration,
+    /// How long one sync request may take.
+    pub request_timeout: Duration,
+    /// How long a connection without active streams stays open.
+    pub idle_connection_timeout: Duration,
+}
+
+impl fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetConfig")
+            .field("federation", &self.federation)
+            .field("peer_id", &self.keypair.public().to_peer_id())
+            .field("listen_addrs", &self.listen_addrs)
+            .field("bootstrap_addrs", &self.bootstrap_addrs)
+            .field("gossip", &self.gossip)
+            .field("sync_on_connect", &self.sync_on_connect)
+            .field("sync_interval", &self.sync_interval)
+            .field("discovery", &self.discovery)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetConfig {
+    /// Defaults: gossip on, sync on connect and every 30 s, discovery on, 1 s heartbeat.
+    pub fn new(federation: FederationId, keypair: identity::Keypair) -> NetConfig {
+        NetConfig {
+            federation,
+            keypair,
+            listen_addrs: Vec::new(),
+            bootstrap_addrs: Vec::new(),
+            gossip: true,
+            sync_on_connect: true,
+            sync_interval: Some(Duration::from_secs(30)),
+            discovery: true,
+            gossip_heartbeat: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A connected peer, for operators.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    /// Listen addresses the peer reported (identify), then the addresses of our connections.
+    pub addrs: Vec<Multiaddr>,
+    /// Last ping round-trip time.
+    pub rtt: Option<Duration>,
+    /// When the last sync session we initiated with this peer completed.
+    pub last_sync: Option<SystemTime>,
+    /// The peer's gossipsub score (negative after invalid records).
+    pub gossip_score: Option<f64>,
+    /// Whether the peer is in our gossip mesh: records we accept are forwarded to it at once.
+    pub gossip_mesh: bool,
+}
+
+/// What one sync session did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Reconciliation round trips.
+    pub rounds: u32,
+    /// Ids the peer had and we lacked.
+    pub missing: usize,
+    /// Ids we had and the peer lacked.
+    pub offered: usize,
+    /// Fetched records that were new here.
+    pub received_new: usize,
+    /// Fetched records already known (e.g. arrived by gossip meanwhile).
+    pub received_known: usize,
+    /// Fetched records ingest refused, or that were not what we asked for.
+    pub rejected: usize,
+    /// Records the peer stored from our push.
+    pub pushed_new: usize,
+    /// Wall time of the session.
+    pub elapsed: Duration,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub gossip_received: u64,
+    pub gossip_accepted: u64,
+    pub gossip_ignored: u64,
+    pub gossip_rejected: u64,
+    /// Gossip messages dropped because the ingest queue was full.
+    pub gossip_dropped: u64,
+    pub sync_sessions_ok: u64,
+    pub sync_sessions_failed: u64,
+    pub sync_records_new: u64,
+    pub sync_records_rejected: u64,
+    pub sync_requests_inbound: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    gossip_received: AtomicU64,
+    gossip_accepted: AtomicU64,
+    gossip_ignored: AtomicU64,
+    gossip_rejected: AtomicU64,
+    gossip_dropped: AtomicU64,
+    sync_sessions_ok: AtomicU64,
+    sync_sessions_failed: AtomicU64,
+    sync_records_new: AtomicU64,
+    sync_records_rejected: AtomicU64,
+    sync_requests_inbound: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> NetStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NetStats {
+            gossip_received: get(&self.gossip_received),
+            gossip_accepted: get(&self.gossip_accepted),
+            gossip_ignored: get(&self.gossip_ignored),
+            gossip_rejected: get(&self.gossip_rejected),
+            gossip_dropped: get(&self.gossip_dropped),
+            sync_sessions_ok: get(&self.sync_sessions_ok),
+            sync_sessions_failed: get(&self.sync_sessions_failed),
+            sync_records_new: get(&self.sync_records_new),
+            sync_records_rejected: get(&self.sync_records_rejected),
+            sync_requests_inbound: get(&self.sync_requests_inbound),
+        }
+    }
+}
+
+/// Why a network operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("the network event loop has stopped; restart the node")]
+    Stopped,
+    #[error("not connected to peer {0}; dial it first")]
+    NotConnected(PeerId),
+    #[error("no peer is subscribed to the records topic yet; sync will deliver the record later")]
+    NoPeers,
+    #[error("gossip is disabled in this node's configuration")]
+    GossipDisabled,
+    #[error("record is {bytes} bytes, more than the {max} allowed")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("dial failed: {0}")]
+    Dial(String),
+    #[error("sync request to {peer} failed: {cause}")]
+    Request { peer: PeerId, cause: String },
+    #[error("peer refused the sync request: {0}")]
+    Refused(String),
+    #[error("peer broke the sync protocol: {0}")]
+    Protocol(String),
+    #[error("local store failed during sync: {0}")]
+    Store(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+/// A request to the event loop, with the channel for its reply.
+#[derive(Debug)]
+pub enum Command {
+    Publish {
+        record: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    SyncWith {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<SyncReport, NetError>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Stats {
+        reply: oneshot::Sender<NetStats>,
+    },
+    RecheckGate {
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// The handle the rest of the node uses. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl NetClient {
+    /// This node's transport identity.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (reply, receive) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        receive.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Announces a record the node has already ingested (and stored) to the gossip mesh.
+    /// [`NetError::NoPeers`] is not a loss: sync brings the record to peers later.
+    pub async fn publish(&self, record: Vec<u8>) -> Result<(), NetError> {
+        self.call(|reply| Command::Publish { record, reply })
+            .await?
+    }
+
+    /// Dials an address and waits until the connection is up (or failed): the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Runs a sync session with a connected peer now (after the one running, if any).
+    pub async fn sync_with(&self, peer: PeerId) -> Result<SyncReport, NetError> {
+        self.call(|reply| Command::SyncWith { peer, reply }).await?
+    }
+
+    /// The addresses this node listens on; waits for the first if there is none yet.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Counters since start.
+    pub async fn stats(&self) -> Result<NetStats, NetError> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// Asks the gate again about every connected peer and disconnects those it now refuses
+    /// (after a membership change); returns how many were disconnected.
+    pub async fn recheck_gate(&self) -> Result<usize, NetError> {
+        self.call(|reply| Command::RecheckGate { reply }).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event loop
+// ---------------------------------------------------------------------------------------------
+
+/// Results of work done outside the event loop.
+enum Internal {
+    /// Verdicts for a batch of gossip messages, in order.
+    GossipVerdicts {
+        messages: Vec<(gossipsub::MessageId, PeerId)>,
+        verdicts: Vec<Verdict>,
+    },
+    /// A session wants to send a sync request.
+    Outbound {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, NetError>>,
+    },
+    /// An inbound request's answer is ready.
+    Respond {
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+    /// A session ended.
+    SessionDone {
+        peer: PeerId,
+        result: Result<SyncReport, NetError>,
+    },
+}
+
+/// What we know about a connected peer.
+#[derive(Debug, Default)]
+struct PeerState {
+    connections: HashMap<ConnectionId, Multiaddr>,
+    listen_addrs: Vec<Multiaddr>,
+    rtt: Option<Duration>,
+    last_sync: Option<SystemTime>,
+}
+
+/// A running session with a peer and who waits for it.
+#[derive(Debug, Default)]
+struct SessionSlot {
+    waiters: Vec<oneshot::Sender<Result<SyncReport, NetError>>>,
+    /// `sync_with` callers that arrived while it ran: they get a fresh session next.
+    rerun: Vec<oneshot::Sender<Result<SyncReport, NetError>>>,
+    /// Follow-ups already run for rejected records.
+    followups: u32,
+}
+
+/// The responder's side of the session a peer runs with us.
+#[derive(Debug, Default)]
+struct ResponderSession {
+    responder: Responder,
+    snapshot: Option<Arc<SortedIds>>,
+}
+
+/// Builds the swarm, starts listening and dialling the bootstrap addresses, and returns the
+/// client and the loop to run (`tokio::spawn(event_loop.run(shutdown))`).
+pub fn new<R: Records>(
+    config: NetConfig,
+    records: Arc<R>,
+    gate: PeerGate,
+) -> anyhow::Result<(NetClient, EventLoop<R>)> {
+    let local_peer_id = config.keypair.public().to_peer_id();
+    let topic = gossipsub::IdentTopic::new(records_topic(&config.federation));
+    let sync_name = StreamProtocol::try_from_owned(sync_protocol(&config.federation))
+        .map_err(|e| anyhow::anyhow!("sync protocol name: {e}"))?;
+    let kad_name = StreamProtocol::try_from_owned(format!("/kim/{}/kad/1", config.federation))
+        .map_err(|e| anyhow::anyhow!("kademlia protocol name: {e}"))?;
+
+    let mut gossipsub = gossip_behaviour(&topic, config.gossip_heartbeat)?;
+    if config.gossip {
+        gossipsub
+            .subscribe(&topic)
+            .map_err(|e| anyhow::anyhow!("subscribing to {topic}: {e}"))?;
+    }
+    let sync = request_response::Behaviour::with_codec(
+        SyncCodec,
+        [(sync_name, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(config.request_timeout),
+    );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(
+            format!("/kim/{}/1", config.federation),
+            config.keypair.public(),
+        )
+        .with_agent_version(format!("kim/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let mut kad_config = kad::Config::new(kad_name);
+    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    let mut kademlia = kad::Behaviour::with_config(
+        local_peer_id,
+        kad::store::MemoryStore::new(local_peer_id),
+        kad_config,
+    );
+    // Behind NAT or on loopback kademlia would stay a client and never answer queries.
+    kademlia.set_mode(Some(kad::Mode::Server));
+    let behaviour = Behaviour {
+        gate: Gate {
+            allowed: Arc::clone(&gate),
+        },
+        gossipsub,
+        sync,
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new()),
+        kademlia,
+    };
+
+    let idle = config.idle_connection_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+
+    for addr in &config.listen_addrs {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
+    }
+    for addr in &config.bootstrap_addrs {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(addr = %addr, cause = %e, "bootstrap dial failed; will rely on others");
+        }
+    }
+
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_LEN);
+    let (internal_tx, internal) = mpsc::channel(INTERNAL_QUEUE_LEN);
+    let client = NetClient {
+        commands: commands_tx,
+        local_peer_id,
+    };
+    let event_loop = EventLoop {
+        swarm,
+        config,
+        topic,
+        records,
+        gate,
+        commands,
+        internal,
+        internal_tx,
+        counters: Arc::new(Counters::default()),
+        inbound_permits: Arc::new(Semaphore::new(INBOUND_SYNC_TASKS_MAX)),
+        peers: HashMap::new(),
+        listen_addrs: Vec::new(),
+        listen_waiters: Vec::new(),
+        pending_dials: HashMap::new(),
+        pending_requests: HashMap::new(),
+        sessions: HashMap::new(),
+        responders: HashMap::new(),
+        gossip_queue: Vec::new(),
+        gossip_ingesting: false,
+        redial_backoff: BOOTSTRAP_REDIAL_MIN,
+        redial_at: tokio::time::Instant::now() + BOOTSTRAP_REDIAL_MIN,
+    };
+    Ok((client, event_loop))
+}
+
+/// The task that owns the swarm. Run it with [`EventLoop::run`].
+pub struct EventLoop<R: Records> {
+    swarm: Swarm<Behaviour>,
+    config: NetConfig,
+    topic: gossipsub::IdentTopic,
+    records: Arc<R>,
+    gate: PeerGate,
+    commands: mpsc::Receiver<Command>,
+    /// Results of tasks; the loop holds a sender only to hand clones to tasks.
+    internal: mpsc::Receiver<Internal>,
+    internal_tx: mpsc::Sender<Internal>,
+    counters: Arc<Counters>,
+    /// Bounds inbound sync work running at once.
+    inbound_permits: Arc<Semaphore>,
+    peers: HashMap<PeerId, PeerState>,
+    listen_addrs: Vec<Multiaddr>,
+    /// `listen_addrs()` callers waiting for the first address.
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetError>>>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
+    /// Sessions we initiated, one per peer at a time.
+    sessions: HashMap<PeerId, SessionSlot>,
+    /// Sessions peers run with us, one per peer; dropped when the peer disconnects.
+    responders: HashMap<PeerId, Arc<Mutex<ResponderSession>>>,
+    /// Gossip messages waiting for the pipeline.
+    gossip_queue: Vec<(gossipsub::MessageId, PeerId, Vec<u8>)>,
+    /// Whether a gossip batch is in the pipeline (one at a time, so the next one batches up).
+    gossip_ingesting: bool,
+    /// Wait before the next bootstrap redial while isolated; doubles each time.
+    redial_backoff: Duration,
+    redial_at: tokio::time::Instant,
+}
+
+impl<R: Records> fmt::Debug for EventLoop<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A random index below `len` (`len > 0`), from the standard library's per-process random keys.
+fn random_index(len: usize) -> usize {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (hasher.finish() % len.max(1) as u64) as usize
+}
+
+impl<R: Records> EventLoop<R> {
+    /// Runs until `shutdown` completes; then the swarm and all connections are dropped.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut sync_timer = self.config.sync_interval.map(|period| {
+            let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        });
+        let mut maintenance = tokio::time::interval(Duration::from_secs(1));
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                Some(internal) = self.internal.recv() => self.on_internal(internal),
+                () = tick(&mut sync_timer) => self.periodic_sync(),
+                _ = maintenance.tick() => self.redial_if_isolated(),
+            }
+        }
+        tracing::debug!(peer_id = %self.swarm.local_peer_id(), "network event loop stopped");
+    }
+
+    /// Dials the bootstrap addresses again, with backoff, while no peer is connected (the node
+    /// started before its peers, or lost them all).
+    fn redial_if_isolated(&mut self) {
+        let now = tokio::time::Instant::now();
+        if !self.peers.is_empty() {
+            self.redial_backoff = BOOTSTRAP_REDIAL_MIN;
+            self.redial_at = now + BOOTSTRAP_REDIAL_MIN;
+            return;
+        }
+        if self.config.bootstrap_addrs.is_empty() || now < self.redial_at {
+            return;
+        }
+        tracing::debug!(
+            backoff_ms = self.redial_backoff.as_millis() as u64,
+            "no peers; dialling bootstrap addresses again"
+        );
+        for addr in self.config.bootstrap_addrs.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(addr = %addr, cause = %e, "bootstrap redial failed");
+            }
+        }
+        self.redial_at = now + self.redial_backoff;
+        self.redial_backoff = (self.redial_backoff * 2).min(BOOTSTRAP_REDIAL_MAX);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { record, reply } => {
+                let _ = reply.send(self.publish(record));
+            }
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial(e.to_string())));
+                    }
+                }
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::SyncWith { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    self.start_session(peer, Some(reply));
+                } else {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                }
+            }
+            Command::ListenAddrs { reply } => {
+                if self.listen_addrs.is_empty() {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.counters.snapshot());
+            }
+            Command::RecheckGate { reply } => {
+                let refused: Vec<PeerId> = self
+                    .peers
+                    .keys()
+                    .filter(|peer| !(self.gate)(peer))
+                    .copied()
+                    .collect();
+                for peer in &refused {
+                    tracing::info!(peer = %peer, "disconnecting a peer the gate now refuses");
+                    let _ = self.swarm.disconnect_peer_id(*peer);
+                }
+                let _ = reply.send(refused.len());
+            }
+        }
+    }
+
+    fn publish(&mut self, record: Vec<u8>) -> Result<(), NetError> {
+        if !self.config.gossip {
+            return Err(NetError::GossipDisabled);
+        }
+        if record.len() > RECORD_BYTES_MAX {
+            return Err(NetError::TooLarge {
+                bytes: record.len(),
+                max: RECORD_BYTES_MAX,
+            });
+        }
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), record)
+        {
+            Ok(_) => Ok(()),
+            // Seen already (it came in by gossip before the node published it): nothing to do.
+            Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(NetError::NoPeers),
+            Err(e) => Err(NetError::Publish(e.to_string())),
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let mesh: HashSet<&PeerId> = gossipsub.mesh_peers(&self.topic.hash()).collect();
+        let mut infos: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer_id, state)| {
+                let mut addrs = state.listen_addrs.clone();
+                for addr in state.connections.values() {
+                    if !addrs.contains(addr) {
+                        addrs.push(addr.clone());
+                    }
+                }
+                PeerInfo {
+                    peer_id: *peer_id,
+                    addrs,
+                    rtt: state.rtt,
+                    last_sync: state.last_sync,
+                    gossip_score: gossipsub.peer_score(peer_id),
+                    gossip_mesh: mesh.contains(peer_id),
+                }
+            })
+            .collect();
+        infos.sort_by_key(|info| info.peer_id);
+        infos
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connections
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+                // The dialer starts the session; the listener answers it and is pushed to, so one
+                // session per new connection brings both sides up to date.
+                if num_established.get() == 1 && endpoint.is_dialer() && self.config.sync_on_connect
+                {
+                    self.start_session(peer_id, None);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.connections.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                    self.peers.remove(&peer_id);
+                    self.responders.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(addr = %address, "listening");
+                self.listen_addrs.push(address);
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(self.listen_addrs.clone());
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                if let Err(e) = reason {
+                    tracing::warn!(cause = %e, "listener closed");
+                }
+                if self.swarm.listeners().next().is_none() {
+                    // No address will come: answer the waiters with what there is.
+                    for waiter in self.listen_waiters.drain(..) {
+                        let _ = waiter.send(self.listen_addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gate(never) => match never {},
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message.data),
+            BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let listen: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().take(PEER_ADDRS_MAX).collect();
+                if self.config.discovery {
+                    for addr in &listen {
+                        self.swarm
+                            .behaviour_mut()
+                            .kademlia
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.listen_addrs = listen;
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Ping(_) => {}
+            BehaviourEvent::Kademlia(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                if self.config.discovery
+                    && peer != *self.swarm.local_peer_id()
+                    && !self.swarm.is_connected(&peer)
+                    && (self.gate)(&peer)
+                {
+                    tracing::debug!(peer = %peer, "dialling a peer kademlia found");
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addresses.into_vec())
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(peer = %peer, cause = %e, "discovery dial failed");
+                    }
+                }
+            }
+            BehaviourEvent::Kademlia(_) => {}
+        }
+    }
+
+    // ----- gossip ------------------------------------------------------------------------------
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
+        Counters::add(&self.counters.gossip_received, 1);
+        if self.gossip_queue.len() >= GOSSIP_QUEUE_RECORDS_MAX {
+            Counters::add(&self.counters.gossip_dropped, 1);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Ignore,
+                );
+            return;
+        }
+        self.gossip_queue.push((id, source, data));
+        self.pump_gossip();
+    }
+
+    /// Hands the queued gossip messages to the pipeline if no batch is in it.
+    fn pump_gossip(&mut self) {
+        if self.gossip_ingesting || self.gossip_queue.is_empty() {
+            return;
+        }
+        let take = self.gossip_queue.len().min(GOSSIP_BATCH_RECORDS_MAX);
+        let mut messages = Vec::with_capacity(take);
+        let mut batch = Vec::with_capacity(take);
+        for (id, source, data) in self.gossip_queue.drain(..take) {
+            messages.push((id, source));
+            batch.push(data);
+        }
+        self.gossip_ingesting = true;
+        let records = Arc::clone(&self.records);
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let verdicts = records.ingest(batch, Origin::Gossip).await;
+            let _ = internal
+                .send(Internal::GossipVerdicts { messages, verdicts })
+                .await;
+        });
+    }
+
+    fn on_gossip_verdicts(
+        &mut self,
+        messages: Vec<(gossipsub::MessageId, PeerId)>,
+        verdicts: Vec<Verdict>,
+    ) {
+        let verdicts = verdicts
+            .into_iter()
+            .chain(std::iter::repeat(Verdict::Failed));
+        for ((id, source), verdict) in messages.into_iter().zip(verdicts) {
+            let (acceptance, counter) = match verdict {
+                Verdict::New => (
+                    gossipsub::MessageAcceptance::Accept,
+                    &self.counters.gossip_accepted,
+                ),
+                Verdict::Known | Verdict::Failed => (
+                    gossipsub::MessageAcceptance::Ignore,
+                    &self.counters.gossip_ignored,
+                ),
+                Verdict::Invalid => (
+                    gossipsub::MessageAcceptance::Reject,
+                    &self.counters.gossip_rejected,
+                ),
+            };
+            Counters::add(counter, 1);
+            if verdict == Verdict::Invalid {
+                tracing::debug!(peer = %source, message = %id, "invalid gossip record; peer penalised");
+            }
+            let found = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+            if !found {
+                tracing::debug!(message = %id, "gossip message left the cache before its verdict");
+            }
+        }
+        self.gossip_ingesting = false;
+        self.pump_gossip();
+    }
+
+    // ----- sync: plumbing ----------------------------------------------------------------------
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::GossipVerdicts { messages, verdicts } => {
+                self.on_gossip_verdicts(messages, verdicts)
+            }
+            Internal::Outbound {
+                peer,
+                request,
+                reply,
+            } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Internal::Respond { channel, response } => {
+                // Fails only when the peer is gone or the request timed out.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Internal::SessionDone { peer, result } => self.on_session_done(peer, result),
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_sync_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        cause: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    // ----- sync: responder ---------------------------------------------------------------------
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        Counters::add(&self.counters.sync_requests_inbound, 1);
+        let records = Arc::clone(&self.records);
+        let internal = self.internal_tx.clone();
+        let permits = Arc::clone(&self.inbound_permits);
+        let counters = Arc::clone(&self.counters);
+        match request {
+            SyncRequest::Reconcile { start, message } => {
+                let session = if start {
+                    let session = Arc::new(Mutex::new(ResponderSession::default()));
+                    self.responders.insert(peer, Arc::clone(&session));
+                    session
+                } else if let Some(session) = self.responders.get(&peer) {
+                    Arc::clone(session)
+                } else {
+                    let refusal = SyncResponse::Refused("sync.no_session".into());
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, refusal);
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let response = tokio::task::spawn_blocking(move || {
+                        answer_reconcile(&*records, &session, message)
+                    })
+                    .await
+                    .unwrap_or_else(|_| SyncResponse::Refused("sync.internal".into()));
+                    let _ = internal.send(Internal::Respond { channel, response }).await;
+                });
+            }
+            SyncRequest::Fetch(ids) => {
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let response =
+                        tokio::task::spawn_blocking(move || answer_fetch(&*records, &ids))
+                            .await
+                            .unwrap_or_else(|_| SyncResponse::Refused("sync.internal".into()));
+                    let _ = internal.send(Internal::Respond { channel, response }).await;
+                });
+            }
+            SyncRequest::Push(batch) => {
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let verdicts = records.ingest(batch, Origin::Sync).await;
+                    let new = verdicts.iter().filter(|v| **v == Verdict::New).count();
+                    let rejected = verdicts.iter().filter(|v| **v == Verdict::Invalid).count();
+                    Counters::add(&counters.sync_records_new, new as u64);
+                    Counters::add(&counters.sync_records_rejected, rejected as u64);
+                    if rejected > 0 {
+                        tracing::debug!(peer = %peer, rejected, "peer pushed records ingest refused");
+                    }
+                    let response = SyncResponse::Ack {
+                        new: new as u32,
+                        rejected: rejected as u32,
+                    };
+                    let _ = internal.send(Internal::Respond { channel, response }).await;
+                });
+            }
+        }
+    }
+
+    // ----- sync: initiator ---------------------------------------------------------------------
+
+    fn periodic_sync(&mut self) {
+        let candidates: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|peer| !self.sessions.contains_key(peer))
+            .copied()
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let peer = candidates[random_index(candidates.len())];
+        self.start_session(peer, None);
+    }
+
+    fn start_session(
+        &mut self,
+        peer: PeerId,
+        waiter: Option<oneshot::Sender<Result<SyncReport, NetError>>>,
+    ) {
+        if let Some(slot) = self.sessions.get_mut(&peer) {
+            slot.rerun.extend(waiter);
+            return;
+        }
+        let slot = SessionSlot {
+            waiters: waiter.into_iter().collect(),
+            ..SessionSlot::default()
+        };
+        self.spawn_session(peer, slot);
+    }
+
+    fn spawn_session(&mut self, peer: PeerId, slot: SessionSlot) {
+        self.sessions.insert(peer, slot);
+        let records = Arc::clone(&self.records);
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = run_session(peer, &records, &internal).await;
+            let _ = internal.send(Internal::SessionDone { peer, result }).await;
+        });
+    }
+
+    fn on_session_done(&mut self, peer: PeerId, result: Result<SyncReport, NetError>) {
+        let Some(slot) = self.sessions.remove(&peer) else {
+            return;
+        };
+        match &result {
+            Ok(report) => {
+                Counters::add(&self.counters.sync_sessions_ok, 1);
+                Counters::add(&self.counters.sync_records_new, report.received_new as u64);
+                Counters::add(&self.counters.sync_records_rejected, report.rejected as u64);
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.last_sync = Some(SystemTime::now());
+                }
+                tracing::info!(
+                    peer = %peer, rounds = report.rounds, missing = report.missing,
+                    offered = report.offered, received = report.received_new,
+                    rejected = report.rejected, pushed = report.pushed_new,
+                    ms = report.elapsed.as_millis() as u64, "sync session done"
+                );
+            }
+            Err(e) => {
+                Counters::add(&self.counters.sync_sessions_failed, 1);
+                tracing::info!(peer = %peer, cause = %e, "sync session failed");
+            }
+        }
+        for waiter in slot.waiters {
+            let _ = waiter.send(result.clone());
+        }
+        let followup = matches!(&result, Ok(r) if r.rejected > 0 && r.received_new > 0)
+            && slot.followups < SYNC_FOLLOWUPS_MAX;
+        let connected = self.swarm.is_connected(&peer);
+        if !slot.rerun.is_empty() || (followup && connected) {
+            let next = SessionSlot {
+                waiters: slot.rerun,
+                rerun: Vec::new(),
+                followups: if followup { slot.followups + 1 } else { 0 },
+            };
+            self.spawn_session(peer, next);
+        }
+    }
+}
+
+/// Answers one reconciliation message of a peer's session.
+fn answer_reconcile<R: Records>(
+    records: &R,
+    session: &Mutex<ResponderSession>,
+    message: Message,
+) -> SyncResponse {
+    let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+    let snapshot = match &session.snapshot {
+        Some(snapshot) => Arc::clone(snapshot),
+        None => match records.ids() {
+            Ok(ids) => {
+                let snapshot = Arc::new(SortedIds::new(ids));
+                session.snapshot = Some(Arc::clone(&snapshot));
+                snapshot
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read the sync set to answer a peer");
+                return SyncResponse::Refused("sync.store_failure".into());
+            }
+        },
+    };
+    match session.responder.step(&*snapshot, message) {
+        Ok(step) => match step.next {
+            Some(next) => SyncResponse::Reconcile(next),
+            None => SyncResponse::Refused("sync.internal".into()),
+        },
+        Err(e) => SyncResponse::Refused(e.code().into()),
+    }
+}
+
+/// Answers a fetch with the held records, cut at the batch budget.
+fn answer_fetch<R: Records>(records: &R, ids: &[Id]) -> SyncResponse {
+    match records.get(ids) {
+        Ok(found) => SyncResponse::Records(cut_to_budget(found).0),
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot read records to answer a fetch");
+            SyncResponse::Refused("sync.store_failure".into())
+        }
+    }
+}
+
+/// Keeps the longest prefix within [`SYNC_BATCH_RECORDS_MAX`] and [`SYNC_BATCH_BYTES_MAX`];
+/// returns it and the rest.
+fn cut_to_budget(mut records: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut total = 0usize;
+    let mut keep = 0usize;
+    for record in &records {
+        if keep == SYNC_BATCH_RECORDS_MAX || total + record.len() > SYNC_BATCH_BYTES_MAX {
+            break;
+        }
+        total += record.len();
+        keep += 1;
+    }
+    let rest = records.split_off(keep);
+    (records, rest)
+}
+
+async fn request(
+    internal: &mpsc::Sender<Internal>,
+    peer: PeerId,
+    request: SyncRequest,
+) -> Result<SyncResponse, NetError> {
+    let (reply, response) = oneshot::channel();
+    internal
+        .send(Internal::Outbound {
+            peer,
+            request,
+            reply,
+        })
+        .await
+        .map_err(|_| NetError::Stopped)?;
+    match response.await.map_err(|_| NetError::Stopped)?? {
+        SyncResponse::Refused(code) => Err(NetError::Refused(code)),
+        other => Ok(other),
+    }
+}
+
+/// Runs one session as initiator: reconcile, fetch what we lack, push what the peer lacks.
+async fn run_session<R: Records>(
+    peer: PeerId,
+    records: &Arc<R>,
+    internal: &mpsc::Sender<Internal>,
+) -> Result<SyncReport, NetError> {
+    let started = Instant::now();
+    let mut report = SyncReport::default();
+    let ids = blocking(records, |r| r.ids()).await?;
+    let set = SortedIds::new(ids);
+    let (mut initiator, first) = Initiator::start(&set);
+    let mut message = first;
+    let mut start = true;
+    let mut need: Vec<Id> = Vec::new();
+    let mut have: Vec<Id> = Vec::new();
+    loop {
+        let reply = match request(internal, peer, SyncRequest::Reconcile { start, message }).await?
+        {
+            SyncResponse::Reconcile(reply) => reply,
+            other => return Err(unexpected(&other)),
+        };
+        start = false;
+        let step = initiator
+            .step(&set, reply)
+            .map_err(|e| NetError::Protocol(e.code().into()))?;
+        report.rounds = initiator.rounds();
+        report.missing += step.need.len();
+        report.offered += step.have.len();
+        need.extend(step.need);
+        have.extend(step.have);
+        while need.len() >= SYNC_FETCH_IDS_MAX {
+            let batch: Vec<Id> = need.drain(..SYNC_FETCH_IDS_MAX).collect();
+            fetch(peer, records, internal, batch, &mut report).await?;
+        }
+        while have.len() >= SYNC_BATCH_RECORDS_MAX {
+            let batch: Vec<Id> = have.drain(..SYNC_BATCH_RECORDS_MAX).collect();
+            push(peer, records, internal, batch, &mut report).await?;
+        }
+        match step.next {
+            Some(next) => message = next,
+            None => break,
+        }
+    }
+    if !need.is_empty() {
+        fetch(peer, records, internal, need, &mut report).await?;
+    }
+    if !have.is_empty() {
+        push(peer, records, internal, have, &mut report).await?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Runs a synchronous store call on a blocking thread.
+async fn blocking<R: Records, T: Send + 'static>(
+    records: &Arc<R>,
+    work: impl FnOnce(&R) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, NetError> {
+    let records = Arc::clone(records);
+    tokio::task::spawn_blocking(move || work(&records))
+        .await
+        .map_err(|e| NetError::Store(format!("store task failed: {e}")))?
+        .map_err(|e| NetError::Store(e.to_string()))
+}
+
+fn unexpected(response: &SyncResponse) -> NetError {
+    let name = match response {
+        SyncResponse::Reconcile(_) => "reconcile",
+        SyncResponse::Records(_) => "records",
+        SyncResponse::Ack { .. } => "ack",
+        SyncResponse::Refused(_) => "refused",
+    };
+    NetError::Protocol(format!("unexpected {name} response"))
+}
+
+/// Fetches `ids` (at most [`SYNC_FETCH_IDS_MAX`]) and ingests what comes back, asking again for
+/// what the peer left out for room while each answer brings something.
+async fn fetch<R: Records>(
+    peer: PeerId,
+    records: &Arc<R>,
+    internal: &mpsc::Sender<Internal>,
+    ids: Vec<Id>,
+    report: &mut SyncReport,
+) -> Result<(), NetError> {
+    let mut wanted: Vec<Id> = ids;
+    while !wanted.is_empty() {
+        let asked: HashSet<Id> = wanted.iter().copied().collect();
+        let batch = match request(internal, peer, SyncRequest::Fetch(wanted.clone())).await? {
+            SyncResponse::Records(batch) => batch,
+            other => return Err(unexpected(&other)),
+        };
+        let mut got: HashSet<Id> = HashSet::with_capacity(batch.len());
+        let mut accepted = Vec::with_capacity(batch.len());
+        for record in batch {
+            let id = *blake3::hash(&record).as_bytes();
+            if asked.contains(&id) && got.insert(id) {
+                accepted.push(record);
+            } else {
+                report.rejected += 1;
+            }
+        }
+        if accepted.is_empty() {
+            // The peer no longer holds them (superseded meanwhile) or answers nothing.
+            break;
+        }
+        let verdicts = records.ingest(accepted, Origin::Sync).await;
+        for verdict in verdicts {
+            match verdict {
+                Verdict::New => report.received_new += 1,
+                Verdict::Known => report.received_known += 1,
+                Verdict::Invalid => report.rejected += 1,
+                Verdict::Failed => {
+                    return Err(NetError::Store("ingest failed for fetched records".into()));
+                }
+            }
+        }
+        wanted.retain(|id| !got.contains(id));
+    }
+    Ok(())
+}
+
+/// Pushes the records with `ids` to the peer, in batches within the budget.
+async fn push<R: Records>(
+    peer: PeerId,
+    records: &Arc<R>,
+    internal: &mpsc::Sender<Internal>,
+    ids: Vec<Id>,
+    report: &mut SyncReport,
+) -> Result<(), NetError> {
+    let mut pending = blocking(records, move |r| r.get(&ids)).await?;
+    while !pending.is_empty() {
+        let (batch, rest) = cut_to_budget(pending);
+        pending = rest;
+        match request(internal, peer, SyncRequest::Push(batch)).await? {
+            SyncResponse::Ack { new, .. } => report.pushed_new += new as usize,
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_request(request: SyncRequest) {
+        let bytes = request.encode();
+        assert_eq!(SyncRequest::decode(&bytes), Ok(request));
+    }
+
+    fn roundtrip_response(response: SyncResponse) {
+        let bytes = response.encode();
+        assert_eq!(SyncResponse::decode(&bytes), Ok(response));
+    }
+
+    fn some_message() -> Message {
+        let set = SortedIds::new((0u8..10).map(|i| [i; 32]).collect());
+        Initiator::start(&set).1
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        roundtrip_request(SyncRequest::Reconcile {
+            start: true,
+            message: some_message(),
+        });
+        roundtrip_request(SyncRequest::Reconcile {
+            start: false,
+            message: some_message(),
+        });
+        roundtrip_request(SyncRequest::Fetch(vec![]));
+        roundtrip_request(SyncRequest::Fetch(vec![[7; 32]; SYNC_FETCH_IDS_MAX]));
+        roundtrip_request(SyncRequest::Push(vec![vec![1, 2, 3], vec![]]));
+        roundtrip_response(SyncResponse::Reconcile(some_message()));
+        roundtrip_response(SyncResponse::Records(vec![vec![9; RECORD_BYTES_MAX]]));
+        roundtrip_response(SyncResponse::Ack {
+            new: 300,
+            rejected: u32::MAX,
+        });
+        roundtrip_response(SyncResponse::Refused("sync.no_session".into()));
+    }
+
+    #[test]
+    fn limits_are_checked_before_work() {
+        let mut too_many = vec![2u8];
+        put_varint(&mut too_many, (SYNC_FETCH_IDS_MAX + 1) as u64);
+        assert!(matches!(
+            SyncRequest::decode(&too_many),
+            Err(DecodeError::TooMany { .. })
+        ));
+
+        let mut big_record = vec![3u8];
+        put_varint(&mut big_record, 1);
+        put_varint(&mut big_record, (RECORD_BYTES_MAX + 1) as u64);
+        assert!(matches!(
+            SyncRequest::decode(&big_record),
+            Err(DecodeError::RecordTooLarge { .. })
+        ));
+
+        let over_budget = SyncRequest::Push(vec![vec![0; RECORD_BYTES_MAX]; 40]).encode();
+        assert!(matches!(
+            SyncRequest::decode(&over_budget),
+            Err(DecodeError::TooLarge { .. } | DecodeError::TooMany { .. })
+        ));
+
+        assert!(matches!(
+            SyncRequest::decode(&vec![0u8; SYNC_FRAME_BYTES_MAX + 1]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "empty"),
+            (vec![9], "unknown tag"),
+            (vec![2, 1, 0], "truncated id"),
+            (vec![2, 0, 0], "trailing byte"),
+            (vec![2, 0x80, 0x00], "non-minimal varint"),
+            (vec![0, 0xff], "garbage reconcile message"),
+            (vec![3, 3, b'a', b' ', b'b'], "wrong tag for request"),
+        ];
+        for (bytes, what) in cases {
+            assert!(SyncRequest::decode(&bytes).is_err(), "{what}");
+        }
+        assert!(
+            SyncResponse::decode(&[3, 2, b'a', 0]).is_err(),
+            "non-ASCII code"
+        );
+        assert!(
+            SyncResponse::decode(&[2, 0x80, 0x80, 0x80, 0x80, 0x10, 0]).is_err(),
+            "u32"
+        );
+    }
+
+    #[test]
+    fn budget_cuts_keep_order_and_progress() {
+        let records = vec![vec![0u8; RECORD_BYTES_MAX]; 40];
+        let (first, rest) = cut_to_budget(records);
+        assert_eq!(first.len(), SYNC_BATCH_BYTES_MAX / RECORD_BYTES_MAX);
+        assert_eq!(first.len() + rest.len(), 40);
+        let (small, none) = cut_to_budget(vec![vec![1]; SYNC_BATCH_RECORDS_MAX + 3]);
+        assert_eq!((small.len(), none.len()), (SYNC_BATCH_RECORDS_MAX, 3));
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_refuse_oversized_lengths() {
+        let payload = SyncRequest::Fetch(vec![[1; 32]; 3]).encode();
+        let mut wire = Vec::new();
+        write_frame(&mut libp2p::futures::io::Cursor::new(&mut wire), &payload)
+            .await
+            .expect("write");
+        let read = read_frame(&mut libp2p::futures::io::Cursor::new(&wire))
+            .await
+            .expect("read");
+        assert_eq!(read, payload);
+
+        let mut huge = Vec::new();
+        put_varint(&mut huge, (SYNC_FRAME_BYTES_MAX + 1) as u64);
+        let err = read_frame(&mut libp2p::futures::io::Cursor::new(&huge))
+            .await
+            .expect_err("too large");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
+
+/// The node's ingest pipeline and store, as the network sees them.
+mod ingest_adapter {
+    use std::future::Future;
+
+    use kim_protocol::RecordId;
+    use kim_protocol::reconcile::Id;
+
+    use super::{Origin, Records, Verdict};
+    use crate::ingest::{Ingest, Rejected, Source};
+
+    impl Records for Ingest {
+        fn ingest(
+            &self,
+            records: Vec<Vec<u8>>,
+            origin: Origin,
+        ) -> impl Future<Output = Vec<Verdict>> + Send {
+            let source = match origin {
+                Origin::Gossip => Source::Gossip,
+                Origin::Sync => Source::Sync,
+            };
+            async move {
+                self.ingest_batch(records, source)
+                    .await
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(accepted) if accepted.is_new() => Verdict::New,
+                        Ok(_) => Verdict::Known,
+                        // Our store failed: not the sender's fault, do not penalise.
+                        Err(Rejected::Store(_)) => Verdict::Failed,
+                        Err(_) => Verdict::Invalid,
+                    })
+                    .collect()
+            }
+        }
+
+        fn ids(&self) -> anyhow::Result<Vec<Id>> {
+            self.store()
+                .record_ids()
+                .map(|id| id.map(|id| id.0).map_err(anyhow::Error::from))
+                .collect()
+        }
+
+        fn get(&self, ids: &[Id]) -> anyhow::Result<Vec<Vec<u8>>> {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(bytes) = self.store().record(&RecordId(*id))? {
+                    out.push(bytes);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
