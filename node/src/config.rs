@@ -5,6 +5,7 @@
 //! - `region.key` — the region's ed25519 signing key (32 raw bytes, mode 0600)
 //! - `api-token` — the bearer token for the HTTP API (mode 0600)
 //! - `store/` — the sled database
+//! - `search/` — the tantivy search index (derived; rebuilt from the store if lost)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,6 +173,10 @@ impl DataDir {
     }
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
+    }
+    /// The search index; derived data, rebuilt from the store when missing or stale.
+    pub fn search(&self) -> PathBuf {
+        self.root.join("search")
     }
 
     /// Reads the region's signing key.

@@ -23,6 +23,10 @@ use serde::Serialize;
 use crate::store::{ItemEntry, Store, StoreError, WriteSet};
 
 type Slot = (kim_protocol::RegionId, Kind, String);
+
+fn slot_of(region: &kim_protocol::RegionId, c: &kim_protocol::Content) -> Slot {
+    (*region, c.kind, c.key.clone())
+}
 /// Evidence marked earlier in the same batch, per item.
 type Evidence = HashMap<Slot, Vec<RecordId>>;
 
@@ -119,6 +123,8 @@ pub struct Ingest {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     writer: tokio::sync::Mutex<()>,
     clock: fn() -> u64,
+    /// The search index, updated after each durable write (absent in tools that only store).
+    search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 /// Milliseconds since the Unix epoch from the system clock.
@@ -146,9 +152,56 @@ impl Ingest {
             rejections: Mutex::new(BTreeMap::new()),
             writer: tokio::sync::Mutex::new(()),
             clock: system_now_ms,
+            search: None,
         };
         ingest.reevaluate_membership()?;
         Ok(ingest)
+    }
+
+    /// Attaches the search index: from now on every durable write updates it. The caller has
+    /// made sure the index matches the store (see [`Ingest::reindex_if_stale`]).
+    pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Ingest {
+        self.search = Some(index);
+        self
+    }
+
+    /// The search index, if attached.
+    pub fn search(&self) -> Option<&Arc<crate::search::SearchIndex>> {
+        self.search.as_ref()
+    }
+
+    /// Rebuilds `index` from the store's item winners when its generation is not the store's
+    /// state digest (index missing, from an older schema, or behind after a crash).
+    pub fn reindex_if_stale(&self, index: &crate::search::SearchIndex) -> anyhow::Result<bool> {
+        let generation = self.digest().hash().to_hex();
+        if index.generation().as_deref() == Some(generation.as_str()) {
+            return Ok(false);
+        }
+        tracing::info!("search index missing or stale; rebuilding from the store");
+        let started = std::time::Instant::now();
+        let mut winners = Vec::new();
+        for entry in self.store.item_entries() {
+            let entry = entry?;
+            if entry.tombstone || !crate::search::is_searchable(entry.kind) {
+                continue;
+            }
+            if let Some(bytes) = self.store.record(&entry.id)? {
+                let record = Record::decode(bytes).map_err(|e| {
+                    anyhow::anyhow!("stored record {} does not decode: {e}", entry.id)
+                })?;
+                winners.push((entry.region, record));
+            }
+        }
+        let count = winners.len();
+        index
+            .rebuild(winners, &generation)
+            .map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))?;
+        tracing::info!(
+            items = count,
+            ms = started.elapsed().as_millis() as u64,
+            "search index rebuilt"
+        );
+        Ok(true)
     }
 
     /// The store this pipeline writes to.
@@ -324,6 +377,31 @@ impl Ingest {
         }
     }
 
+    /// Applies the batch's new winners to the search index and commits it with the store's new
+    /// digest as its generation. A failure here never loses data: the index is rebuilt from the
+    /// store at the next start because its generation no longer matches.
+    fn update_index(
+        &self,
+        index: &crate::search::SearchIndex,
+        checked: &[(usize, Record)],
+        changed: &[(kim_protocol::RegionId, usize)],
+        digest: &StateDigest,
+    ) {
+        let result = (|| -> Result<(), crate::search::SearchError> {
+            for (region, position) in changed {
+                if let Some((_, record)) = checked.get(*position) {
+                    index.upsert(record, *region)?;
+                }
+            }
+            index.set_generation(&digest.hash().to_hex());
+            index.commit()
+        })();
+        if let Err(err) = result {
+            tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
+            let _ = index.rollback();
+        }
+    }
+
     /// Drops a superseded winner and any equivocation evidence of its revision.
     fn supersede(
         &self,
@@ -359,9 +437,11 @@ impl Ingest {
         let mut overlay: HashMap<Slot, ItemEntry> = HashMap::new();
         let mut seen_in_batch = std::collections::HashSet::new();
         let mut evidence: Evidence = HashMap::new();
+        // Items whose winner changed, for the search index after the write is durable.
+        let mut changed: Vec<(kim_protocol::RegionId, usize)> = Vec::new();
         let mut outcomes = Vec::with_capacity(checked.len());
         let mut membership_changed = false;
-        for (_, record) in checked {
+        for (position, (_, record)) in checked.iter().enumerate() {
             let c = &record.content;
             if !seen_in_batch.insert(record.id) {
                 outcomes.push(Accepted::Duplicate { id: record.id });
@@ -472,6 +552,12 @@ impl Ingest {
                     }
                 }
             };
+            if overlay
+                .get(&slot_of(&region, c))
+                .is_some_and(|winner| winner.id == record.id)
+            {
+                changed.push((region, position));
+            }
             outcomes.push(outcome);
         }
         writes.set_digest(&digest);
@@ -486,6 +572,9 @@ impl Ingest {
         );
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
+        }
+        if let Some(index) = &self.search {
+            self.update_index(index, checked, &changed, &digest);
         }
         if membership_changed {
             self.reevaluate_membership()?;

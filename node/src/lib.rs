@@ -9,6 +9,7 @@
 //! - [`store`]: sled behind one module; nothing else names sled.
 //! - [`ingest`]: size check → decode → verify → validate → authorise → resolve → store.
 //! - [`net`]: the libp2p event loop (gossip, sync, discovery, gate) and its client.
+//! - [`search`]: the tantivy index of searchable items, kept in step with the store.
 //! - [`service`]: publish, revise, withdraw, list, drafts; the one place that signs.
 //! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI.
 //! - [`node`]: `init` and `run`.
@@ -22,5 +23,6 @@ pub mod config;
 pub mod ingest;
 pub mod net;
 pub mod node;
+pub mod search;
 pub mod service;
 pub mod store;

@@ -194,7 +194,17 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
             federation
         );
     }
-    let ingest = Arc::new(Ingest::open(store.clone(), federation, charter)?);
+    let ingest = Ingest::open(store.clone(), federation, charter)?;
+    let index = Arc::new(
+        crate::search::SearchIndex::open(&data.search()).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the search index in {}: {e}",
+                data.search().display()
+            )
+        })?,
+    );
+    ingest.reindex_if_stale(&index)?;
+    let ingest = Arc::new(ingest.with_search(index));
     let key = data.load_key()?;
     let token = data.load_token()?;
     let service = Service::new(ingest, key, config.offer_validity_days);

@@ -462,6 +462,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Every item's current winner, streamed in item-key order.
+    pub fn item_entries(&self) -> impl Iterator<Item = Result<ItemEntry, StoreError>> + '_ {
+        self.data.scan_prefix([b'i']).map(move |kv| {
+            let (_, v) = kv.map_err(|e| self.io(e))?;
+            postcard::from_bytes(&v).map_err(|e| self.damaged(format!("item entry: {e}")))
+        })
+    }
+
     /// Every record id held (the sync set), in id order.
     pub fn record_ids(&self) -> impl Iterator<Item = Result<RecordId, StoreError>> + '_ {
         self.data.scan_prefix([b'r']).map(move |kv| {

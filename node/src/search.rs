@@ -1,0 +1,957 @@
+//! Full-text search over the items this node holds: offers and requests, knowledge items,
+//! organisations and projects. tantivy 0.27, behind this one module; nothing else names tantivy.
+//!
+//! The index is derived data. The store is the truth: every commit carries a *generation* (the
+//! store's state digest in hex) as its tantivy commit payload, written atomically with the
+//! documents, so a node that finds the generation different from its store digest (crash between
+//! store write and index commit, index deleted, schema changed) rebuilds from the item winners.
+//!
+//! One document per live item winner; tombstones and superseded revisions are deleted by the
+//! item key term. Expiry is *not* applied at write time: `expires_at_ms` is a fast field and
+//! [`Status`] filters on it against the caller's `now_ms`, so the index never goes stale as the
+//! clock moves.
+//!
+//! Text is analysed per language: each language a record lists picks a field (`text_en`:
+//! English Snowball stemmer, `text_de`: German stemmer, `text_other`: lowercase tokens only);
+//! the text goes into each distinct field its languages name. Records list their own language
+//! first and usually English second, and their text may be in either, so indexing into every
+//! listed language's field is what lets "sensor" find an English title in a Slovenian record.
+//! Queries analyse each word with each field's analyzer and search all text fields. Projects
+//! carry no language and count as English (Interreg's working language).
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use kim_protocol::codes;
+use kim_protocol::envelope::{Body, Content, Kind, Record};
+use kim_protocol::types::{CooperationKind, Date, PartnershipType};
+use kim_protocol::{RecordId, RegionId};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{
+    AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query as TQuery, RangeQuery, TermQuery,
+};
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, TokenStream,
+};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
+};
+
+/// Bump when the schema or the analysis changes: a stored generation of another schema version
+/// reads as `None`, so the node rebuilds.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Default indexing heap; tantivy's writer flushes a segment when it is full.
+pub const WRITER_HEAP_BYTES: usize = 50 * 1024 * 1024;
+/// Most hits one search returns, whatever the caller asks.
+pub const LIMIT_MAX: usize = 1000;
+/// Deepest page start; deeper paging costs memory and time proportional to the offset.
+pub const OFFSET_MAX: usize = 10_000;
+
+const TOKENIZER_EN: &str = "kim_en";
+const TOKENIZER_DE: &str = "kim_de";
+const TOKENIZER_OTHER: &str = "kim_plain";
+/// Tokens longer than this are dropped (hashes, URLs glued together).
+const TOKEN_CHARS_MAX: usize = 40;
+
+/// Why the index could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index {dir}: {cause}")]
+    Open { dir: PathBuf, cause: String },
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("search index: writer lock poisoned")]
+    Poisoned,
+}
+
+pub type Result<T, E = SearchError> = std::result::Result<T, E>;
+
+/// Which items a search returns by their expiry, as of [`Query::now_ms`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Status {
+    /// Not expired (`now_ms < expires_at_ms`, or no expiry), as `ItemEntry::is_live`.
+    #[default]
+    Live,
+    /// Expired at `now_ms`.
+    Expired,
+    /// Both.
+    All,
+}
+
+/// How hits are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// BM25 relevance when there is text, newest first otherwise.
+    #[default]
+    Relevance,
+    /// Newest `created_at_ms` first.
+    Newest,
+}
+
+/// A search. Every non-empty list is a filter satisfied by any of its values; filters combine
+/// with AND. Empty text and no filters list everything (live, newest first).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Free text; words are analysed per language field. `None` or blank: filters only.
+    pub text: Option<String>,
+    /// Every word must occur (in some text field); otherwise any word, ranked by BM25.
+    pub all_words: bool,
+    /// Item kinds; only the four searchable kinds are ever indexed.
+    pub kinds: Vec<Kind>,
+    pub cooperation_kinds: Vec<CooperationKind>,
+    /// Owning regions.
+    pub regions: Vec<RegionId>,
+    /// NUTS code prefixes at any level ("AT", "AT2", "AT22"); a prefix matches its subregions.
+    pub nuts: Vec<String>,
+    /// NACE codes or ancestors ("C", "26", "26.1", "26.11"); a code matches its descendants.
+    pub nace: Vec<String>,
+    /// ISO 3166-1 alpha-2 (the NUTS spelling "EL" is accepted for Greece).
+    pub countries: Vec<String>,
+    /// ISO 639-1 languages the item lists.
+    pub languages: Vec<String>,
+    pub partnership_types: Vec<PartnershipType>,
+    /// Only these items (region, kind, key): e.g. run saved searches against the items an
+    /// ingest batch just changed.
+    pub items: Vec<(RegionId, Kind, String)>,
+    pub status: Status,
+    /// The instant `status` is judged at.
+    pub now_ms: u64,
+    /// Expression-of-interest deadline on or after this day (items without one never match).
+    pub deadline_from: Option<Date>,
+    /// Expression-of-interest deadline on or before this day.
+    pub deadline_to: Option<Date>,
+    pub sort: Sort,
+    /// At most [`LIMIT_MAX`]; 0 means 20.
+    pub limit: usize,
+    /// At most [`OFFSET_MAX`].
+    pub offset: usize,
+}
+
+/// One search result: the item and the winner record indexed for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub region: RegionId,
+    pub kind: Kind,
+    pub key: String,
+    pub record: RecordId,
+    /// BM25 score; 0 for filter-only searches.
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    item: Field,
+    record: Field,
+    region: Field,
+    kind: Field,
+    coop_kind: Field,
+    nuts: Field,
+    nace: Field,
+    country: Field,
+    lang: Field,
+    partnership: Field,
+    expires: Field,
+    deadline: Field,
+    created: Field,
+    text_en: Field,
+    text_de: Field,
+    text_other: Field,
+}
+
+impl Fields {
+    fn text_fields(&self) -> [(Field, &'static str); 3] {
+        [
+            (self.text_en, TOKENIZER_EN),
+            (self.text_de, TOKENIZER_DE),
+            (self.text_other, TOKENIZER_OTHER),
+        ]
+    }
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    // Exact-match terms for filters: raw tokenizer, no positions, no norms.
+    let keyword = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    );
+    // Free text: frequencies for BM25, no positions (queries are built here, never phrases).
+    let text = |tokenizer: &str| {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(tokenizer)
+                .set_index_option(IndexRecordOption::WithFreqs),
+        )
+    };
+    let fields = Fields {
+        item: b.add_text_field("item", keyword.clone().set_stored()),
+        record: b.add_text_field("record", STORED),
+        region: b.add_text_field("region", keyword.clone()),
+        kind: b.add_text_field("kind", keyword.clone()),
+        coop_kind: b.add_text_field("coop_kind", keyword.clone()),
+        nuts: b.add_text_field("nuts", keyword.clone()),
+        nace: b.add_text_field("nace", keyword.clone()),
+        country: b.add_text_field("country", keyword.clone()),
+        lang: b.add_text_field("lang", keyword.clone()),
+        partnership: b.add_text_field("partnership", keyword),
+        // Numbers are fast fields only: tantivy runs range filters and sorts on the columns,
+        // so an inverted index of (mostly unique) values would be dead weight.
+        expires: b.add_u64_field("expires_at_ms", FAST),
+        deadline: b.add_i64_field("eoi_deadline_days", FAST),
+        created: b.add_u64_field("created_at_ms", FAST),
+        text_en: b.add_text_field("text_en", text(TOKENIZER_EN)),
+        text_de: b.add_text_field("text_de", text(TOKENIZER_DE)),
+        text_other: b.add_text_field("text_other", text(TOKENIZER_OTHER)),
+    };
+    (b.build(), fields)
+}
+
+fn analyzer(stem: Option<Language>) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(TOKEN_CHARS_MAX))
+        .filter(LowerCaser);
+    match stem {
+        Some(lang) => base.filter(Stemmer::new(lang)).build(),
+        None => base.build(),
+    }
+}
+
+fn register_tokenizers(index: &Index) {
+    let t = index.tokenizers();
+    t.register(TOKENIZER_EN, analyzer(Some(Language::English)));
+    t.register(TOKENIZER_DE, analyzer(Some(Language::German)));
+    t.register(TOKENIZER_OTHER, analyzer(None));
+}
+
+/// The item key term: region hex / kind / key (keys are `a-z 0-9 . _ -`, so `/` is free).
+pub fn item_key(region: &RegionId, kind: Kind, key: &str) -> String {
+    format!("{}/{}/{}", region.to_hex(), kind.as_str(), key)
+}
+
+fn parse_item_key(text: &str) -> Option<(RegionId, Kind, String)> {
+    let mut parts = text.splitn(3, '/');
+    let region = RegionId::from_hex(parts.next()?)?;
+    let kind = Kind::parse(parts.next()?)?;
+    Some((region, kind, parts.next()?.to_string()))
+}
+
+/// Whether items of this kind are searchable.
+pub fn is_searchable(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Cooperation | Kind::Knowledge | Kind::Organisation | Kind::Project
+    )
+}
+
+pub fn cooperation_kind_name(kind: CooperationKind) -> &'static str {
+    match kind {
+        CooperationKind::BusinessOffer => "business_offer",
+        CooperationKind::BusinessRequest => "business_request",
+        CooperationKind::TechnologyOffer => "technology_offer",
+        CooperationKind::TechnologyRequest => "technology_request",
+        CooperationKind::ResearchRequest => "research_request",
+        CooperationKind::KnowledgeOffer => "knowledge_offer",
+        CooperationKind::KnowledgeRequest => "knowledge_request",
+    }
+}
+
+pub fn partnership_name(kind: PartnershipType) -> &'static str {
+    match kind {
+        PartnershipType::Licence => "licence",
+        PartnershipType::TechnicalCooperation => "technical_cooperation",
+        PartnershipType::ResearchCooperation => "research_cooperation",
+        PartnershipType::JointVenture => "joint_venture",
+        PartnershipType::Subcontracting => "subcontracting",
+        PartnershipType::Distribution => "distribution",
+        PartnershipType::Commercial => "commercial",
+        PartnershipType::ProjectPartner => "project_partner",
+        PartnershipType::KnowledgeExchange => "knowledge_exchange",
+    }
+}
+
+/// Every prefix of a NUTS code from the country up: "AT22" -> AT, AT2, AT22.
+pub fn nuts_terms(code: &str) -> impl Iterator<Item = String> + '_ {
+    let code = code.trim();
+    (2..=code.len())
+        .filter(move |&n| code.is_char_boundary(n))
+        .map(move |n| code[..n].to_ascii_uppercase())
+}
+
+/// A NACE code and all its ancestors up to the section letter: "26.11" -> 26.11, 26.1, 26, C.
+/// Unknown codes fall back to their dotted prefixes.
+pub fn nace_terms(code: &str) -> Vec<String> {
+    let code = code.trim().to_ascii_uppercase();
+    let mut out = Vec::new();
+    if let Some(mut entry) = codes::nace(&code) {
+        loop {
+            out.push(entry.code.to_string());
+            match entry.parent.and_then(codes::nace) {
+                Some(parent) => entry = parent,
+                None => break,
+            }
+        }
+        if !out.iter().any(|c| c == entry.section) {
+            out.push(entry.section.to_string());
+        }
+    } else if code.is_ascii() {
+        let digits: String = code.chars().filter(|c| *c != '.').collect();
+        for n in 2..=digits.len().min(4) {
+            let (head, tail) = (&digits[..2], &digits[2..n]);
+            out.push(if tail.is_empty() {
+                head.to_string()
+            } else {
+                format!("{head}.{tail}")
+            });
+        }
+    }
+    if out.is_empty() && !code.is_empty() {
+        out.push(code);
+    }
+    out
+}
+
+fn country_term(code: &str) -> String {
+    codes::nuts_country_to_iso(&code.trim().to_ascii_uppercase()).to_string()
+}
+
+/// What one item contributes to the index, independent of tantivy.
+#[derive(Debug, Default)]
+struct Facets {
+    coop_kind: Option<CooperationKind>,
+    nuts: Vec<String>,
+    nace: Vec<String>,
+    countries: Vec<String>,
+    languages: Vec<String>,
+    partnership: Vec<PartnershipType>,
+    deadline: Option<Date>,
+    text: String,
+}
+
+fn join(parts: &[&str], lists: &[&[String]]) -> String {
+    let mut text = String::new();
+    for p in parts
+        .iter()
+        .copied()
+        .chain(lists.iter().flat_map(|l| l.iter().map(String::as_str)))
+    {
+        if !p.is_empty() {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(p);
+        }
+    }
+    text
+}
+
+fn facets(body: &Body) -> Option<Facets> {
+    let nuts_countries = |codes: &[&str]| -> Vec<String> {
+        codes
+            .iter()
+            .filter_map(|c| c.get(..2))
+            .map(country_term)
+            .collect()
+    };
+    Some(match body {
+        Body::Cooperation(c) => Facets {
+            coop_kind: Some(c.kind),
+            nuts: vec![c.nuts.clone()],
+            nace: c.nace.clone(),
+            countries: nuts_countries(&[c.nuts.as_str()]),
+            languages: c.languages.clone(),
+            partnership: c.partnership_types.clone(),
+            deadline: c.eoi_deadline,
+            text: join(
+                &[
+                    &c.title,
+                    &c.summary,
+                    &c.description,
+                    &c.innovation,
+                    &c.partner_sought.role,
+                ],
+                &[&c.technology_keywords, &c.market_keywords],
+            ),
+        },
+        Body::Organisation(o) => Facets {
+            nuts: o.nuts.iter().cloned().collect(),
+            nace: o.nace.clone(),
+            countries: vec![country_term(&o.country)],
+            languages: o.languages.clone(),
+            text: join(&[o.name.as_deref().unwrap_or(""), &o.description], &[]),
+            ..Facets::default()
+        },
+        Body::Project(p) => {
+            let nuts: Vec<&str> = p.participants.iter().map(|x| x.nuts.as_str()).collect();
+            let names: Vec<String> = p.participants.iter().map(|x| x.name.clone()).collect();
+            Facets {
+                nuts: nuts.iter().map(|s| s.to_string()).collect(),
+                countries: nuts_countries(&nuts),
+                languages: vec!["en".into()],
+                text: join(
+                    &[
+                        &p.acronym,
+                        &p.title,
+                        &p.summary,
+                        &p.programme,
+                        p.call.as_deref().unwrap_or(""),
+                    ],
+                    &[&p.themes, &names],
+                ),
+                ..Facets::default()
+            }
+        }
+        Body::Knowledge(k) => {
+            let regions: Vec<&str> = k.regions.iter().map(String::as_str).collect();
+            Facets {
+                nuts: k.regions.clone(),
+                countries: nuts_countries(&regions),
+                languages: k.languages.clone(),
+                text: join(
+                    &[&k.title, &k.abstract_text],
+                    &[&k.themes, &k.keywords, &k.authors],
+                ),
+                ..Facets::default()
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The search index. Shareable (`Arc<SearchIndex>`): writes serialise on an internal lock,
+/// searches run concurrently on the last committed state.
+pub struct SearchIndex {
+    dir: PathBuf,
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    /// Generation to write with the next commit.
+    pending_generation: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir` (created if missing) with the default writer heap.
+    ///
+    /// `dir` belongs to the index: if it holds an index of another schema or an unreadable one,
+    /// its contents are deleted and an empty index is created ([`generation`](Self::generation)
+    /// is then `None`, so the caller rebuilds).
+    pub fn open(dir: &Path) -> Result<SearchIndex> {
+        Self::open_with_heap(dir, WRITER_HEAP_BYTES)
+    }
+
+    /// As [`open`](Self::open), with the writer's memory budget in bytes (at least 15 MB).
+    pub fn open_with_heap(dir: &Path, heap_bytes: usize) -> Result<SearchIndex> {
+        let open_err = |cause: String| SearchError::Open {
+            dir: dir.to_path_buf(),
+            cause,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let (schema, fields) = schema();
+        let open = || -> Result<Index> {
+            let directory = MmapDirectory::open(dir).map_err(|e| open_err(e.to_string()))?;
+            Ok(Index::open_or_create(directory, schema.clone())?)
+        };
+        let index = match open() {
+            Ok(index) => index,
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), %err, "search index unusable; recreating it empty");
+                std::fs::remove_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+                std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+                open()?
+            }
+        };
+        register_tokenizers(&index);
+        let writer = index
+            .writer_with_num_threads(1, heap_bytes.max(15_000_000))
+            .map_err(|e| open_err(e.to_string()))?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(SearchIndex {
+            dir: dir.to_path_buf(),
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            pending_generation: Mutex::new(None),
+        })
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, IndexWriter>> {
+        self.writer.lock().map_err(|_| SearchError::Poisoned)
+    }
+
+    /// The generation stored with the last commit; `None` for a new index, one of another
+    /// schema version, or one never given a generation.
+    pub fn generation(&self) -> Option<String> {
+        let payload = self.index.load_metas().ok()?.payload?;
+        let (version, generation) = payload.split_once(':')?;
+        (version.parse::<u32>().ok()? == SCHEMA_VERSION).then(|| generation.to_string())
+    }
+
+    /// Sets the generation the next [`commit`](Self::commit) writes with its documents.
+    pub fn set_generation(&self, generation: &str) {
+        if let Ok(mut pending) = self.pending_generation.lock() {
+            *pending = Some(generation.to_string());
+        }
+    }
+
+    /// Indexes the item a record is the winner of, replacing its previous document. A tombstone
+    /// removes the item; records of kinds that are not searchable are ignored. `region` is the
+    /// owning region (the store's `ItemEntry::region`, not necessarily the author key).
+    /// Returns whether a document was added. Visible after [`commit`](Self::commit).
+    pub fn upsert(&self, record: &Record, region: RegionId) -> Result<bool> {
+        self.upsert_content(&record.content, record.id, region)
+    }
+
+    /// As [`upsert`](Self::upsert), from decoded content and its record id.
+    pub fn upsert_content(
+        &self,
+        content: &Content,
+        id: RecordId,
+        region: RegionId,
+    ) -> Result<bool> {
+        if !is_searchable(content.kind) {
+            return Ok(false);
+        }
+        let writer = self.writer()?;
+        self.upsert_with(&writer, content, id, region)
+    }
+
+    fn upsert_with(
+        &self,
+        writer: &IndexWriter,
+        content: &Content,
+        id: RecordId,
+        region: RegionId,
+    ) -> Result<bool> {
+        if !is_searchable(content.kind) {
+            return Ok(false);
+        }
+        let key = item_key(&region, content.kind, &content.key);
+        writer.delete_term(Term::from_field_text(self.fields.item, &key));
+        let Some(doc) = self.document(content, id, &region, &key) else {
+            return Ok(false);
+        };
+        writer.add_document(doc)?;
+        Ok(true)
+    }
+
+    /// Removes an item's document (withdrawal). Visible after [`commit`](Self::commit).
+    pub fn remove(&self, region: RegionId, kind: Kind, key: &str) -> Result<()> {
+        let writer = self.writer()?;
+        writer.delete_term(Term::from_field_text(
+            self.fields.item,
+            &item_key(&region, kind, key),
+        ));
+        Ok(())
+    }
+
+    /// Makes every change since the last commit durable and visible, together with the pending
+    /// generation (kept from the previous commit if none was set).
+    pub fn commit(&self) -> Result<()> {
+        let mut writer = self.writer()?;
+        self.commit_with(&mut writer)
+    }
+
+    fn commit_with(&self, writer: &mut IndexWriter) -> Result<()> {
+        let generation = self
+            .pending_generation
+            .lock()
+            .map_err(|_| SearchError::Poisoned)?
+            .take()
+            .or_else(|| self.generation());
+        let mut prepared = writer.prepare_commit()?;
+        if let Some(generation) = generation {
+            prepared.set_payload(&format!("{SCHEMA_VERSION}:{generation}"));
+        }
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Discards every change since the last commit (e.g. the store write they belonged to
+    /// failed).
+    pub fn rollback(&self) -> Result<()> {
+        let mut writer = self.writer()?;
+        writer.rollback()?;
+        if let Ok(mut pending) = self.pending_generation.lock() {
+            *pending = None;
+        }
+        Ok(())
+    }
+
+    /// Throws the whole index away and indexes `winners` (each item's current winner with its
+    /// owning region), then commits once with `generation`. Searches keep seeing the previous
+    /// commit until then; other writers (upsert, remove, commit) wait for the rebuild, so no
+    /// half-built index is ever committed. Feed it the store's item winners, not every stored
+    /// record: equivocation evidence must not be indexed. Returns the documents indexed.
+    pub fn rebuild(
+        &self,
+        winners: impl IntoIterator<Item = (RegionId, Record)>,
+        generation: &str,
+    ) -> Result<u64> {
+        let started = std::time::Instant::now();
+        let mut writer = self.writer()?;
+        writer.delete_all_documents()?;
+        let mut indexed = 0u64;
+        for (region, record) in winners {
+            if self.upsert_with(&writer, &record.content, record.id, region)? {
+                indexed += 1;
+            }
+        }
+        self.set_generation(generation);
+        self.commit_with(&mut writer)?;
+        tracing::info!(
+            indexed,
+            ms = started.elapsed().as_millis() as u64,
+            "search index rebuilt"
+        );
+        Ok(indexed)
+    }
+
+    /// Blocks until background merges finish (tests, benchmarks, shutdown).
+    pub fn wait_merging(self) -> Result<()> {
+        let writer = self
+            .writer
+            .into_inner()
+            .map_err(|_| SearchError::Poisoned)?;
+        writer.wait_merging_threads()?;
+        Ok(())
+    }
+
+    /// Documents visible to searches.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Bytes the index occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.dir)
+    }
+
+    fn document(
+        &self,
+        c: &Content,
+        id: RecordId,
+        region: &RegionId,
+        key: &str,
+    ) -> Option<TantivyDocument> {
+        let facets = facets(&c.body)?;
+        let f = &self.fields;
+        let mut doc = TantivyDocument::new();
+        doc.add_text(f.item, key);
+        doc.add_text(f.record, id.to_hex());
+        doc.add_text(f.region, region.to_hex());
+        doc.add_text(f.kind, c.kind.as_str());
+        if let Some(kind) = facets.coop_kind {
+            doc.add_text(f.coop_kind, cooperation_kind_name(kind));
+        }
+        let mut terms = BTreeSet::new();
+        for code in &facets.nuts {
+            terms.extend(nuts_terms(code));
+        }
+        for term in std::mem::take(&mut terms) {
+            doc.add_text(f.nuts, term);
+        }
+        for code in &facets.nace {
+            terms.extend(nace_terms(code));
+        }
+        for term in std::mem::take(&mut terms) {
+            doc.add_text(f.nace, term);
+        }
+        terms.extend(facets.countries.iter().cloned());
+        for term in std::mem::take(&mut terms) {
+            doc.add_text(f.country, term);
+        }
+        let languages: BTreeSet<String> = facets
+            .languages
+            .iter()
+            .map(|l| l.trim().to_ascii_lowercase())
+            .collect();
+        for lang in &languages {
+            doc.add_text(f.lang, lang);
+        }
+        let partnerships: BTreeSet<&str> = facets
+            .partnership
+            .iter()
+            .map(|p| partnership_name(*p))
+            .collect();
+        for p in partnerships {
+            doc.add_text(f.partnership, p);
+        }
+        doc.add_u64(f.expires, c.expires_at_ms.unwrap_or(u64::MAX));
+        if let Some(deadline) = facets.deadline {
+            doc.add_i64(f.deadline, deadline.days_since_epoch());
+        }
+        doc.add_u64(f.created, c.created_at_ms);
+        // Text into the field of every language listed, in order; other languages share one.
+        let mut text_fields: Vec<Field> = facets
+            .languages
+            .iter()
+            .map(|l| match l.trim().to_ascii_lowercase().as_str() {
+                "en" => f.text_en,
+                "de" => f.text_de,
+                _ => f.text_other,
+            })
+            .collect();
+        if text_fields.is_empty() {
+            text_fields.push(f.text_other);
+        }
+        let mut seen = Vec::new();
+        for field in text_fields {
+            if !seen.contains(&field) {
+                seen.push(field);
+                doc.add_text(field, &facets.text);
+            }
+        }
+        Some(doc)
+    }
+
+    fn text_query(&self, text: &str, all_words: bool) -> Option<Box<dyn TQuery>> {
+        let mut splitter = analyzer(None);
+        let mut words = Vec::new();
+        let mut stream = splitter.token_stream(text);
+        while stream.advance() {
+            let word = stream.token().text.clone();
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
+        let managers = self.index.tokenizers();
+        let mut per_word: Vec<Vec<Term>> = Vec::new();
+        for word in &words {
+            let mut terms: Vec<Term> = Vec::new();
+            for (field, name) in self.fields.text_fields() {
+                let Some(mut analyzer) = managers.get(name) else {
+                    continue;
+                };
+                let mut stream = analyzer.token_stream(word);
+                while stream.advance() {
+                    let term = Term::from_field_text(field, &stream.token().text);
+                    if !terms.contains(&term) {
+                        terms.push(term);
+                    }
+                }
+            }
+            if !terms.is_empty() {
+                per_word.push(terms);
+            }
+        }
+        if per_word.is_empty() {
+            return None;
+        }
+        let term_query = |t: Term| -> Box<dyn TQuery> {
+            Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs))
+        };
+        if all_words && per_word.len() > 1 {
+            let musts = per_word
+                .into_iter()
+                .map(|terms| {
+                    let any: Box<dyn TQuery> = Box::new(BooleanQuery::new(
+                        terms
+                            .into_iter()
+                            .map(|t| (Occur::Should, term_query(t)))
+                            .collect(),
+                    ));
+                    (Occur::Must, any)
+                })
+                .collect();
+            Some(Box::new(BooleanQuery::new(musts)))
+        } else {
+            // One flat disjunction, so tantivy can prune with block-max WAND.
+            Some(Box::new(BooleanQuery::new(
+                per_word
+                    .into_iter()
+                    .flatten()
+                    .map(|t| (Occur::Should, term_query(t)))
+                    .collect(),
+            )))
+        }
+    }
+
+    fn any_of(field: Field, values: impl IntoIterator<Item = String>) -> Option<Box<dyn TQuery>> {
+        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        values.sort();
+        values.dedup();
+        match values.len() {
+            0 => None,
+            1 => Some(Box::new(TermQuery::new(
+                Term::from_field_text(field, &values[0]),
+                IndexRecordOption::Basic,
+            ))),
+            _ => Some(Box::new(BooleanQuery::new_multiterms_query(
+                values
+                    .iter()
+                    .map(|v| Term::from_field_text(field, v))
+                    .collect(),
+            ))),
+        }
+    }
+
+    fn filters(&self, q: &Query) -> Vec<Box<dyn TQuery>> {
+        let f = &self.fields;
+        let mut out: Vec<Box<dyn TQuery>> = Vec::new();
+        let lists = [
+            Self::any_of(f.kind, q.kinds.iter().map(|k| k.as_str().to_string())),
+            Self::any_of(
+                f.coop_kind,
+                q.cooperation_kinds
+                    .iter()
+                    .map(|k| cooperation_kind_name(*k).to_string()),
+            ),
+            Self::any_of(f.region, q.regions.iter().map(|r| r.to_hex())),
+            Self::any_of(f.nuts, q.nuts.iter().map(|n| n.trim().to_ascii_uppercase())),
+            Self::any_of(f.nace, q.nace.iter().map(|n| n.trim().to_ascii_uppercase())),
+            Self::any_of(f.country, q.countries.iter().map(|c| country_term(c))),
+            Self::any_of(
+                f.lang,
+                q.languages.iter().map(|l| l.trim().to_ascii_lowercase()),
+            ),
+            Self::any_of(
+                f.partnership,
+                q.partnership_types
+                    .iter()
+                    .map(|p| partnership_name(*p).to_string()),
+            ),
+            Self::any_of(
+                f.item,
+                q.items
+                    .iter()
+                    .map(|(region, kind, key)| item_key(region, *kind, key)),
+            ),
+        ];
+        out.extend(lists.into_iter().flatten());
+        match q.status {
+            Status::Live => out.push(Box::new(RangeQuery::new(
+                Bound::Excluded(Term::from_field_u64(f.expires, q.now_ms)),
+                Bound::Unbounded,
+            ))),
+            Status::Expired => out.push(Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Included(Term::from_field_u64(f.expires, q.now_ms)),
+            ))),
+            Status::All => {}
+        }
+        if q.deadline_from.is_some() || q.deadline_to.is_some() {
+            let bound = |d: Option<Date>, lower: bool| match d {
+                Some(d) => Bound::Included(Term::from_field_i64(f.deadline, d.days_since_epoch())),
+                None if lower => Bound::Included(Term::from_field_i64(f.deadline, i64::MIN)),
+                None => Bound::Included(Term::from_field_i64(f.deadline, i64::MAX)),
+            };
+            out.push(Box::new(RangeQuery::new(
+                bound(q.deadline_from, true),
+                bound(q.deadline_to, false),
+            )));
+        }
+        out
+    }
+
+    fn build_query(&self, q: &Query) -> (Box<dyn TQuery>, bool) {
+        let text = q
+            .text
+            .as_deref()
+            .and_then(|t| self.text_query(t, q.all_words));
+        let has_text = text.is_some();
+        let filters = self.filters(q);
+        let query: Box<dyn TQuery> = match (text, filters.is_empty()) {
+            (Some(text), true) => text,
+            (None, true) => Box::new(AllQuery),
+            (text, false) => {
+                let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+                if let Some(text) = text {
+                    clauses.push((Occur::Must, text));
+                }
+                // Filters decide membership only; the score is the text's alone.
+                for filter in filters {
+                    clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+        };
+        (query, has_text)
+    }
+
+    /// Runs a search on the last committed state.
+    pub fn search(&self, q: &Query) -> Result<Vec<Hit>> {
+        let (query, has_text) = self.build_query(q);
+        let limit = match q.limit {
+            0 => 20,
+            n => n.min(LIMIT_MAX),
+        };
+        let searcher = self.reader.searcher();
+        let top = TopDocs::with_limit(limit).and_offset(q.offset.min(OFFSET_MAX));
+        let docs: Vec<(f32, DocAddress)> = if has_text && q.sort == Sort::Relevance {
+            searcher.search(&query, &top.order_by_score())?
+        } else {
+            searcher
+                .search(
+                    &query,
+                    &top.order_by_u64_field("created_at_ms", Order::Desc),
+                )?
+                .into_iter()
+                .map(|(_, addr)| (0.0, addr))
+                .collect()
+        };
+        let mut hits = Vec::with_capacity(docs.len());
+        for (score, addr) in docs {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            let item = doc.get_first(self.fields.item).and_then(|v| v.as_str());
+            let record = doc
+                .get_first(self.fields.record)
+                .and_then(|v| v.as_str())
+                .and_then(RecordId::from_hex);
+            match (item.and_then(parse_item_key), record) {
+                (Some((region, kind, key)), Some(record)) => hits.push(Hit {
+                    region,
+                    kind,
+                    key,
+                    record,
+                    score: if has_text { score } else { 0.0 },
+                }),
+                _ => tracing::warn!(
+                    ?addr,
+                    "search index document without item key; rebuild the index"
+                ),
+            }
+        }
+        Ok(hits)
+    }
+
+    /// How many items match (ignores limit, offset and sort).
+    pub fn count(&self, q: &Query) -> Result<usize> {
+        let (query, _) = self.build_query(q);
+        Ok(self.reader.searcher().search(&query, &Count)?)
+    }
+}
