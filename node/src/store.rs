@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk layout. Bump it and add a step to [`migrate`] when the layout changes.
 pub const STORE_FORMAT_VERSION: u32 = 1;
+/// How often opening retries a store that is still locked (20 ms apart: about 2 s).
+const OPEN_LOCKED_RETRIES: u32 = 100;
 /// Default sled page-cache size; set explicitly because sled's default is 1 GiB.
 pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
@@ -220,16 +222,28 @@ impl Store {
             // Every acknowledged write is flushed explicitly; a periodic flusher would only add
             // background work.
             .flush_every_ms(None);
-        // sled may panic on some kinds of damage; turn that into an operator-facing error.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(err)) => return Err(classify(&dir, err)),
-            Err(_) => {
-                return Err(StoreError::Damaged {
-                    dir,
-                    cause: "the storage engine failed while opening it".into(),
-                });
+        // sled releases its file lock only when its background threads drop their last
+        // handle, so a store closed a moment ago in this process can still look locked:
+        // retry a lock conflict briefly before reporting it.
+        let mut attempts = 0;
+        let db = loop {
+            // sled may panic on some kinds of damage; turn that into an operator-facing error.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+            match opened {
+                Ok(Ok(db)) => break db,
+                Ok(Err(err)) => match classify(&dir, err) {
+                    StoreError::Locked { .. } if attempts < OPEN_LOCKED_RETRIES => {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return Err(other),
+                },
+                Err(_) => {
+                    return Err(StoreError::Damaged {
+                        dir,
+                        cause: "the storage engine failed while opening it".into(),
+                    });
+                }
             }
         };
         let tree = |name: &str| {

@@ -81,13 +81,19 @@ impl TestNode {
             })
             .await
         }));
-        // Wait until the API answers.
-        for _ in 0..200 {
+        // Wait until the API answers; if the node stopped instead, report why.
+        for _ in 0..500 {
             if reqwest::get(format!("{}/api/v1/health", self.base()))
                 .await
                 .is_ok()
             {
                 return Ok(());
+            }
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                if let Some(task) = self.task.take() {
+                    task.await.context("node task panicked")??;
+                }
+                anyhow::bail!("node stopped before it answered on {}", self.addr);
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
