@@ -1,0 +1,218 @@
+//! The real `kim` binary as an operator drives it: run a command, start and stop a node on a
+//! free loopback port, wait for its health route. Shared by the binary-level test files.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KIM: &str = env!("CARGO_BIN_EXE_kim");
+
+/// What one `kim` invocation did.
+#[derive(Debug)]
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(self) -> Out {
+        assert!(
+            self.status.success(),
+            "kim failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+    pub fn fails(self) -> Out {
+        assert!(
+            !self.status.success(),
+            "kim should have failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// A `kim` command with a clean environment (no `KIM_*` or `NO_COLOR` from the caller).
+pub fn command() -> Command {
+    let mut cmd = Command::new(KIM);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KIM_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    cmd
+}
+
+/// Runs `kim --data-dir DATA ARGS…` to completion.
+pub fn kim(data: &Path, args: &[&str]) -> Out {
+    let out = command()
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run kim");
+    Out {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A node's data directory and, while it runs, its `kim run` process (killed on drop).
+#[derive(Debug)]
+pub struct Node {
+    pub data: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// `kim init` in `root/node` on a free port.
+    pub fn init(root: &Path) -> Node {
+        let data = root.join("node");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        kim(
+            &data,
+            &[
+                "init",
+                "--region-name",
+                "Steiermark",
+                "--nuts",
+                "AT22",
+                "--api-listen",
+                &listen,
+            ],
+        )
+        .ok();
+        Node {
+            data,
+            port,
+            log: root.join("node.log"),
+            child: None,
+        }
+    }
+
+    /// Starts `kim run` and waits until the API answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = command()
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn kim run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("kim run exited with {status}; log:\n{}", self.log());
+            }
+            if health(self.port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not answer on port {}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal by name (TERM, INT) and waits for the process to end.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("node not running");
+        let sent = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node did not stop within 20 s of SIG{signal}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kim(&self, args: &[&str]) -> Out {
+        kim(&self.data, args)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET /api/v1/health` answers 200.
+pub fn health(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /api/v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
