@@ -10,8 +10,8 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Reque
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use kim_protocol::envelope::{Body, Kind, Record};
-use kim_protocol::membership::{AuthorStatus, evaluate};
+use kim_protocol::envelope::Record;
+use kim_protocol::membership::evaluate;
 use kim_protocol::{RecordId, RegionId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1077,7 +1077,7 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
 /// are judged against the membership the bundle's own membership records lead to; records
 /// already held are skipped, as the pipeline does. Returns the first refused position.
 ///
-/// Mirrors `Ingest::authorise`; the pipeline checks again while writing.
+/// Uses the pipeline's own rule (`ingest::authorise`); the pipeline checks again while writing.
 fn authorise_bundle(state: &AppState, all: &[Record]) -> Result<(), (usize, Rejected)> {
     let ingest = state.service.ingest();
     let store = ingest.store();
@@ -1102,27 +1102,7 @@ fn authorise_bundle(state: &AppState, all: &[Record]) -> Result<(), (usize, Reje
         {
             continue;
         }
-        let c = &record.content;
-        let status = after.author_status(&c.author, c.created_at_ms);
-        let verdict = match &c.body {
-            _ if c.kind == Kind::Interest => Err(Rejected::WrongSource {
-                kind: c.kind,
-                origin: Source::Import,
-            }),
-            Body::Charter(_) | Body::JoinRequest(_) => Ok(()),
-            Body::Endorsement(_) | Body::RemovalVote(_) | Body::Leave(_) | Body::KeyRotation(_) => {
-                match status {
-                    AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
-                    _ => Ok(()),
-                }
-            }
-            _ => match status {
-                AuthorStatus::Member(_) => Ok(()),
-                AuthorStatus::RetiredKey(_) => Err(Rejected::RetiredKey),
-                AuthorStatus::NotMember(_) => Err(Rejected::NotMember),
-                AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
-            },
-        };
+        let verdict = crate::ingest::authorise(&after, record, Source::Import);
         verdict.map_err(|e| (position, e))?;
     }
     Ok(())

@@ -112,6 +112,43 @@ impl From<StoreError> for Rejected {
     }
 }
 
+/// The authorisation rule of the pipeline: who may author what, judged against `membership`.
+/// Import applies the same rule to a whole bundle before writing anything.
+pub fn authorise(
+    membership: &MembershipState,
+    record: &Record,
+    source: Source,
+) -> Result<(), Rejected> {
+    let c = &record.content;
+    if c.kind == Kind::Interest && source != Source::Direct && source != Source::Api {
+        return Err(Rejected::WrongSource {
+            kind: c.kind,
+            origin: source,
+        });
+    }
+    let status = membership.author_status(&c.author, c.created_at_ms);
+    match &c.body {
+        // The charter of this federation (validation checked its hash) and join requests from
+        // anyone; admission is the membership rule's business.
+        Body::Charter(_) | Body::JoinRequest(_) => Ok(()),
+        // Membership actions from any key the federation knows: the rule counts only those made
+        // by members in the state they name, and keeping the rest keeps every node's record
+        // set identical.
+        Body::Endorsement(_) | Body::RemovalVote(_) | Body::Leave(_) | Body::KeyRotation(_) => {
+            match status {
+                AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
+                _ => Ok(()),
+            }
+        }
+        _ => match status {
+            AuthorStatus::Member(_) => Ok(()),
+            AuthorStatus::RetiredKey(_) => Err(Rejected::RetiredKey),
+            AuthorStatus::NotMember(_) => Err(Rejected::NotMember),
+            AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
+        },
+    }
+}
+
 /// The pipeline and the state it owns: membership, digest and rejection counters.
 #[derive(Debug)]
 pub struct Ingest {
@@ -347,34 +384,7 @@ impl Ingest {
     }
 
     fn authorise(&self, record: &Record, source: Source) -> Result<(), Rejected> {
-        let c = &record.content;
-        if c.kind == Kind::Interest && source != Source::Direct && source != Source::Api {
-            return Err(Rejected::WrongSource {
-                kind: c.kind,
-                origin: source,
-            });
-        }
-        let membership = self.membership();
-        match &c.body {
-            // The charter of this federation (validation checked its hash) and join requests
-            // from anyone; admission is the membership rule's business.
-            Body::Charter(_) | Body::JoinRequest(_) => Ok(()),
-            // Membership actions from any key the federation knows: the rule counts only those
-            // made by members in the state they name, and keeping the rest keeps every node's
-            // record set identical.
-            Body::Endorsement(_) | Body::RemovalVote(_) | Body::Leave(_) | Body::KeyRotation(_) => {
-                match membership.author_status(&c.author, c.created_at_ms) {
-                    AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
-                    _ => Ok(()),
-                }
-            }
-            _ => match membership.author_status(&c.author, c.created_at_ms) {
-                AuthorStatus::Member(_) => Ok(()),
-                AuthorStatus::RetiredKey(_) => Err(Rejected::RetiredKey),
-                AuthorStatus::NotMember(_) => Err(Rejected::NotMember),
-                AuthorStatus::Unknown => Err(Rejected::UnknownAuthor),
-            },
-        }
+        authorise(&self.membership(), record, source)
     }
 
     /// Applies the batch's new winners to the search index and commits it with the store's new
