@@ -328,17 +328,39 @@ async fn ingest(count: usize, batch: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One candidate encoding: how to write a content and how to read it back.
+struct Codec {
+    name: &'static str,
+    encode: fn(&Content) -> Option<Vec<u8>>,
+    decode: fn(&[u8]) -> bool,
+}
+
+const CODECS: [Codec; 3] = [
+    Codec {
+        name: "postcard",
+        encode: |c| postcard::to_stdvec(c).ok(),
+        decode: |b| postcard::from_bytes::<Content>(b).is_ok(),
+    },
+    // ciborium writes definite lengths and shortest integers: deterministic for our types.
+    Codec {
+        name: "cbor",
+        encode: |c| {
+            let mut out = Vec::new();
+            ciborium::into_writer(c, &mut out).map(|_| out).ok()
+        },
+        decode: |b| ciborium::from_reader::<Content, _>(b).is_ok(),
+    },
+    Codec {
+        name: "json",
+        encode: |c| serde_json::to_vec(c).ok(),
+        decode: |b| serde_json::from_slice::<Content>(b).is_ok(),
+    },
+];
+
 fn encoding(count: usize, min_ms: u64) -> anyhow::Result<()> {
     let min = Duration::from_millis(min_ms);
     let records = sample_records(count)?;
     let contents: Vec<Content> = records.iter().map(|r| r.content.clone()).collect();
-    let mean = |f: &dyn Fn(&Content) -> usize| {
-        contents.iter().map(f).sum::<usize>() as f64 / contents.len() as f64
-    };
-    let cbor = |c: &Content| {
-        let mut out = Vec::new();
-        ciborium::into_writer(c, &mut out).map(|_| out).ok()
-    };
     println!(
         "kim bench encoding: {} realistic records (offers and knowledge items), one thread",
         contents.len()
@@ -347,51 +369,21 @@ fn encoding(count: usize, min_ms: u64) -> anyhow::Result<()> {
         "{:<12} {:>10} {:>14} {:>14} {:>18}",
         "encoding", "mean bytes", "encode /s", "decode /s", "encode+decode /s"
     );
-    let report = |name: &str, bytes: f64, enc: f64, dec: f64| {
+    for codec in &CODECS {
+        let encoded: Vec<Vec<u8>> = contents.iter().filter_map(codec.encode).collect();
+        let bytes =
+            encoded.iter().map(Vec::len).sum::<usize>() as f64 / encoded.len().max(1) as f64;
+        let enc = rate(&contents, min, |c| {
+            black_box((codec.encode)(c));
+        });
+        let dec = rate(&encoded, min, |b| {
+            black_box((codec.decode)(b));
+        });
         let both = 1.0 / (1.0 / enc + 1.0 / dec);
-        println!("{name:<12} {bytes:>10.0} {enc:>14.0} {dec:>14.0} {both:>18.0}");
-    };
-    // postcard
-    let pc: Vec<Vec<u8>> = contents
-        .iter()
-        .filter_map(|c| postcard::to_stdvec(c).ok())
-        .collect();
-    report(
-        "postcard",
-        mean(&|c| postcard::to_stdvec(c).map_or(0, |b| b.len())),
-        rate(&contents, min, |c| {
-            black_box(postcard::to_stdvec(c).ok());
-        }),
-        rate(&pc, min, |b| {
-            black_box(postcard::from_bytes::<Content>(b).ok());
-        }),
-    );
-    // CBOR (ciborium writes definite lengths and shortest integers: deterministic for our types)
-    let cb: Vec<Vec<u8>> = contents.iter().filter_map(cbor).collect();
-    report(
-        "cbor",
-        mean(&|c| cbor(c).map_or(0, |b| b.len())),
-        rate(&contents, min, |c| {
-            black_box(cbor(c));
-        }),
-        rate(&cb, min, |b| {
-            black_box(ciborium::from_reader::<Content, _>(b.as_slice()).ok());
-        }),
-    );
-    // JSON
-    let js: Vec<Vec<u8>> = contents
-        .iter()
-        .filter_map(|c| serde_json::to_vec(c).ok())
-        .collect();
-    report(
-        "json",
-        mean(&|c| serde_json::to_vec(c).map_or(0, |b| b.len())),
-        rate(&contents, min, |c| {
-            black_box(serde_json::to_vec(c).ok());
-        }),
-        rate(&js, min, |b| {
-            black_box(serde_json::from_slice::<Content>(b).ok());
-        }),
-    );
+        println!(
+            "{:<12} {bytes:>10.0} {enc:>14.0} {dec:>14.0} {both:>18.0}",
+            codec.name
+        );
+    }
     Ok(())
 }

@@ -15,7 +15,7 @@ use kim_protocol::digest::StateDigest;
 use kim_protocol::envelope::{Body, Kind, Record, verify_batch};
 use kim_protocol::limits::RECORD_BYTES_MAX;
 use kim_protocol::membership::{AuthorStatus, Charter, MembershipState, evaluate};
-use kim_protocol::resolve::{Decision, Revision, decide};
+use kim_protocol::resolve::{Decision, decide};
 use kim_protocol::validate::{Context, validate};
 use kim_protocol::{FederationId, RecordId};
 use serde::Serialize;
@@ -490,12 +490,7 @@ impl Ingest {
                 created_at_ms: c.created_at_ms,
                 expires_at_ms: c.expires_at_ms,
             };
-            let incoming = Revision {
-                id: entry.id,
-                revision: entry.revision,
-                tombstone: entry.tombstone,
-                expires_at_ms: entry.expires_at_ms,
-            };
+            let incoming = entry.revision();
             let outcome = match &current {
                 None => {
                     writes.put_record(&record.id, &record.bytes);
@@ -505,13 +500,7 @@ impl Ingest {
                     Accepted::Stored { id: record.id }
                 }
                 Some(cur) => {
-                    let held = Revision {
-                        id: cur.id,
-                        revision: cur.revision,
-                        tombstone: cur.tombstone,
-                        expires_at_ms: cur.expires_at_ms,
-                    };
-                    match decide(&held, &incoming) {
+                    match decide(&cur.revision(), &incoming) {
                         Decision::Duplicate => Accepted::Duplicate { id: record.id },
                         Decision::Keep => Accepted::Older { id: record.id },
                         Decision::Replace => {

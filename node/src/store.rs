@@ -69,9 +69,19 @@ pub struct ItemEntry {
 }
 
 impl ItemEntry {
-    /// Whether the item shows in queries at `now_ms`.
+    /// The facts item resolution compares (`kim_protocol::resolve`).
+    pub fn revision(&self) -> kim_protocol::resolve::Revision {
+        kim_protocol::resolve::Revision {
+            id: self.id,
+            revision: self.revision,
+            tombstone: self.tombstone,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// Whether the item shows in queries at `now_ms`: the protocol's rule, not a copy of it.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        !self.tombstone && self.expires_at_ms.is_none_or(|e| now_ms < e)
+        self.revision().is_live(now_ms)
     }
 }
 
