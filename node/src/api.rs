@@ -1036,10 +1036,11 @@ async fn import(state: &AppState, bundle: Bundle) -> Result<ImportReport, ApiErr
     };
     for group in [membership, items] {
         for chunk in group.chunks(1000) {
-            let bytes: Vec<Vec<u8>> = chunk.iter().map(|(_, r)| r.bytes.clone()).collect();
+            // Signatures were verified above; the pipeline does the rest without repeating them.
+            let records: Vec<kim_protocol::Record> = chunk.iter().map(|(_, r)| r.clone()).collect();
             for ((position, _), result) in chunk
                 .iter()
-                .zip(ingest.ingest_batch(bytes, Source::Import).await)
+                .zip(ingest.ingest_verified(records, Source::Import).await)
             {
                 match result {
                     Ok(Accepted::Stored { .. }) | Ok(Accepted::Equivocation { .. }) => {

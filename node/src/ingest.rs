@@ -30,6 +30,14 @@ fn slot_of(region: &kim_protocol::RegionId, c: &kim_protocol::Content) -> Slot {
 /// Evidence marked earlier in the same batch, per item.
 type Evidence = HashMap<Slot, Vec<RecordId>>;
 
+/// One record entering the pipeline.
+enum Input {
+    /// Bytes from anywhere: size-checked, decoded and verified here.
+    Bytes(Vec<u8>),
+    /// Decoded, and its signature verified by the caller just before.
+    Verified(Box<Record>),
+}
+
 /// Where a record came from; logged and counted, and later used for per-source rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -310,30 +318,78 @@ impl Ingest {
         batch: Vec<Vec<u8>>,
         source: Source,
     ) -> Vec<Result<Accepted, Rejected>> {
+        self.pipeline(batch.into_iter().map(Input::Bytes).collect(), source)
+            .await
+    }
+
+    /// The same pipeline for records whose signatures the caller verified a moment ago (import
+    /// checks a whole bundle before writing any of it), so the crypto is not done twice.
+    /// Everything else — held check, validation, authorisation, resolution — runs as usual.
+    pub async fn ingest_verified(
+        &self,
+        records: Vec<Record>,
+        source: Source,
+    ) -> Vec<Result<Accepted, Rejected>> {
+        self.pipeline(
+            records
+                .into_iter()
+                .map(|r| Input::Verified(Box::new(r)))
+                .collect(),
+            source,
+        )
+        .await
+    }
+
+    async fn pipeline(&self, batch: Vec<Input>, source: Source) -> Vec<Result<Accepted, Rejected>> {
         let started = std::time::Instant::now();
         let mut results: Vec<Option<Result<Accepted, Rejected>>> = vec![None; batch.len()];
-        let mut decoded: Vec<(usize, Record)> = Vec::with_capacity(batch.len());
-        for (i, bytes) in batch.into_iter().enumerate() {
-            if bytes.len() > RECORD_BYTES_MAX {
-                let err = kim_protocol::Error::RecordTooLarge {
-                    size: bytes.len(),
-                    max: RECORD_BYTES_MAX,
-                };
-                results[i] = Some(Err(self.reject(err.into(), source)));
-                continue;
-            }
-            match Record::decode(bytes) {
-                Ok(record) => match self.store.has_record(&record.id) {
-                    Ok(true) => results[i] = Some(Ok(Accepted::Duplicate { id: record.id })),
-                    Ok(false) => decoded.push((i, record)),
-                    Err(e) => results[i] = Some(Err(self.reject(e.into(), source))),
+        // (position, record, whether its signature still needs checking)
+        let mut decoded: Vec<(usize, Record, bool)> = Vec::with_capacity(batch.len());
+        for (i, input) in batch.into_iter().enumerate() {
+            let (record, unverified) = match input {
+                Input::Verified(record) => (*record, false),
+                Input::Bytes(bytes) if bytes.len() > RECORD_BYTES_MAX => {
+                    let err = kim_protocol::Error::RecordTooLarge {
+                        size: bytes.len(),
+                        max: RECORD_BYTES_MAX,
+                    };
+                    results[i] = Some(Err(self.reject(err.into(), source)));
+                    continue;
+                }
+                Input::Bytes(bytes) => match Record::decode(bytes) {
+                    Ok(record) => (record, true),
+                    Err(err) => {
+                        results[i] = Some(Err(self.reject(err.into(), source)));
+                        continue;
+                    }
                 },
-                Err(err) => results[i] = Some(Err(self.reject(err.into(), source))),
+            };
+            match self.store.has_record(&record.id) {
+                Ok(true) => results[i] = Some(Ok(Accepted::Duplicate { id: record.id })),
+                Ok(false) => decoded.push((i, record, unverified)),
+                Err(e) => results[i] = Some(Err(self.reject(e.into(), source))),
             }
         }
         let decoded_at = started.elapsed();
-        let refs: Vec<&Record> = decoded.iter().map(|(_, r)| r).collect();
-        let verified = verify_batch(&refs);
+        let refs: Vec<&Record> = decoded
+            .iter()
+            .filter(|(_, _, unverified)| *unverified)
+            .map(|(_, r, _)| r)
+            .collect();
+        let mut batch_verdicts = verify_batch(&refs).into_iter();
+        let verified: Vec<Result<(), kim_protocol::Error>> = decoded
+            .iter()
+            .map(|(_, _, unverified)| {
+                if *unverified {
+                    batch_verdicts
+                        .next()
+                        .unwrap_or(Err(kim_protocol::Error::BadSignature))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect();
+        let decoded: Vec<(usize, Record)> = decoded.into_iter().map(|(i, r, _)| (i, r)).collect();
         let verified_at = started.elapsed();
         let ctx = Context {
             federation: self.federation,
