@@ -16,10 +16,13 @@
 //! - [`cli`]: the client subcommands that talk to a running node.
 //! - [`bench`]: `kim bench …`.
 
+pub use libp2p;
+
 pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod founding;
 pub mod ingest;
 pub mod net;
 pub mod node;

@@ -53,11 +53,16 @@ enum Command {
         /// libp2p listen multiaddr (repeatable; default /ip4/0.0.0.0/tcp/7651).
         #[arg(long, env = "KIM_P2P_LISTEN")]
         p2p_listen: Vec<String>,
+        /// A member node to dial at start, as a multiaddr ending in /p2p/<peer id> (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
     },
     /// Run the node until SIGINT or SIGTERM.
     Run,
     /// Show the running node's status.
     Status,
+    /// List the connected peers: region, addresses, round-trip time, last sync.
+    Peers,
     /// Organisations (public profiles of SMEs, administrations, research bodies).
     Org {
         #[command(subcommand)]
@@ -174,6 +179,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             languages,
             api_listen,
             p2p_listen,
+            bootstrap,
         } => {
             let report = node::init(
                 &data,
@@ -184,12 +190,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     languages,
                     api_listen,
                     p2p_listen,
+                    bootstrap,
+                    seed: None,
                 },
             )
             .await?;
             println!("created KIM node in {}", data.root.display());
             println!("region id:   {}", report.region);
             println!("federation:  {}", report.federation);
+            println!("peer id:     {}", report.peer_id);
             println!("api:         http://{}", report.config.api_listen);
             println!("token file:  {}", data.token().display());
             println!("start it:    kim --data-dir {} run", data.root.display());
@@ -200,6 +209,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             node::run(&data, config, shutdown_signal()).await
         }
         Command::Status => cli::status(&client()?).await,
+        Command::Peers => cli::peers(&client()?).await,
         Command::Org { command } => cli::items(&client()?, "organisations", command).await,
         Command::Project { command } => cli::items(&client()?, "projects", command).await,
         Command::Offer { command } => cli::items(&client()?, "offers", command).await,
