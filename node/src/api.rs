@@ -478,6 +478,8 @@ pub struct NetworkView {
     pub sync_records_new: u64,
     pub sync_records_rejected: u64,
     pub sync_requests_inbound: u64,
+    /// Peers disconnected and refused for misbehaving (invalid records, broken frames).
+    pub peers_banned: u64,
 }
 
 /// A connected peer, for operators.
@@ -564,6 +566,7 @@ async fn network_view(state: &AppState) -> Option<NetworkView> {
         sync_records_new: stats.sync_records_new,
         sync_records_rejected: stats.sync_records_rejected,
         sync_requests_inbound: stats.sync_requests_inbound,
+        peers_banned: stats.peers_banned,
     })
 }
 
