@@ -1291,7 +1291,10 @@ impl<R: Records> EventLoop<R> {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(internal) = self.internal.recv() => self.on_internal(internal),
                 () = tick(&mut sync_timer) => self.periodic_sync(),
-                _ = maintenance.tick() => self.redial_if_isolated(),
+                _ = maintenance.tick() => {
+                    self.redial_if_isolated();
+                    self.ban_graylisted();
+                }
             }
         }
         tracing::debug!(peer_id = %self.swarm.local_peer_id(), "network event loop stopped");
@@ -1586,6 +1589,33 @@ impl<R: Records> EventLoop<R> {
             "peer banned for misbehaving; disconnecting"
         );
         let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Bans peers whose gossip score fell below the graylist threshold: gossipsub ignores
+    /// everything they send from then on, so they would never earn more points here, yet
+    /// would keep a connection. Three invalid records within about a minute get there; one
+    /// or two (a membership change racing a record) decay away.
+    fn ban_graylisted(&mut self) {
+        let threshold = gossipsub::PeerScoreThresholds::default().graylist_threshold;
+        let graylisted: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|peer| {
+                self.swarm
+                    .behaviour()
+                    .gossipsub
+                    .peer_score(peer)
+                    .is_some_and(|score| score < threshold)
+            })
+            .copied()
+            .collect();
+        for peer in graylisted {
+            self.penalise(
+                peer,
+                BAN_POINTS,
+                "gossip score below the graylist threshold",
+            );
+        }
     }
 
     // ----- gossip ------------------------------------------------------------------------------
