@@ -9,6 +9,15 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, DataDir};
 
+/// Output for people and scripts. A closed pipe (`kim offer list | head`) is not an error:
+/// unlike `std::println!`, this never panics, and what cannot be written is dropped.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// How to reach the node: from the data directory unless overridden.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {

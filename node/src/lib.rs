@@ -22,6 +22,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod founding;
 pub mod ingest;
 pub mod net;

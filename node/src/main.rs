@@ -59,6 +59,21 @@ enum Command {
     },
     /// Run the node until SIGINT or SIGTERM.
     Run,
+    /// Start four regional nodes on this machine that replicate to each other (Ctrl-C stops).
+    Demo {
+        /// Directory of the demo nodes' data directories (reused when run again).
+        #[arg(long, default_value = "kim-demo")]
+        dir: PathBuf,
+        /// API ports are base..base+3, p2p ports base+10..base+13.
+        #[arg(long, default_value_t = 7660)]
+        base_port: u16,
+        /// Records each node publishes when first created.
+        #[arg(long, default_value_t = 36)]
+        records: usize,
+        /// Delete an existing demo directory first.
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Show the running node's status.
     Status,
     /// List the connected peers: region, addresses, round-trip time, last sync.
@@ -207,6 +222,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = Config::load(&data.root)?;
             node::run(&data, config, shutdown_signal()).await
+        }
+        Command::Demo {
+            dir,
+            base_port,
+            records,
+            fresh,
+        } => {
+            kim_node::demo::run(
+                kim_node::demo::DemoOptions {
+                    dir,
+                    base_port,
+                    records_per_node: records,
+                    fresh,
+                },
+                shutdown_signal(),
+            )
+            .await
         }
         Command::Status => cli::status(&client()?).await,
         Command::Peers => cli::peers(&client()?).await,

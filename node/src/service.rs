@@ -278,6 +278,16 @@ impl Service {
         PublicKey(self.key.verifying_key().to_bytes())
     }
 
+    /// The key this node signs its region's records with.
+    pub fn author_key(&self) -> PublicKey {
+        self.author()
+    }
+
+    /// The region's signing key (for tools that sign records in bulk, e.g. `kim demo`).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     fn new_key(kind: Kind) -> Result<String, ServiceError> {
         let bytes =
             crate::config::random_bytes().map_err(|e| ServiceError::BadRequest(e.to_string()))?;
