@@ -480,6 +480,9 @@ pub struct NetworkView {
     pub sync_requests_inbound: u64,
     /// Peers disconnected and refused for misbehaving (invalid records, broken frames).
     pub peers_banned: u64,
+    /// Sync frame bytes received and sent since start.
+    pub sync_bytes_in: u64,
+    pub sync_bytes_out: u64,
 }
 
 /// A connected peer, for operators.
@@ -567,6 +570,8 @@ async fn network_view(state: &AppState) -> Option<NetworkView> {
         sync_records_rejected: stats.sync_records_rejected,
         sync_requests_inbound: stats.sync_requests_inbound,
         peers_banned: stats.peers_banned,
+        sync_bytes_in: stats.sync_bytes_in,
+        sync_bytes_out: stats.sync_bytes_out,
     })
 }
 

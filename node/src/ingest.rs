@@ -170,6 +170,8 @@ pub struct Ingest {
     clock: fn() -> u64,
     /// The search index, updated after each durable write (absent in tools that only store).
     search: Option<Arc<crate::search::SearchIndex>>,
+    /// Applies durable changes to `search` off the pipeline's path.
+    indexer: Option<crate::indexer::Indexer>,
 }
 
 /// Milliseconds since the Unix epoch from the system clock.
@@ -198,6 +200,7 @@ impl Ingest {
             writer: tokio::sync::Mutex::new(()),
             clock: system_now_ms,
             search: None,
+            indexer: None,
         };
         ingest.reevaluate_membership()?;
         Ok(ingest)
@@ -206,6 +209,12 @@ impl Ingest {
     /// Attaches the search index: from now on every durable write updates it. The caller has
     /// made sure the index matches the store (see [`Ingest::reindex_if_stale`]).
     pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Ingest {
+        match crate::indexer::Indexer::start(Arc::clone(&index)) {
+            Ok(indexer) => self.indexer = Some(indexer),
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot start the search indexer; search stays as it is")
+            }
+        }
         self.search = Some(index);
         self
     }
@@ -409,7 +418,7 @@ impl Ingest {
         let checked_at = started.elapsed();
         let count = checked.len();
         if !checked.is_empty() {
-            match self.write(&checked).await {
+            match self.write(&checked, source).await {
                 Ok(outcomes) => {
                     for ((i, _), outcome) in checked.iter().zip(outcomes) {
                         results[*i] = Some(Ok(outcome));
@@ -443,28 +452,34 @@ impl Ingest {
         authorise(&self.membership(), record, source)
     }
 
-    /// Applies the batch's new winners to the search index and commits it with the store's new
-    /// digest as its generation. A failure here never loses data: the index is rebuilt from the
-    /// store at the next start because its generation no longer matches.
-    fn update_index(
+    /// Hands the batch's new winners to the indexer with the store's new digest as their
+    /// generation; waits until they are searchable when staff published or imported them.
+    /// A failure there never loses data: the index is rebuilt from the store at the next start
+    /// because its generation no longer matches.
+    async fn update_index(
         &self,
-        index: &crate::search::SearchIndex,
+        indexer: &crate::indexer::Indexer,
         checked: &[(usize, Record)],
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
+        source: Source,
     ) {
-        let result = (|| -> Result<(), crate::search::SearchError> {
-            for (region, position) in changed {
-                if let Some((_, record)) = checked.get(*position) {
-                    index.upsert(record, *region)?;
-                }
-            }
-            index.set_generation(&digest.hash().to_hex());
-            index.commit()
-        })();
-        if let Err(err) = result {
-            tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
-            let _ = index.rollback();
+        let docs = changed
+            .iter()
+            .filter_map(|(region, position)| {
+                checked.get(*position).map(|(_, r)| (*region, r.clone()))
+            })
+            .collect();
+        let wait = matches!(source, Source::Api | Source::Import);
+        if let Some(done) = indexer.submit(docs, digest.hash().to_hex(), wait) {
+            let _ = done.await;
+        }
+    }
+
+    /// Waits until every change handed to the search index so far is searchable.
+    pub async fn flush_search(&self) {
+        if let Some(indexer) = &self.indexer {
+            let _ = indexer.flush().await;
         }
     }
 
@@ -494,7 +509,11 @@ impl Ingest {
     }
 
     /// Resolves and writes checked records atomically, then flushes.
-    async fn write(&self, checked: &[(usize, Record)]) -> Result<Vec<Accepted>, StoreError> {
+    async fn write(
+        &self,
+        checked: &[(usize, Record)],
+        source: Source,
+    ) -> Result<Vec<Accepted>, StoreError> {
         let _writer = self.writer.lock().await;
         let membership = self.membership();
         let mut writes = WriteSet::default();
@@ -628,8 +647,9 @@ impl Ingest {
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
         }
-        if let Some(index) = &self.search {
-            self.update_index(index, checked, &changed, &digest);
+        if let Some(indexer) = &self.indexer {
+            self.update_index(indexer, checked, &changed, &digest, source)
+                .await;
         }
         if membership_changed {
             self.reevaluate_membership()?;

@@ -20,10 +20,12 @@ pub use libp2p;
 
 pub mod api;
 pub mod bench;
+pub mod bench_net;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod founding;
+pub mod indexer;
 pub mod ingest;
 pub mod net;
 pub mod node;

@@ -487,9 +487,19 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Frames sync messages on a substream: a varint length, then the payload.
+/// Frames sync messages on a substream: a varint length, then the payload. Counts the frame
+/// bytes it reads and writes (what the records and messages cost on the wire, before noise
+/// and yamux add their headers).
 #[derive(Debug, Clone, Default)]
-struct SyncCodec;
+struct SyncCodec {
+    counters: Arc<Counters>,
+}
+
+fn frame_len(payload: usize) -> u64 {
+    let mut varint = Vec::new();
+    put_varint(&mut varint, payload as u64);
+    (varint.len() + payload) as u64
+}
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len: u64 = 0;
@@ -546,6 +556,7 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         let payload = read_frame(io).await?;
+        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
         SyncRequest::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -554,6 +565,7 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         let payload = read_frame(io).await?;
+        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
         SyncResponse::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -566,7 +578,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request.encode()).await
+        let payload = request.encode();
+        write_frame(io, &payload).await?;
+        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -578,7 +593,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response.encode()).await
+        let payload = response.encode();
+        write_frame(io, &payload).await?;
+        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
+        Ok(())
     }
 }
 
@@ -866,6 +884,9 @@ pub struct NetStats {
     pub sync_requests_inbound: u64,
     /// Peers disconnected and refused for misbehaving.
     pub peers_banned: u64,
+    /// Sync frame bytes received and sent (length prefix and payload).
+    pub sync_bytes_in: u64,
+    pub sync_bytes_out: u64,
 }
 
 #[derive(Debug, Default)]
@@ -881,6 +902,8 @@ struct Counters {
     sync_records_rejected: AtomicU64,
     sync_requests_inbound: AtomicU64,
     peers_banned: AtomicU64,
+    sync_bytes_in: AtomicU64,
+    sync_bytes_out: AtomicU64,
 }
 
 impl Counters {
@@ -902,6 +925,8 @@ impl Counters {
             sync_records_rejected: get(&self.sync_records_rejected),
             sync_requests_inbound: get(&self.sync_requests_inbound),
             peers_banned: get(&self.peers_banned),
+            sync_bytes_in: get(&self.sync_bytes_in),
+            sync_bytes_out: get(&self.sync_bytes_out),
         }
     }
 }
@@ -1113,8 +1138,11 @@ pub fn new<R: Records>(
             .subscribe(&topic)
             .map_err(|e| anyhow::anyhow!("subscribing to {topic}: {e}"))?;
     }
+    let counters = Arc::new(Counters::default());
     let sync = request_response::Behaviour::with_codec(
-        SyncCodec,
+        SyncCodec {
+            counters: Arc::clone(&counters),
+        },
         [(sync_name, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
@@ -1184,7 +1212,7 @@ pub fn new<R: Records>(
         commands,
         internal,
         internal_tx,
-        counters: Arc::new(Counters::default()),
+        counters,
         inbound_permits: Arc::new(Semaphore::new(INBOUND_SYNC_TASKS_MAX)),
         peers: HashMap::new(),
         listen_addrs: Vec::new(),

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use kim_protocol::RegionId;
-use kim_protocol::envelope::{Body, Kind, Record};
+use kim_protocol::envelope::{Body, Kind, Record, record_id};
+use kim_protocol::{RecordId, RegionId};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use anyhow::{Context as _, bail};
@@ -393,13 +393,34 @@ impl PeerAccess {
 struct NodeRecords {
     ingest: Arc<Ingest>,
     changed: Arc<Notify>,
+    arrivals: broadcast::Sender<Arrival>,
 }
+
+/// A record that arrived from the network and was new here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub id: RecordId,
+    pub origin: Origin,
+}
+
+/// Arrivals kept for slow subscribers before the oldest are dropped for them.
+const ARRIVALS_QUEUE_LEN: usize = 4096;
 
 impl Records for NodeRecords {
     async fn ingest(&self, records: Vec<Vec<u8>>, origin: Origin) -> Vec<Verdict> {
+        let ids: Vec<RecordId> = if self.arrivals.receiver_count() > 0 {
+            records.iter().map(|r| record_id(r)).collect()
+        } else {
+            Vec::new()
+        };
         let verdicts = Records::ingest(self.ingest.as_ref(), records, origin).await;
         if verdicts.contains(&Verdict::New) {
             self.changed.notify_one();
+            for (id, verdict) in ids.iter().zip(&verdicts) {
+                if *verdict == Verdict::New {
+                    let _ = self.arrivals.send(Arrival { id: *id, origin });
+                }
+            }
         }
         verdicts
     }
@@ -420,6 +441,7 @@ pub struct Running {
     pub state: AppState,
     pub net: NetClient,
     pub access: PeerAccess,
+    arrivals: broadcast::Sender<Arrival>,
     store: Store,
     stop: watch::Sender<bool>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -432,6 +454,11 @@ impl Running {
     /// This node's transport identity.
     pub fn peer_id(&self) -> PeerId {
         self.net.local_peer_id()
+    }
+
+    /// Records that arrive from the network and are new here, from now on.
+    pub fn arrivals(&self) -> broadcast::Receiver<Arrival> {
+        self.arrivals.subscribe()
     }
 
     /// Completes if the HTTP server stopped by itself (its error is returned by `stop`).
@@ -467,6 +494,7 @@ impl Running {
                 tracing::warn!(cause = %e, "network task ended abnormally");
             }
         }
+        self.state.service.ingest().flush_search().await;
         self.store.flush().await?;
         tracing::info!("node stopped; store flushed");
         result
@@ -524,9 +552,11 @@ pub async fn start(
         }
     }
     let changed = Arc::new(Notify::new());
+    let (arrivals, _) = broadcast::channel(ARRIVALS_QUEUE_LEN);
     let records = Arc::new(NodeRecords {
         ingest: Arc::clone(&ingest),
         changed: Arc::clone(&changed),
+        arrivals: arrivals.clone(),
     });
     let gate_access = access.clone();
     let (net, event_loop) = net::new(
@@ -574,6 +604,7 @@ pub async fn start(
         state: node.state,
         net,
         access,
+        arrivals,
         store: node.store,
         stop,
         server: Some(server),
@@ -602,6 +633,7 @@ async fn announce(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut timer = tokio::time::interval(ACCESS_REFRESH);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     loop {
         tokio::select! {
             () = &mut shutdown => break,
