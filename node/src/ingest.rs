@@ -419,9 +419,13 @@ impl Ingest {
         let count = checked.len();
         if !checked.is_empty() {
             match self.write(&checked, source).await {
-                Ok(outcomes) => {
+                Ok((outcomes, searchable)) => {
                     for ((i, _), outcome) in checked.iter().zip(outcomes) {
                         results[*i] = Some(Ok(outcome));
+                    }
+                    // Outside the writer lock: other batches proceed while the index commits.
+                    if let Some(searchable) = searchable {
+                        let _ = searchable.await;
                     }
                 }
                 Err(err) => {
@@ -453,17 +457,18 @@ impl Ingest {
     }
 
     /// Hands the batch's new winners to the indexer with the store's new digest as their
-    /// generation; waits until they are searchable when staff published or imported them.
+    /// generation; when staff published or imported them, returns what completes once they
+    /// are searchable (awaited after the writer lock is released).
     /// A failure there never loses data: the index is rebuilt from the store at the next start
     /// because its generation no longer matches.
-    async fn update_index(
+    fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
         checked: &[(usize, Record)],
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
         source: Source,
-    ) {
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let docs = changed
             .iter()
             .filter_map(|(region, position)| {
@@ -471,9 +476,7 @@ impl Ingest {
             })
             .collect();
         let wait = matches!(source, Source::Api | Source::Import);
-        if let Some(done) = indexer.submit(docs, digest.hash().to_hex(), wait) {
-            let _ = done.await;
-        }
+        indexer.submit(docs, digest.hash().to_hex(), wait)
     }
 
     /// Waits until every change handed to the search index so far is searchable.
@@ -513,7 +516,7 @@ impl Ingest {
         &self,
         checked: &[(usize, Record)],
         source: Source,
-    ) -> Result<Vec<Accepted>, StoreError> {
+    ) -> Result<(Vec<Accepted>, Option<tokio::sync::oneshot::Receiver<()>>), StoreError> {
         let _writer = self.writer.lock().await;
         let membership = self.membership();
         let mut writes = WriteSet::default();
@@ -647,13 +650,13 @@ impl Ingest {
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
         }
-        if let Some(indexer) = &self.indexer {
-            self.update_index(indexer, checked, &changed, &digest, source)
-                .await;
-        }
+        let searchable = self
+            .indexer
+            .as_ref()
+            .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
         if membership_changed {
             self.reevaluate_membership()?;
         }
-        Ok(outcomes)
+        Ok((outcomes, searchable))
     }
 }
