@@ -80,7 +80,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kim_protocol::FederationId;
 use kim_protocol::limits::RECORD_BYTES_MAX;
-use kim_protocol::names::{records_topic, sync_protocol};
+use kim_protocol::names::{identify_version, kad_protocol, records_topic, sync_protocol};
 use kim_protocol::reconcile::{
     ID_BYTES, Id, Initiator, Message, RECONCILE_MESSAGE_BYTES_MAX, Responder, SortedIds,
 };
@@ -1129,7 +1129,7 @@ pub fn new<R: Records>(
     let topic = gossipsub::IdentTopic::new(records_topic(&config.federation));
     let sync_name = StreamProtocol::try_from_owned(sync_protocol(&config.federation))
         .map_err(|e| anyhow::anyhow!("sync protocol name: {e}"))?;
-    let kad_name = StreamProtocol::try_from_owned(format!("/kim/{}/kad/1", config.federation))
+    let kad_name = StreamProtocol::try_from_owned(kad_protocol(&config.federation))
         .map_err(|e| anyhow::anyhow!("kademlia protocol name: {e}"))?;
 
     let mut gossipsub = gossip_behaviour(&topic, config.gossip_heartbeat)?;
@@ -1148,7 +1148,7 @@ pub fn new<R: Records>(
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(
-            format!("/kim/{}/1", config.federation),
+            identify_version(&config.federation),
             config.keypair.public(),
         )
         .with_agent_version(format!("kim/{}", env!("CARGO_PKG_VERSION"))),
