@@ -1175,13 +1175,17 @@ pub fn new<R: Records>(
     };
 
     let idle = config.idle_connection_timeout;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+    let builder = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
             yamux::Config::default,
-        )?
+        )?;
+    // QUIC (feature `quic`): the same identity; listen on `/ip4/…/udp/…/quic-v1`.
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    let mut swarm = builder
         .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();

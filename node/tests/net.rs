@@ -478,3 +478,33 @@ async fn a_node_started_before_its_peer_redials_and_catches_up() {
     wait_converged(&[&a, &b], 25).await;
     assert_eq!(b.records.count(Origin::Sync, Verdict::New), 25);
 }
+
+/// With the `quic` feature, nodes speak QUIC as well as TCP: gossip and sync work over it.
+#[cfg(feature = "quic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_and_sync_work_over_quic() {
+    let quic = |c: &mut NetConfig| {
+        c.listen_addrs = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")];
+    };
+    let a = spawn_node(quic).await;
+    let b = spawn_node(quic).await;
+    assert!(
+        a.addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)),
+        "listens on {}",
+        a.addr
+    );
+    let before = make_records(40, 3);
+    for r in &before {
+        a.records.insert(r.clone());
+    }
+    b.connect(&a).await;
+    let report = b.client.sync_with(a.peer_id).await.expect("sync over QUIC");
+    assert_eq!(report.received_new, 3);
+    b.wait_meshed(1).await;
+    a.wait_meshed(1).await;
+    let after = make_records(41, 1);
+    a.publish(after[0].clone()).await;
+    wait_converged(&[&a, &b], 4).await;
+}
