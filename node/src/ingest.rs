@@ -259,6 +259,42 @@ fn check_batch(
     }
 }
 
+/// Write sets remembered by the writer, so a batch checked a moment ago is re-checked in memory.
+const RECENT_WRITES_MAX: usize = 4;
+/// A write set storing more records than this is not remembered (a later re-check reads the
+/// store instead): the memory stays bounded whatever the batch size.
+const RECENT_WRITE_IDS_MAX: usize = 8192;
+
+/// The ids each of the last few write sets stored, by the generation it produced. Owned by the
+/// writer lock.
+#[derive(Debug, Default)]
+struct RecentWrites {
+    /// (generation after the write, ids it stored, or `None` when there were too many)
+    sets: std::collections::VecDeque<(u64, Option<std::collections::HashSet<RecordId>>)>,
+}
+
+impl RecentWrites {
+    /// The id sets of every write after `seen` up to `now`, if all of them are remembered.
+    fn since(&self, seen: u64, now: u64) -> Option<Vec<&std::collections::HashSet<RecordId>>> {
+        let wanted = (seen + 1)..=now;
+        let sets: Vec<_> = self
+            .sets
+            .iter()
+            .filter(|(generation, _)| wanted.contains(generation))
+            .map(|(_, ids)| ids.as_ref())
+            .collect::<Option<_>>()?;
+        (sets.len() as u64 == now - seen).then_some(sets)
+    }
+
+    fn remember(&mut self, generation: u64, ids: std::collections::HashSet<RecordId>) {
+        if self.sets.len() == RECENT_WRITES_MAX {
+            self.sets.pop_front();
+        }
+        let ids = (ids.len() <= RECENT_WRITE_IDS_MAX).then_some(ids);
+        self.sets.push_back((generation, ids));
+    }
+}
+
 /// The pipeline and the state it owns: membership, digest and rejection counters.
 #[derive(Debug)]
 pub struct Ingest {
@@ -268,7 +304,8 @@ pub struct Ingest {
     membership: RwLock<Arc<MembershipState>>,
     digest: Mutex<StateDigest>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
-    writer: tokio::sync::Mutex<()>,
+    /// One writer at a time; the lock also guards what the writer remembers of recent writes.
+    writer: tokio::sync::Mutex<RecentWrites>,
     /// Count of write sets applied, bumped under the writer lock after each apply. A batch whose
     /// held check saw an older count re-checks under the lock (another batch may have stored
     /// the same records in between).
@@ -301,7 +338,7 @@ impl Ingest {
             charter,
             digest: Mutex::new(digest),
             rejections: Mutex::new(BTreeMap::new()),
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(RecentWrites::default()),
             generation: AtomicU64::new(0),
             clock: system_now_ms,
             search: None,
@@ -577,8 +614,12 @@ impl Ingest {
         checked: &[(usize, Record)],
         generation: u64,
     ) -> Result<Vec<Accepted>, StoreError> {
-        let _writer = self.writer.lock().await;
-        let recheck = self.generation.load(Ordering::Acquire) != generation;
+        let mut recent = self.writer.lock().await;
+        let now = self.generation.load(Ordering::Acquire);
+        // What was written since this batch's held check: the remembered id sets of those
+        // writes, or else (too long ago, too big) one store read per record.
+        let written_since = (now != generation).then(|| recent.since(generation, now));
+        let mut stored_ids = std::collections::HashSet::with_capacity(checked.len());
         let membership = self.membership();
         let mut writes = WriteSet::default();
         let mut digest = self.digest();
@@ -592,9 +633,12 @@ impl Ingest {
         let mut membership_changed = false;
         for (position, (_, record)) in checked.iter().enumerate() {
             let c = &record.content;
-            if !seen_in_batch.insert(record.id)
-                || (recheck && self.store.holds(&record.id, c.kind.is_replicated())?)
-            {
+            let held = match &written_since {
+                None => false,
+                Some(Some(sets)) => sets.iter().any(|ids| ids.contains(&record.id)),
+                Some(None) => self.store.holds(&record.id, c.kind.is_replicated())?,
+            };
+            if held || !seen_in_batch.insert(record.id) {
                 outcomes.push(Accepted::Duplicate { id: record.id });
                 continue;
             }
@@ -706,7 +750,13 @@ impl Ingest {
         // The in-memory state follows the applied write set at once, with no await in between:
         // a caller that gives up during the flush cannot leave the digest or membership behind
         // the store.
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        for outcome in &outcomes {
+            if outcome.is_new() {
+                stored_ids.insert(outcome.id());
+            }
+        }
+        recent.remember(now + 1, stored_ids);
+        self.generation.store(now + 1, Ordering::Release);
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
         }
@@ -804,14 +854,20 @@ mod tests {
         assert_eq!(digest.count(), 3, "winner, evidence and the single item");
         // The second delivery, checked while nothing was held yet, reaches the writer late.
         let passed: Vec<(usize, Record)> = batch.into_iter().enumerate().collect();
-        let outcomes = ingest.write(&passed, generation_seen).await?;
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, Accepted::Duplicate { .. })),
-            "{outcomes:?}"
-        );
-        assert_eq!(ingest.digest(), digest);
+        // Once with the writer remembering the write in between, once reading the store.
+        for forget in [false, true] {
+            if forget {
+                ingest.writer.lock().await.sets.clear();
+            }
+            let outcomes = ingest.write(&passed, generation_seen).await?;
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Accepted::Duplicate { .. })),
+                "{outcomes:?}"
+            );
+            assert_eq!(ingest.digest(), digest);
+        }
         assert_eq!(ingest.store().digest()?, digest);
         assert_eq!(ingest.store().record_ids().count(), 3);
         Ok(())
