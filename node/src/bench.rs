@@ -1,4 +1,5 @@
-//! `kim bench …`: throughput figures measured on this machine, printed per second.
+//! `kim bench …`: throughput figures measured on this machine, printed per second, and
+//! (`kim bench reconcile`, in [`crate::bench_reconcile`]) reconciliation cost against negentropy.
 //!
 //! Benchmarks live here rather than in timed tests: tests check correctness, these print numbers.
 //! Each figure runs its operation over a fixed set of realistic records (from
@@ -42,6 +43,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         in_flight: usize,
     },
+    /// Set reconciliation, kim against the negentropy crate on the same sets in the same run:
+    /// bytes and round trips for every combination of set size and difference.
+    Reconcile {
+        /// Ids in the initiator's set (comma-separated for several).
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 1_000_000])]
+        ids: Vec<usize>,
+        /// Differences between the two sets, split between both sides (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000])]
+        differences: Vec<usize>,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -55,6 +66,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Protocol { records, min_ms } => protocol(records, min_ms),
         BenchCommand::Encoding { records, min_ms } => encoding(records, min_ms),
+        BenchCommand::Reconcile { ids, differences } => {
+            // Seconds of CPU at a million ids: off the async runtime.
+            tokio::task::spawn_blocking(move || crate::bench_reconcile::run(&ids, &differences))
+                .await
+                .context("reconcile benchmark thread failed")?
+        }
         BenchCommand::Ingest {
             records,
             batch,
