@@ -271,11 +271,52 @@ type PreparedBatch = (
     Vec<ed25519_dalek::VerifyingKey>,
 );
 
+/// CPU seconds this process has used so far, all threads together (user and system), from
+/// `/proc/self/stat`; `None` where that is not available. On a shared machine this is what a
+/// figure cost, whatever else was running.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at "state"; utime and
+    // stime are the 14th and 15th fields overall, in clock ticks of 1/100 s on Linux.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// What one measured run cost: per second of wall time and CPU microseconds per record.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    per_second: f64,
+    seconds: f64,
+    cpu_us_per_record: Option<f64>,
+}
+
+impl Measured {
+    fn of(count: usize, started: Instant, cpu_at_start: Option<f64>) -> Measured {
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds()
+            .zip(cpu_at_start)
+            .map(|(end, start)| (end - start) * 1e6 / count.max(1) as f64);
+        Measured {
+            per_second: count as f64 / seconds,
+            seconds,
+            cpu_us_per_record: cpu,
+        }
+    }
+
+    fn cpu(&self) -> String {
+        self.cpu_us_per_record
+            .map_or_else(|| "n/a".into(), |us| format!("{us:.1}"))
+    }
+}
+
 /// Raw ed25519 batch verification of `prepared` on `threads` threads (the batches split
-/// between them); returns signatures per second.
-fn raw_verify_rate(prepared: &[PreparedBatch], threads: usize) -> anyhow::Result<f64> {
+/// between them).
+fn raw_verify_rate(prepared: &[PreparedBatch], threads: usize) -> anyhow::Result<Measured> {
     let count: usize = prepared.iter().map(|(m, _, _)| m.len()).sum();
     let per_thread = prepared.len().div_ceil(threads.max(1)).max(1);
+    let cpu = process_cpu_seconds();
     let start = Instant::now();
     let verdicts: Vec<bool> = std::thread::scope(|scope| {
         let workers: Vec<_> = prepared
@@ -297,17 +338,17 @@ fn raw_verify_rate(prepared: &[PreparedBatch], threads: usize) -> anyhow::Result
     if verdicts.iter().any(|ok| !ok) {
         bail!("a benchmark record failed verification");
     }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
+    Ok(Measured::of(count, start, cpu))
 }
 
 /// One timed run of the pipeline over `batches` on a fresh store, with at most `in_flight`
-/// batches submitted at once. Returns (records stored per second, seconds, store bytes).
+/// batches submitted at once. Returns what it cost and the store's size in bytes.
 async fn ingest_run(
     charter: &kim_protocol::membership::Charter,
     federation: kim_protocol::FederationId,
     batches: Vec<Vec<Vec<u8>>>,
     in_flight: usize,
-) -> anyhow::Result<(f64, f64, u64)> {
+) -> anyhow::Result<(Measured, u64)> {
     use crate::ingest::{Accepted, Ingest, Rejected, Source};
     use crate::store::Store;
     let dir = std::env::temp_dir().join(format!(
@@ -332,6 +373,7 @@ async fn ingest_run(
         }
         Ok(())
     };
+    let cpu = process_cpu_seconds();
     let start = Instant::now();
     for (i, bytes) in batches.into_iter().enumerate() {
         if pending.len() >= in_flight.max(1)
@@ -350,7 +392,7 @@ async fn ingest_run(
     for handle in pending {
         tally(handle.await.context("ingest task failed")?)?;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let measured = Measured::of(stored, start, cpu);
     if stored != total {
         bail!("only {stored} of {total} benchmark records were stored");
     }
@@ -358,7 +400,7 @@ async fn ingest_run(
     drop(pipeline);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((stored as f64 / elapsed, elapsed, disk))
+    Ok((measured, disk))
 }
 
 async fn ingest(count: usize, batch: usize, in_flight: usize) -> anyhow::Result<()> {
@@ -397,40 +439,60 @@ async fn ingest(count: usize, batch: usize, in_flight: usize) -> anyhow::Result<
             .collect()
     };
     eprintln!("ingesting, one batch in flight…");
-    let (one_rate, one_s, one_disk) = ingest_run(&charter, federation, batches(), 1).await?;
+    let (one, one_disk) = ingest_run(&charter, federation, batches(), 1).await?;
     eprintln!("ingesting, {in_flight} batches in flight…");
-    let (many_rate, many_s, _) = ingest_run(&charter, federation, batches(), in_flight).await?;
+    let (many, _) = ingest_run(&charter, federation, batches(), in_flight).await?;
     println!(
         "kim bench ingest: {count} records (mean {mean_bytes} bytes), batches of {batch}, \
-         each run on a fresh store, every batch flushed before it is acknowledged"
-    );
-    println!("{:<46} {:>10} {:>8}", "", "records/s", "ratio");
-    println!(
-        "{:<46} {raw_one:>10.0} {:>8}",
-        "raw ed25519 batch verify (256), 1 thread", ""
-    );
-    println!(
-        "{:<46} {one_rate:>10.0} {:>8.2}   ({one_s:.2} s, store {:.1} MB; ratio to 1 thread)",
-        "pipeline, 1 batch in flight (1 thread busy)",
-        one_rate / raw_one,
+         each run on a fresh store (1 in flight: {:.1} MB), every batch flushed before it is \
+         acknowledged",
         one_disk as f64 / 1e6
     );
     println!(
-        "{:<46} {raw_many:>10.0} {:>8}",
-        format!("raw ed25519 batch verify (256), {in_flight} threads"),
-        ""
+        "{:<48} {:>10} {:>8} {:>9} {:>13}",
+        "", "records/s", "seconds", "ratio", "CPU us/record"
+    );
+    let row = |name: &str, m: &Measured, ratio: Option<f64>| {
+        let ratio = ratio.map_or_else(String::new, |r| format!("{r:.2}"));
+        println!(
+            "{name:<48} {:>10.0} {:>8.2} {ratio:>9} {:>13}",
+            m.per_second,
+            m.seconds,
+            m.cpu()
+        );
+    };
+    row("raw ed25519 batch verify (256), 1 thread", &raw_one, None);
+    row(
+        "pipeline, 1 batch in flight (1 thread busy)",
+        &one,
+        Some(one.per_second / raw_one.per_second),
+    );
+    row(
+        &format!("raw ed25519 batch verify (256), {in_flight} threads"),
+        &raw_many,
+        None,
+    );
+    row(
+        &format!("pipeline, {in_flight} batches in flight (<= {in_flight} busy)"),
+        &many,
+        Some(many.per_second / raw_many.per_second),
     );
     println!(
-        "{:<46} {many_rate:>10.0} {:>8.2}   ({many_s:.2} s; ratio to {in_flight} threads)",
-        format!("pipeline, {in_flight} batches in flight (<= {in_flight} busy)"),
-        many_rate / raw_many
-    );
-    println!(
-        "{:<46} {:>10} {:>8.2}   (target >= 0.70)",
-        format!("pipeline ({in_flight} in flight) / raw verify (1 thread)"),
+        "{:<48} {:>10} {:>8} {:>9.2}   (target >= 0.70)",
+        format!("pipeline, {in_flight} in flight / raw verify, 1 thread"),
         "",
-        many_rate / raw_one
+        "",
+        many.per_second / raw_one.per_second
     );
+    if let (Some(raw), Some(pipeline)) = (raw_one.cpu_us_per_record, one.cpu_us_per_record) {
+        println!(
+            "{:<48} {:>10} {:>8} {:>9.2}   (one core's ratio, whatever else runs)",
+            "CPU per record: raw verify / pipeline",
+            "",
+            "",
+            raw / pipeline
+        );
+    }
     Ok(())
 }
 
