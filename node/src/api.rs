@@ -33,6 +33,10 @@ pub struct AppState {
     pub region_name: Arc<String>,
     pub nuts: Arc<String>,
     pub started_at_ms: u64,
+    /// The network, when the node runs one (absent in tools that only serve the store).
+    pub net: Option<crate::net::NetClient>,
+    /// Which peers may connect (member nodes).
+    pub access: Option<crate::node::PeerAccess>,
 }
 
 impl AppState {
@@ -373,6 +377,7 @@ pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::open
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(status))
+        .routes(routes!(peers))
         .routes(routes!(openapi_json))
         .routes(routes!(list_items, publish_item))
         .routes(routes!(get_item, revise_item))
@@ -443,8 +448,10 @@ pub struct Status {
     pub federation: String,
     pub members: Vec<MemberView>,
     pub pending: usize,
-    /// Connected peers (replication comes with the network layer).
+    /// Connected peers' ids.
     pub peers: Vec<String>,
+    /// This node's network: identity, listen addresses, gossip and sync counters.
+    pub network: Option<NetworkView>,
     /// Live items per kind.
     pub records: BTreeMap<String, u64>,
     /// Records held for sync (winners, tombstones, evidence, membership).
@@ -453,6 +460,119 @@ pub struct Status {
     pub rejections: BTreeMap<String, u64>,
     pub store_bytes: u64,
     pub uptime_ms: u64,
+}
+
+/// The network part of the status.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkView {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub gossip_received: u64,
+    pub gossip_accepted: u64,
+    pub gossip_ignored: u64,
+    pub gossip_rejected: u64,
+    pub gossip_dropped: u64,
+    pub sync_sessions_ok: u64,
+    pub sync_sessions_failed: u64,
+    /// Records that arrived by sync and were new here.
+    pub sync_records_new: u64,
+    pub sync_records_rejected: u64,
+    pub sync_requests_inbound: u64,
+    /// Peers disconnected and refused for misbehaving (invalid records, broken frames).
+    pub peers_banned: u64,
+    /// Sync frame bytes received and sent since start.
+    pub sync_bytes_in: u64,
+    pub sync_bytes_out: u64,
+}
+
+/// A connected peer, for operators.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PeerView {
+    pub peer_id: String,
+    /// The member region whose profile lists this node.
+    pub region: Option<RegionId>,
+    pub region_name: Option<String>,
+    pub addrs: Vec<String>,
+    /// Last ping round trip, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// When our last sync session with the peer completed (ms since the Unix epoch).
+    pub last_sync_ms: Option<u64>,
+    /// The peer's gossip score (negative after invalid records).
+    pub gossip_score: Option<f64>,
+    /// Whether records we accept are forwarded to the peer at once.
+    pub gossip_mesh: bool,
+}
+
+/// Connected peers: region, addresses, round-trip time, last sync.
+#[utoipa::path(get, path = "/api/v1/peers", tag = "node", responses((status = 200, body = [PeerView]), (status = 401, body = ErrorBody)))]
+async fn peers(State(state): State<AppState>) -> Result<axum::Json<Vec<PeerView>>, ApiError> {
+    Ok(axum::Json(peer_views(&state).await))
+}
+
+async fn peer_views(state: &AppState) -> Vec<PeerView> {
+    let Some(net) = &state.net else {
+        return Vec::new();
+    };
+    let membership = state.service.ingest().membership();
+    let mut views: Vec<PeerView> = net
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let region = state.access.as_ref().and_then(|a| a.region_of(&p.peer_id));
+            PeerView {
+                peer_id: p.peer_id.to_string(),
+                region,
+                region_name: region
+                    .and_then(|r| membership.members.get(&r))
+                    .map(|m| m.name.clone()),
+                addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                last_sync_ms: p.last_sync.and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_millis() as u64)
+                }),
+                gossip_score: p.gossip_score,
+                gossip_mesh: p.gossip_mesh,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| {
+        a.region_name
+            .cmp(&b.region_name)
+            .then(a.peer_id.cmp(&b.peer_id))
+    });
+    views
+}
+
+async fn network_view(state: &AppState) -> Option<NetworkView> {
+    let net = state.net.as_ref()?;
+    let stats = net.stats().await.ok()?;
+    let listen_addrs =
+        tokio::time::timeout(std::time::Duration::from_millis(200), net.listen_addrs())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+    Some(NetworkView {
+        peer_id: net.local_peer_id().to_string(),
+        listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
+        gossip_received: stats.gossip_received,
+        gossip_accepted: stats.gossip_accepted,
+        gossip_ignored: stats.gossip_ignored,
+        gossip_rejected: stats.gossip_rejected,
+        gossip_dropped: stats.gossip_dropped,
+        sync_sessions_ok: stats.sync_sessions_ok,
+        sync_sessions_failed: stats.sync_sessions_failed,
+        sync_records_new: stats.sync_records_new,
+        sync_records_rejected: stats.sync_records_rejected,
+        sync_requests_inbound: stats.sync_requests_inbound,
+        peers_banned: stats.peers_banned,
+        sync_bytes_in: stats.sync_bytes_in,
+        sync_bytes_out: stats.sync_bytes_out,
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -485,7 +605,12 @@ async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
             })
             .collect(),
         pending: membership.pending.len(),
-        peers: Vec::new(),
+        peers: peer_views(&state)
+            .await
+            .into_iter()
+            .map(|p| p.peer_id)
+            .collect(),
+        network: network_view(&state).await,
         records,
         sync_set: digest.count(),
         state_digest: digest.hash().to_hex(),

@@ -53,6 +53,27 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000])]
         differences: Vec<usize>,
     },
+    /// Gossip propagation through whole nodes at a fixed rate, beside bare gossipsub in the
+    /// same topology: all-node delivery latency p50/p99.
+    Propagation {
+        /// Federation sizes to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,30,50")]
+        nodes: Vec<usize>,
+        /// Records published per second (round-robin over the nodes).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of publishing per size.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Links per node (ring plus random chords).
+        #[arg(long, default_value_t = 4)]
+        degree: usize,
+    },
+    /// A node that lacks N records syncs them from a peer: records/s end to end and wire bytes.
+    Catchup {
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -72,6 +93,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 .await
                 .context("reconcile benchmark thread failed")?
         }
+        BenchCommand::Propagation {
+            nodes,
+            rate,
+            seconds,
+            degree,
+        } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
+        BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
         BenchCommand::Ingest {
             records,
             batch,

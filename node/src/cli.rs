@@ -9,6 +9,15 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, DataDir};
 
+/// Output for people and scripts. A closed pipe (`kim offer list | head`) is not an error:
+/// unlike `std::println!`, this never panics, and what cannot be written is dropped.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// How to reach the node: from the data directory unless overridden.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -395,6 +404,40 @@ pub async fn items(client: &Client, collection: &str, command: ItemCommand) -> a
 }
 
 /// `kim status`.
+/// `kim peers`: the connected peers as a table.
+pub async fn peers(client: &Client) -> anyhow::Result<()> {
+    let peers = client.get("/peers").await?;
+    client.print(&peers, |peers| {
+        let rows = peers.as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            println!("no peers connected");
+            return;
+        }
+        println!(
+            "{:<22} {:<24} {:>8} {:>10}  address",
+            "peer", "region", "rtt ms", "last sync"
+        );
+        let now = crate::ingest::system_now_ms();
+        for p in rows {
+            let rtt = p["rtt_ms"]
+                .as_f64()
+                .map_or("-".to_string(), |r| format!("{r:.1}"));
+            let last = p["last_sync_ms"].as_u64().map_or("-".to_string(), |t| {
+                format!("{}s ago", now.saturating_sub(t) / 1000)
+            });
+            println!(
+                "{:<22} {:<24} {:>8} {:>10}  {}",
+                short(p["peer_id"].as_str().unwrap_or(""), 20),
+                p["region_name"].as_str().unwrap_or("(not a member)"),
+                rtt,
+                last,
+                p["addrs"][0].as_str().unwrap_or("")
+            );
+        }
+    });
+    Ok(())
+}
+
 pub async fn status(client: &Client) -> anyhow::Result<()> {
     let s = client.get("/status").await?;
     client.print(&s, |s| {
@@ -416,6 +459,29 @@ pub async fn status(client: &Client) -> anyhow::Result<()> {
         }
         println!("pending:     {}", s["pending"]);
         println!("peers:       {}", s["peers"].as_array().map_or(0, Vec::len));
+        let net = &s["network"];
+        if net.is_object() {
+            println!("peer id:     {}", net["peer_id"].as_str().unwrap_or(""));
+            if let Some(addrs) = net["listen_addrs"].as_array() {
+                for a in addrs {
+                    println!("  listening  {}", a.as_str().unwrap_or(""));
+                }
+            }
+            println!(
+                "gossip:      {} received, {} accepted, {} ignored, {} rejected",
+                net["gossip_received"],
+                net["gossip_accepted"],
+                net["gossip_ignored"],
+                net["gossip_rejected"]
+            );
+            println!(
+                "sync:        {} sessions ({} failed), {} records received, {} rejected",
+                net["sync_sessions_ok"],
+                net["sync_sessions_failed"],
+                net["sync_records_new"],
+                net["sync_records_rejected"]
+            );
+        }
         println!("records:");
         if let Some(map) = s["records"].as_object() {
             for (k, v) in map {

@@ -3,6 +3,8 @@
 //! Layout of a data directory:
 //! - `config.toml` — every option, documented, with its default
 //! - `region.key` — the region's ed25519 signing key (32 raw bytes, mode 0600)
+//! - `node.key` — this node's libp2p transport key (ed25519, 32 raw bytes, mode 0600); the
+//!   region's signed profile binds its peer id to the region
 //! - `api-token` — the bearer token for the HTTP API (mode 0600)
 //! - `store/` — the sled database
 //! - `search/` — the tantivy search index (derived; rebuilt from the store if lost)
@@ -34,6 +36,12 @@ fn default_offer_validity_days() -> u32 {
 fn default_request_body_bytes_max() -> usize {
     256 * 1024
 }
+fn default_true() -> bool {
+    true
+}
+fn default_sync_interval_secs() -> u64 {
+    30
+}
 
 /// Everything `config.toml` may say. Unknown keys are refused, so typos do not pass silently.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +56,19 @@ pub struct Config {
     pub p2p_listen: Vec<String>,
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Subscribe to the federation's gossip topic (push). Off: records arrive by sync only.
+    #[serde(default = "default_true")]
+    pub gossip: bool,
+    /// Seconds between sync sessions with a random connected member; 0 turns periodic sync off
+    /// (sessions still run on every new connection).
+    #[serde(default = "default_sync_interval_secs")]
+    pub sync_interval_secs: u64,
+    /// Run a sync session on every new connection to a member.
+    #[serde(default = "default_true")]
+    pub sync_on_connect: bool,
+    /// Find other members' nodes through kademlia and dial them.
+    #[serde(default = "default_true")]
+    pub discovery: bool,
     #[serde(default = "default_cache_bytes")]
     pub store_cache_bytes: u64,
     #[serde(default = "default_offer_validity_days")]
@@ -82,9 +103,23 @@ federation = {federation}
 # fronts it; every route but /api/v1/health needs the bearer token in `api-token`.
 api_listen = "{api}"
 
-# libp2p listen addresses (multiaddrs) and peers to dial at start.
+# libp2p listen addresses (multiaddrs) and peers to dial at start, e.g.
+# "/ip4/192.0.2.10/tcp/7651". Members' nodes listed in their region profiles are dialled too.
 p2p_listen = [{p2p}]
 bootstrap = [{bootstrap}]
+
+# Push new records to connected members at once through gossip (pull-only when false).
+gossip = {gossip}
+
+# Seconds between sync sessions with a random connected member (0: only on new connections).
+sync_interval_secs = {sync_interval}
+
+# Run a sync session on every new connection to a member (how a node that was offline
+# catches up at once).
+sync_on_connect = {sync_on_connect}
+
+# Discover other members' nodes through the federation's DHT.
+discovery = {discovery}
 
 # sled page cache in bytes. The store's memory use grows with this, not with the data.
 store_cache_bytes = {cache}
@@ -102,6 +137,10 @@ request_body_bytes_max = {body_max}
             api = self.api_listen,
             p2p = list(&self.p2p_listen),
             bootstrap = list(&self.bootstrap),
+            gossip = self.gossip,
+            sync_interval = self.sync_interval_secs,
+            sync_on_connect = self.sync_on_connect,
+            discovery = self.discovery,
             cache = self.store_cache_bytes,
             validity = self.offer_validity_days,
             body_max = self.request_body_bytes_max,
@@ -125,8 +164,9 @@ request_body_bytes_max = {body_max}
         Ok(config)
     }
 
-    /// Applies `KIM_API_LISTEN`, `KIM_P2P_LISTEN`, `KIM_BOOTSTRAP` (comma-separated) and
-    /// `KIM_STORE_CACHE_BYTES` over the file's values.
+    /// Applies `KIM_API_LISTEN`, `KIM_P2P_LISTEN`, `KIM_BOOTSTRAP` (comma-separated),
+    /// `KIM_GOSSIP`, `KIM_DISCOVERY`, `KIM_SYNC_INTERVAL_SECS` and `KIM_STORE_CACHE_BYTES`
+    /// over the file's values.
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Ok(v) = std::env::var("KIM_API_LISTEN") {
             self.api_listen = v.parse().with_context(|| {
@@ -143,12 +183,31 @@ request_body_bytes_max = {body_max}
                 .map(|s| s.trim().to_string())
                 .collect();
         }
+        if let Ok(v) = std::env::var("KIM_GOSSIP") {
+            self.gossip = parse_bool("KIM_GOSSIP", &v)?;
+        }
+        if let Ok(v) = std::env::var("KIM_DISCOVERY") {
+            self.discovery = parse_bool("KIM_DISCOVERY", &v)?;
+        }
+        if let Ok(v) = std::env::var("KIM_SYNC_INTERVAL_SECS") {
+            self.sync_interval_secs = v.parse().with_context(|| {
+                format!("KIM_SYNC_INTERVAL_SECS={v:?} is not a number of seconds")
+            })?;
+        }
         if let Ok(v) = std::env::var("KIM_STORE_CACHE_BYTES") {
             self.store_cache_bytes = v
                 .parse()
                 .with_context(|| format!("KIM_STORE_CACHE_BYTES={v:?} is not a number of bytes"))?;
         }
         Ok(())
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => bail!("{name}={other:?} is not a boolean (true or false)"),
     }
 }
 
@@ -167,6 +226,9 @@ impl DataDir {
     }
     pub fn key(&self) -> PathBuf {
         self.root.join("region.key")
+    }
+    pub fn node_key(&self) -> PathBuf {
+        self.root.join("node.key")
     }
     pub fn token(&self) -> PathBuf {
         self.root.join("api-token")
@@ -191,6 +253,20 @@ impl DataDir {
             )
         })?;
         Ok(SigningKey::from_bytes(&secret))
+    }
+
+    /// Reads the node's libp2p transport key.
+    pub fn load_node_key(&self) -> anyhow::Result<libp2p::identity::Keypair> {
+        let path = self.node_key();
+        let mut bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read the node key {}", path.display()))?;
+        libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a 32-byte ed25519 key ({e}): restore it from your backup, or delete \
+                 it and publish the region profile again with the new peer id",
+                path.display()
+            )
+        })
     }
 
     /// Reads the API token.

@@ -13,7 +13,7 @@
 //! the writer lock. So when several batches are in flight — sync, import, gossip and the API at
 //! once — one batch's signatures are checked while another's write set is applied. The held
 //! check before the lock is an optimisation only: under the lock a record written by another
-//! batch in the meantime is caught again (see [`Ingest::write`]).
+//! batch in the meantime is caught again (see `Ingest::write`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -313,6 +313,8 @@ pub struct Ingest {
     clock: fn() -> u64,
     /// The search index, updated after each durable write (absent in tools that only store).
     search: Option<Arc<crate::search::SearchIndex>>,
+    /// Applies durable changes to `search` off the pipeline's path.
+    indexer: Option<crate::indexer::Indexer>,
 }
 
 /// Milliseconds since the Unix epoch from the system clock.
@@ -342,6 +344,7 @@ impl Ingest {
             generation: AtomicU64::new(0),
             clock: system_now_ms,
             search: None,
+            indexer: None,
         };
         ingest.reevaluate_membership()?;
         Ok(ingest)
@@ -350,6 +353,12 @@ impl Ingest {
     /// Attaches the search index: from now on every durable write updates it. The caller has
     /// made sure the index matches the store (see [`Ingest::reindex_if_stale`]).
     pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Ingest {
+        match crate::indexer::Indexer::start(Arc::clone(&index)) {
+            Ok(indexer) => self.indexer = Some(indexer),
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot start the search indexer; search stays as it is")
+            }
+        }
         self.search = Some(index);
         self
     }
@@ -525,7 +534,7 @@ impl Ingest {
         let checked_at = started.elapsed();
         let count = passed.len();
         if !passed.is_empty() {
-            match self.write(&passed, generation).await {
+            match self.write(&passed, generation, source).await {
                 Ok(outcomes) => {
                     for ((i, _), outcome) in passed.iter().zip(outcomes) {
                         results[*i] = Some(Ok(outcome));
@@ -556,28 +565,34 @@ impl Ingest {
             .collect()
     }
 
-    /// Applies the batch's new winners to the search index and commits it with the store's new
-    /// digest as its generation. A failure here never loses data: the index is rebuilt from the
-    /// store at the next start because its generation no longer matches.
-    fn update_index(
+    /// Hands the batch's new winners to the indexer with the store's new digest as their
+    /// generation; waits until they are searchable when staff published or imported them.
+    /// A failure there never loses data: the index is rebuilt from the store at the next start
+    /// because its generation no longer matches.
+    async fn update_index(
         &self,
-        index: &crate::search::SearchIndex,
+        indexer: &crate::indexer::Indexer,
         checked: &[(usize, Record)],
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
+        source: Source,
     ) {
-        let result = (|| -> Result<(), crate::search::SearchError> {
-            for (region, position) in changed {
-                if let Some((_, record)) = checked.get(*position) {
-                    index.upsert(record, *region)?;
-                }
-            }
-            index.set_generation(&digest.hash().to_hex());
-            index.commit()
-        })();
-        if let Err(err) = result {
-            tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
-            let _ = index.rollback();
+        let docs = changed
+            .iter()
+            .filter_map(|(region, position)| {
+                checked.get(*position).map(|(_, r)| (*region, r.clone()))
+            })
+            .collect();
+        let wait = matches!(source, Source::Api | Source::Import);
+        if let Some(done) = indexer.submit(docs, digest.hash().to_hex(), wait) {
+            let _ = done.await;
+        }
+    }
+
+    /// Waits until every change handed to the search index so far is searchable.
+    pub async fn flush_search(&self) {
+        if let Some(indexer) = &self.indexer {
+            let _ = indexer.flush().await;
         }
     }
 
@@ -613,6 +628,7 @@ impl Ingest {
         &self,
         checked: &[(usize, Record)],
         generation: u64,
+        source: Source,
     ) -> Result<Vec<Accepted>, StoreError> {
         let mut recent = self.writer.lock().await;
         let now = self.generation.load(Ordering::Acquire);
@@ -770,8 +786,9 @@ impl Ingest {
             flush_us = applied.elapsed().as_micros() as u64,
             "store write"
         );
-        if let Some(index) = &self.search {
-            self.update_index(index, checked, &changed, &digest);
+        if let Some(indexer) = &self.indexer {
+            self.update_index(indexer, checked, &changed, &digest, source)
+                .await;
         }
         Ok(outcomes)
     }
@@ -859,7 +876,7 @@ mod tests {
             if forget {
                 ingest.writer.lock().await.sets.clear();
             }
-            let outcomes = ingest.write(&passed, generation_seen).await?;
+            let outcomes = ingest.write(&passed, generation_seen, Source::Sync).await?;
             assert!(
                 outcomes
                     .iter()

@@ -16,11 +16,17 @@
 //! - [`cli`]: the client subcommands that talk to a running node.
 //! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy.
 
+pub use libp2p;
+
 pub mod api;
 pub mod bench;
+pub mod bench_net;
 pub mod bench_reconcile;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod founding;
+pub mod indexer;
 pub mod ingest;
 pub mod net;
 pub mod node;

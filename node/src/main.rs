@@ -53,11 +53,31 @@ enum Command {
         /// libp2p listen multiaddr (repeatable; default /ip4/0.0.0.0/tcp/7651).
         #[arg(long, env = "KIM_P2P_LISTEN")]
         p2p_listen: Vec<String>,
+        /// A member node to dial at start, as a multiaddr ending in /p2p/<peer id> (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
     },
     /// Run the node until SIGINT or SIGTERM.
     Run,
+    /// Start four regional nodes on this machine that replicate to each other (Ctrl-C stops).
+    Demo {
+        /// Directory of the demo nodes' data directories (reused when run again).
+        #[arg(long, default_value = "kim-demo")]
+        dir: PathBuf,
+        /// API ports are base..base+3, p2p ports base+10..base+13.
+        #[arg(long, default_value_t = 7660)]
+        base_port: u16,
+        /// Records each node publishes when first created.
+        #[arg(long, default_value_t = 36)]
+        records: usize,
+        /// Delete an existing demo directory first.
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Show the running node's status.
     Status,
+    /// List the connected peers: region, addresses, round-trip time, last sync.
+    Peers,
     /// Organisations (public profiles of SMEs, administrations, research bodies).
     Org {
         #[command(subcommand)]
@@ -174,6 +194,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             languages,
             api_listen,
             p2p_listen,
+            bootstrap,
         } => {
             let report = node::init(
                 &data,
@@ -184,12 +205,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     languages,
                     api_listen,
                     p2p_listen,
+                    bootstrap,
+                    seed: None,
                 },
             )
             .await?;
             println!("created KIM node in {}", data.root.display());
             println!("region id:   {}", report.region);
             println!("federation:  {}", report.federation);
+            println!("peer id:     {}", report.peer_id);
             println!("api:         http://{}", report.config.api_listen);
             println!("token file:  {}", data.token().display());
             println!("start it:    kim --data-dir {} run", data.root.display());
@@ -199,7 +223,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&data.root)?;
             node::run(&data, config, shutdown_signal()).await
         }
+        Command::Demo {
+            dir,
+            base_port,
+            records,
+            fresh,
+        } => {
+            kim_node::demo::run(
+                kim_node::demo::DemoOptions {
+                    dir,
+                    base_port,
+                    records_per_node: records,
+                    fresh,
+                },
+                shutdown_signal(),
+            )
+            .await
+        }
         Command::Status => cli::status(&client()?).await,
+        Command::Peers => cli::peers(&client()?).await,
         Command::Org { command } => cli::items(&client()?, "organisations", command).await,
         Command::Project { command } => cli::items(&client()?, "projects", command).await,
         Command::Offer { command } => cli::items(&client()?, "offers", command).await,

@@ -132,6 +132,20 @@ const BOOTSTRAP_REDIAL_MIN: Duration = Duration::from_secs(2);
 const BOOTSTRAP_REDIAL_MAX: Duration = Duration::from_secs(300);
 /// Least time a gossip message waits in the cache for its verdict, whatever the heartbeat.
 const GOSSIP_VALIDATION_WINDOW: Duration = Duration::from_secs(5);
+/// Misbehaviour points at which a peer is disconnected and refused for [`BAN_DURATION`].
+pub const BAN_POINTS: u32 = 100;
+/// How long a banned peer stays refused.
+pub const BAN_DURATION: Duration = Duration::from_secs(600);
+/// Points for one record ingest refused (forged, tampered, malformed, unauthorised).
+const POINTS_INVALID_RECORD: u32 = 1;
+/// Points for a frame that breaks the sync protocol (oversized, undecodable).
+const POINTS_BAD_FRAME: u32 = 25;
+/// Points for a request over the per-peer rate.
+const POINTS_OVER_RATE: u32 = 1;
+/// Inbound sync requests one peer may make per [`INBOUND_RATE_WINDOW`] (a 1M-record catch-up
+/// needs about 2,000 fetches; honest sessions stay far below this per window).
+const INBOUND_REQUESTS_PER_WINDOW: u32 = 600;
+const INBOUND_RATE_WINDOW: Duration = Duration::from_secs(10);
 
 const _: () = assert!(SYNC_FRAME_BYTES_MAX > RECONCILE_MESSAGE_BYTES_MAX);
 const _: () = assert!(SYNC_FRAME_BYTES_MAX >= 1 + 5 + SYNC_FETCH_IDS_MAX * ID_BYTES);
@@ -473,9 +487,19 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Frames sync messages on a substream: a varint length, then the payload.
+/// Frames sync messages on a substream: a varint length, then the payload. Counts the frame
+/// bytes it reads and writes (what the records and messages cost on the wire, before noise
+/// and yamux add their headers).
 #[derive(Debug, Clone, Default)]
-struct SyncCodec;
+struct SyncCodec {
+    counters: Arc<Counters>,
+}
+
+fn frame_len(payload: usize) -> u64 {
+    let mut varint = Vec::new();
+    put_varint(&mut varint, payload as u64);
+    (varint.len() + payload) as u64
+}
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len: u64 = 0;
@@ -532,6 +556,7 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         let payload = read_frame(io).await?;
+        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
         SyncRequest::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -540,6 +565,7 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         let payload = read_frame(io).await?;
+        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
         SyncResponse::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -552,7 +578,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request.encode()).await
+        let payload = request.encode();
+        write_frame(io, &payload).await?;
+        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -564,7 +593,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response.encode()).await
+        let payload = response.encode();
+        write_frame(io, &payload).await?;
+        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
+        Ok(())
     }
 }
 
@@ -576,7 +608,11 @@ impl request_response::Codec for SyncCodec {
 /// denied connection never reaches gossip or sync.
 struct Gate {
     allowed: PeerGate,
+    banned: Bans,
 }
+
+/// Peers refused until the given instant for misbehaving; shared by the gate and the loop.
+type Bans = Arc<Mutex<HashMap<PeerId, tokio::time::Instant>>>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("peer {0} is not allowed to connect to this federation's node")]
@@ -584,6 +620,18 @@ struct NotAllowed(PeerId);
 
 impl Gate {
     fn check(&self, peer: PeerId) -> Result<(), ConnectionDenied> {
+        let banned = self
+            .banned
+            .lock()
+            .map(|b| {
+                b.get(&peer)
+                    .is_some_and(|until| *until > tokio::time::Instant::now())
+            })
+            .unwrap_or(false);
+        if banned {
+            tracing::debug!(peer = %peer, "connection denied: peer is banned for misbehaving");
+            return Err(ConnectionDenied::new(NotAllowed(peer)));
+        }
         if (self.allowed)(&peer) {
             Ok(())
         } else {
@@ -834,6 +882,11 @@ pub struct NetStats {
     pub sync_records_new: u64,
     pub sync_records_rejected: u64,
     pub sync_requests_inbound: u64,
+    /// Peers disconnected and refused for misbehaving.
+    pub peers_banned: u64,
+    /// Sync frame bytes received and sent (length prefix and payload).
+    pub sync_bytes_in: u64,
+    pub sync_bytes_out: u64,
 }
 
 #[derive(Debug, Default)]
@@ -848,6 +901,9 @@ struct Counters {
     sync_records_new: AtomicU64,
     sync_records_rejected: AtomicU64,
     sync_requests_inbound: AtomicU64,
+    peers_banned: AtomicU64,
+    sync_bytes_in: AtomicU64,
+    sync_bytes_out: AtomicU64,
 }
 
 impl Counters {
@@ -868,6 +924,9 @@ impl Counters {
             sync_records_new: get(&self.sync_records_new),
             sync_records_rejected: get(&self.sync_records_rejected),
             sync_requests_inbound: get(&self.sync_requests_inbound),
+            peers_banned: get(&self.peers_banned),
+            sync_bytes_in: get(&self.sync_bytes_in),
+            sync_bytes_out: get(&self.sync_bytes_out),
         }
     }
 }
@@ -1019,6 +1078,12 @@ enum Internal {
         channel: ResponseChannel<SyncResponse>,
         response: SyncResponse,
     },
+    /// A peer sent something it should not have (penalised by `points`).
+    Misbehaved {
+        peer: PeerId,
+        points: u32,
+        reason: &'static str,
+    },
     /// A session ended.
     SessionDone {
         peer: PeerId,
@@ -1060,6 +1125,7 @@ pub fn new<R: Records>(
     gate: PeerGate,
 ) -> anyhow::Result<(NetClient, EventLoop<R>)> {
     let local_peer_id = config.keypair.public().to_peer_id();
+    let bans: Bans = Arc::default();
     let topic = gossipsub::IdentTopic::new(records_topic(&config.federation));
     let sync_name = StreamProtocol::try_from_owned(sync_protocol(&config.federation))
         .map_err(|e| anyhow::anyhow!("sync protocol name: {e}"))?;
@@ -1072,8 +1138,11 @@ pub fn new<R: Records>(
             .subscribe(&topic)
             .map_err(|e| anyhow::anyhow!("subscribing to {topic}: {e}"))?;
     }
+    let counters = Arc::new(Counters::default());
     let sync = request_response::Behaviour::with_codec(
-        SyncCodec,
+        SyncCodec {
+            counters: Arc::clone(&counters),
+        },
         [(sync_name, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
@@ -1096,6 +1165,7 @@ pub fn new<R: Records>(
     let behaviour = Behaviour {
         gate: Gate {
             allowed: Arc::clone(&gate),
+            banned: Arc::clone(&bans),
         },
         gossipsub,
         sync,
@@ -1142,7 +1212,7 @@ pub fn new<R: Records>(
         commands,
         internal,
         internal_tx,
-        counters: Arc::new(Counters::default()),
+        counters,
         inbound_permits: Arc::new(Semaphore::new(INBOUND_SYNC_TASKS_MAX)),
         peers: HashMap::new(),
         listen_addrs: Vec::new(),
@@ -1153,6 +1223,9 @@ pub fn new<R: Records>(
         responders: HashMap::new(),
         gossip_queue: Vec::new(),
         gossip_ingesting: false,
+        bans,
+        misbehaviour: HashMap::new(),
+        inbound_rate: HashMap::new(),
         redial_backoff: BOOTSTRAP_REDIAL_MIN,
         redial_at: tokio::time::Instant::now() + BOOTSTRAP_REDIAL_MIN,
     };
@@ -1187,6 +1260,12 @@ pub struct EventLoop<R: Records> {
     gossip_queue: Vec<(gossipsub::MessageId, PeerId, Vec<u8>)>,
     /// Whether a gossip batch is in the pipeline (one at a time, so the next one batches up).
     gossip_ingesting: bool,
+    /// Peers refused for misbehaving, until when.
+    bans: Bans,
+    /// Misbehaviour points per peer since its last ban.
+    misbehaviour: HashMap<PeerId, u32>,
+    /// Inbound sync requests per peer in the current window.
+    inbound_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
     /// Wait before the next bootstrap redial while isolated; doubles each time.
     redial_backoff: Duration,
     redial_at: tokio::time::Instant,
@@ -1240,7 +1319,10 @@ impl<R: Records> EventLoop<R> {
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(internal) = self.internal.recv() => self.on_internal(internal),
                 () = tick(&mut sync_timer) => self.periodic_sync(),
-                _ = maintenance.tick() => self.redial_if_isolated(),
+                _ = maintenance.tick() => {
+                    self.redial_if_isolated();
+                    self.ban_graylisted();
+                }
             }
         }
         tracing::debug!(peer_id = %self.swarm.local_peer_id(), "network event loop stopped");
@@ -1413,6 +1495,7 @@ impl<R: Records> EventLoop<R> {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     self.peers.remove(&peer_id);
                     self.responders.remove(&peer_id);
+                    self.inbound_rate.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1509,6 +1592,60 @@ impl<R: Records> EventLoop<R> {
         }
     }
 
+    // ----- misbehaviour ------------------------------------------------------------------------
+
+    /// Adds misbehaviour points to a peer; at [`BAN_POINTS`] it is disconnected and refused for
+    /// [`BAN_DURATION`]. Honest peers never earn points: they validate before forwarding.
+    fn penalise(&mut self, peer: PeerId, points: u32, reason: &'static str) {
+        let total = self.misbehaviour.entry(peer).or_default();
+        *total = total.saturating_add(points);
+        tracing::debug!(peer = %peer, points, total = *total, reason, "peer misbehaved");
+        if *total < BAN_POINTS {
+            return;
+        }
+        self.misbehaviour.remove(&peer);
+        let until = tokio::time::Instant::now() + BAN_DURATION;
+        if let Ok(mut bans) = self.bans.lock() {
+            bans.retain(|_, t| *t > tokio::time::Instant::now());
+            bans.insert(peer, until);
+        }
+        Counters::add(&self.counters.peers_banned, 1);
+        tracing::warn!(
+            peer = %peer,
+            reason,
+            minutes = BAN_DURATION.as_secs() / 60,
+            "peer banned for misbehaving; disconnecting"
+        );
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Bans peers whose gossip score fell below the graylist threshold: gossipsub ignores
+    /// everything they send from then on, so they would never earn more points here, yet
+    /// would keep a connection. Three invalid records within about a minute get there; one
+    /// or two (a membership change racing a record) decay away.
+    fn ban_graylisted(&mut self) {
+        let threshold = gossipsub::PeerScoreThresholds::default().graylist_threshold;
+        let graylisted: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|peer| {
+                self.swarm
+                    .behaviour()
+                    .gossipsub
+                    .peer_score(peer)
+                    .is_some_and(|score| score < threshold)
+            })
+            .copied()
+            .collect();
+        for peer in graylisted {
+            self.penalise(
+                peer,
+                BAN_POINTS,
+                "gossip score below the graylist threshold",
+            );
+        }
+    }
+
     // ----- gossip ------------------------------------------------------------------------------
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
@@ -1578,6 +1715,7 @@ impl<R: Records> EventLoop<R> {
             Counters::add(counter, 1);
             if verdict == Verdict::Invalid {
                 tracing::debug!(peer = %source, message = %id, "invalid gossip record; peer penalised");
+                self.penalise(source, POINTS_INVALID_RECORD, "invalid gossip record");
             }
             let found = self
                 .swarm
@@ -1620,6 +1758,11 @@ impl<R: Records> EventLoop<R> {
                     .send_response(channel, response);
             }
             Internal::SessionDone { peer, result } => self.on_session_done(peer, result),
+            Internal::Misbehaved {
+                peer,
+                points,
+                reason,
+            } => self.penalise(peer, points, reason),
         }
     }
 
@@ -1644,6 +1787,13 @@ impl<R: Records> EventLoop<R> {
                 error,
                 ..
             } => {
+                if matches!(error, request_response::OutboundFailure::Io(_)) {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized sync response",
+                    );
+                }
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,
@@ -1653,6 +1803,13 @@ impl<R: Records> EventLoop<R> {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(peer = %peer, cause = %error, "inbound sync request failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized sync request",
+                    );
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -1667,6 +1824,26 @@ impl<R: Records> EventLoop<R> {
         channel: ResponseChannel<SyncResponse>,
     ) {
         Counters::add(&self.counters.sync_requests_inbound, 1);
+        let now = tokio::time::Instant::now();
+        let window = self.inbound_rate.entry(peer).or_insert((now, 0));
+        if now.duration_since(window.0) >= INBOUND_RATE_WINDOW {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+        if window.1 > INBOUND_REQUESTS_PER_WINDOW {
+            let refusal = SyncResponse::Refused("sync.rate_limited".into());
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, refusal);
+            self.penalise(
+                peer,
+                POINTS_OVER_RATE,
+                "sync requests over the per-peer rate",
+            );
+            return;
+        }
         let records = Arc::clone(&self.records);
         let internal = self.internal_tx.clone();
         let permits = Arc::clone(&self.inbound_permits);
@@ -1718,6 +1895,13 @@ impl<R: Records> EventLoop<R> {
                     Counters::add(&counters.sync_records_rejected, rejected as u64);
                     if rejected > 0 {
                         tracing::debug!(peer = %peer, rejected, "peer pushed records ingest refused");
+                        let _ = internal
+                            .send(Internal::Misbehaved {
+                                peer,
+                                points: POINTS_INVALID_RECORD.saturating_mul(rejected as u32),
+                                reason: "pushed invalid records",
+                            })
+                            .await;
                     }
                     let response = SyncResponse::Ack {
                         new: new as u32,
@@ -1780,6 +1964,13 @@ impl<R: Records> EventLoop<R> {
                 Counters::add(&self.counters.sync_sessions_ok, 1);
                 Counters::add(&self.counters.sync_records_new, report.received_new as u64);
                 Counters::add(&self.counters.sync_records_rejected, report.rejected as u64);
+                if report.rejected > 0 {
+                    self.penalise(
+                        peer,
+                        POINTS_INVALID_RECORD.saturating_mul(report.rejected as u32),
+                        "sent invalid records in sync",
+                    );
+                }
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.last_sync = Some(SystemTime::now());
                 }

@@ -1,20 +1,28 @@
 //! A node's lifecycle: `init` creates a data directory, `run` serves until shutdown.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kim_protocol::envelope::{Body, Kind, Record, record_id};
+use kim_protocol::{RecordId, RegionId};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 
 use anyhow::{Context as _, bail};
-use ed25519_dalek::SigningKey;
-use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind, Record};
-use kim_protocol::membership::{Charter, CharterRecord, Founder, ThresholdRule, federation_id};
-use kim_protocol::types::{PublicContact, RegionProfile};
-use kim_protocol::{FederationId, PublicKey, codes};
+use kim_protocol::membership::{Charter, ThresholdRule, federation_id};
+use kim_protocol::{FederationId, PublicKey};
 use tokio::net::TcpListener;
 
 use crate::api::{AppState, router};
 use crate::config::{Config, DataDir, random_bytes, write_secret};
+use crate::founding::{self, FounderSpec, Founding};
 use crate::ingest::{Ingest, Source, system_now_ms};
+use crate::net::{self, NetClient, NetConfig, Origin, Records, Verdict};
 use crate::service::Service;
 use crate::store::Store;
 
@@ -27,6 +35,19 @@ pub struct InitOptions {
     pub languages: Vec<String>,
     pub api_listen: Option<SocketAddr>,
     pub p2p_listen: Vec<String>,
+    /// Member nodes to dial at start (multiaddrs ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// Start in a federation founded elsewhere (the harness, `kim demo`, later `kim federation
+    /// create`): this region's keys and the founding records. `None`: found a one-region
+    /// federation with fresh keys.
+    pub seed: Option<Seed>,
+}
+
+/// Keys and founding records for a node that founds a federation together with others.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub founder: FounderSpec,
+    pub founding: Founding,
 }
 
 /// What `kim init` created.
@@ -34,18 +55,30 @@ pub struct InitOptions {
 pub struct InitReport {
     pub region: PublicKey,
     pub federation: FederationId,
+    pub peer_id: libp2p::PeerId,
     pub config: Config,
 }
 
 const CHARTER_META: &str = "charter";
 
-/// Creates a data directory: key, token, config, store with the founding charter and the
-/// region's profile. Until joining exists, the node founds a one-region federation; the charter
-/// and profile are ordinary records, so founding with several regions or joining later needs
-/// no change to stored data.
+/// Listen addresses worth publishing in the region profile: not the unspecified address and
+/// not port 0 (others cannot dial those).
+fn announceable(listen: &[String]) -> Vec<String> {
+    listen
+        .iter()
+        .filter(|a| !a.contains("/0.0.0.0/") && !a.contains("/::/") && !a.ends_with("/tcp/0"))
+        .cloned()
+        .collect()
+}
+
+/// Creates a data directory: region key, node key, token, config, and a store holding the
+/// founding records (charter and founders' profiles). Without a seed the node founds a
+/// one-region federation; the charter and profiles are ordinary records either way, so
+/// founding with several regions or joining later needs no change to stored data.
 pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitReport> {
     if data.config().exists()
         || data.key().exists()
+        || data.node_key().exists()
         || data.token().exists()
         || data.store().exists()
     {
@@ -54,118 +87,96 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
             data.root.display()
         );
     }
-    let nuts = options.nuts.trim().to_string();
-    let region = codes::nuts(&nuts).with_context(|| {
-        format!("{nuts:?} is not a NUTS 2024 code (for example AT22 for Steiermark)")
-    })?;
-    let country = codes::nuts_country(region.code)
-        .map(codes::nuts_country_to_iso)
-        .unwrap_or_default()
-        .to_string();
-    for lang in &options.languages {
-        if !codes::is_language(lang) {
-            bail!("{lang:?} is not an ISO 639-1 language code (for example de, sl, en)");
-        }
+    let p2p_listen = if options.p2p_listen.is_empty() {
+        vec![crate::config::P2P_LISTEN_DEFAULT.to_string()]
+    } else {
+        options.p2p_listen.clone()
+    };
+    for addr in &p2p_listen {
+        addr.parse::<libp2p::Multiaddr>()
+            .with_context(|| format!("{addr:?} is not a multiaddr like /ip4/0.0.0.0/tcp/7651"))?;
     }
+    for addr in &options.bootstrap {
+        addr.parse::<libp2p::Multiaddr>().with_context(|| {
+            format!("bootstrap {addr:?} is not a multiaddr like /ip4/192.0.2.10/tcp/7651/p2p/12D3…")
+        })?;
+    }
+    let seed = match options.seed.clone() {
+        Some(seed) => seed,
+        None => {
+            let mut founder = FounderSpec::generate(&options.region_name, options.nuts.trim())?;
+            founder.agency = options.agency.clone();
+            if !options.languages.is_empty() {
+                founder.languages = options.languages.clone();
+            }
+            founder.node_addrs = announceable(&p2p_listen);
+            let founding = founding::found(
+                &format!("KIM federation founded by {}", options.region_name),
+                std::slice::from_ref(&founder),
+                ThresholdRule::Majority,
+                ThresholdRule::Majority,
+                system_now_ms(),
+            )?;
+            Seed { founder, founding }
+        }
+    };
+    let founder = &seed.founder;
+    let country = founding::country_of(&founder.nuts)?;
+    let charter = Charter::from_bytes(&seed.founding.charter_bytes)
+        .map_err(|e| anyhow::anyhow!("the founding charter is unreadable: {e}"))?;
+    let federation = federation_id(&seed.founding.charter_bytes);
     std::fs::create_dir_all(&data.root)
         .with_context(|| format!("cannot create {}", data.root.display()))?;
-    let key = SigningKey::from_bytes(&random_bytes()?);
-    write_secret(&data.key(), &key.to_bytes())?;
+    write_secret(&data.key(), &founder.region_key.to_bytes())?;
+    let node_secret = founder
+        .node_key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|e| anyhow::anyhow!("the node key must be ed25519: {e}"))?;
+    write_secret(&data.node_key(), node_secret.secret().as_ref())?;
     let token = kim_protocol::bytes::to_hex(&random_bytes()?);
     write_secret(&data.token(), format!("{token}\n").as_bytes())?;
-    let author = PublicKey(key.verifying_key().to_bytes());
-    let now = system_now_ms();
-    let charter = Charter {
-        name: format!("KIM federation founded by {}", options.region_name),
-        founders: vec![Founder {
-            key: author,
-            name: options.region_name.clone(),
-            nuts: vec![nuts.clone()],
-        }],
-        admission: ThresholdRule::Majority,
-        removal: ThresholdRule::Majority,
-        created_at_ms: now,
-    };
-    let charter_bytes = charter.to_bytes()?;
-    let federation = federation_id(&charter_bytes);
     let config = Config {
-        region_name: options.region_name.clone(),
-        nuts: nuts.clone(),
-        country: country.clone(),
+        region_name: founder.name.clone(),
+        nuts: founder.nuts.clone(),
+        country,
         api_listen: options
             .api_listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7650))),
-        p2p_listen: if options.p2p_listen.is_empty() {
-            vec![crate::config::P2P_LISTEN_DEFAULT.to_string()]
-        } else {
-            options.p2p_listen.clone()
-        },
-        bootstrap: Vec::new(),
+        p2p_listen,
+        bootstrap: options.bootstrap.clone(),
+        gossip: true,
+        sync_interval_secs: 30,
+        sync_on_connect: true,
+        discovery: true,
         store_cache_bytes: crate::store::CACHE_BYTES_DEFAULT,
         offer_validity_days: 365,
         request_body_bytes_max: 256 * 1024,
         federation: federation.to_hex(),
     };
     let store = Store::open(&data.store(), config.store_cache_bytes, true)?;
-    store.set_meta(CHARTER_META, &charter_bytes)?;
-    let ingest = Ingest::open(store.clone(), federation, charter.clone())?;
-    let content = |kind: Kind, key: &str, body: Body| Content {
-        format: FORMAT_VERSION,
-        federation,
-        author,
-        kind,
-        key: key.to_string(),
-        revision: 1,
-        created_at_ms: now,
-        expires_at_ms: None,
-        body,
-    };
-    let charter_record = Record::sign(
-        &content(
-            Kind::Charter,
-            "charter",
-            Body::Charter(CharterRecord {
-                founder_signatures: vec![CharterRecord::founder_sign(&charter_bytes, &key)],
-                charter: charter_bytes,
-            }),
-        ),
-        &key,
-    )?;
-    let mut languages = options.languages.clone();
-    if languages.is_empty() {
-        languages.push("en".into());
-    }
-    let profile = Record::sign(
-        &content(
-            Kind::RegionProfile,
-            "profile",
-            Body::RegionProfile(RegionProfile {
-                name: options.region_name.clone(),
-                nuts: vec![nuts],
-                country,
-                languages,
-                agency: options.agency.clone().unwrap_or_else(|| {
-                    format!("Regional development agency of {}", options.region_name)
-                }),
-                contact: PublicContact::default(),
-                nodes: Vec::new(),
-                description: String::new(),
-            }),
-        ),
-        &key,
-    )?;
-    for record in [charter_record, profile] {
+    store.set_meta(CHARTER_META, &seed.founding.charter_bytes)?;
+    let ingest = Ingest::open(store.clone(), federation, charter)?;
+    for (record, result) in seed.founding.records.iter().zip(
         ingest
-            .ingest_one(record.bytes, Source::Api)
-            .await
-            .map_err(|e| anyhow::anyhow!("founding record refused: {} ({e})", e.code()))?;
+            .ingest_batch(seed.founding.records.clone(), Source::Api)
+            .await,
+    ) {
+        if let Err(e) = result {
+            bail!(
+                "founding record {} refused: {} ({e})",
+                kim_protocol::envelope::record_id(record),
+                e.code()
+            );
+        }
     }
     std::fs::write(data.config(), config.to_documented_toml())
         .with_context(|| format!("cannot write {}", data.config().display()))?;
     store.flush().await?;
     Ok(InitReport {
-        region: author,
+        region: founder.region(),
         federation,
+        peer_id: founder.node_key.public().to_peer_id(),
         config,
     })
 }
@@ -214,6 +225,8 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
         region_name: Arc::new(config.region_name.clone()),
         nuts: Arc::new(config.nuts.clone()),
         started_at_ms: system_now_ms(),
+        net: None,
+        access: None,
     };
     Ok(OpenNode {
         config,
@@ -247,21 +260,417 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut running = start(data, config, listener).await?;
+    tokio::select! {
+        () = shutdown => {}
+        () = running.failed() => {}
+    }
+    running.stop().await
+}
+
+/// Which peers may connect: the nodes that current members list in their region profiles,
+/// minus the peers an operator (or a test partition) blocked.
+#[derive(Debug, Clone, Default)]
+pub struct PeerAccess {
+    inner: Arc<RwLock<Access>>,
+}
+
+#[derive(Debug, Default)]
+struct Access {
+    /// Member nodes and the region each belongs to.
+    members: HashMap<PeerId, RegionId>,
+    /// Addresses members publish for their nodes.
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    blocked: HashSet<PeerId>,
+}
+
+impl PeerAccess {
+    /// Whether `peer` may hold a connection now.
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        self.inner
+            .read()
+            .map(|a| a.members.contains_key(peer) && !a.blocked.contains(peer))
+            .unwrap_or(false)
+    }
+
+    /// The member region a peer's node belongs to.
+    pub fn region_of(&self, peer: &PeerId) -> Option<RegionId> {
+        self.inner
+            .read()
+            .ok()
+            .and_then(|a| a.members.get(peer).copied())
+    }
+
+    /// Member nodes' published addresses (with `/p2p/<id>`), except `own`.
+    pub fn member_addrs(&self, own: &PeerId) -> Vec<Multiaddr> {
+        let Ok(access) = self.inner.read() else {
+            return Vec::new();
+        };
+        access
+            .addrs
+            .iter()
+            .filter(|(peer, _)| *peer != own && !access.blocked.contains(*peer))
+            .flat_map(|(peer, addrs)| {
+                addrs.iter().map(|a| {
+                    let mut a = a.clone();
+                    if !matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                        a.push(Protocol::P2p(*peer));
+                    }
+                    a
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses `peer` from now on (call [`NetClient::recheck_gate`] to drop its connections).
+    pub fn block(&self, peer: PeerId) {
+        if let Ok(mut a) = self.inner.write() {
+            a.blocked.insert(peer);
+        }
+    }
+
+    /// Lifts a block.
+    pub fn unblock(&self, peer: &PeerId) {
+        if let Ok(mut a) = self.inner.write() {
+            a.blocked.remove(peer);
+        }
+    }
+
+    /// Recomputes the member nodes from the membership state and the members' profiles;
+    /// returns whether anything changed.
+    pub fn refresh(&self, ingest: &Ingest) -> anyhow::Result<bool> {
+        let membership = ingest.membership();
+        let mut members = HashMap::new();
+        let mut addrs = HashMap::new();
+        for region in membership.members.keys() {
+            let Some(entry) = ingest
+                .store()
+                .item(region, Kind::RegionProfile, "profile")?
+            else {
+                continue;
+            };
+            if entry.tombstone {
+                continue;
+            }
+            let Some(bytes) = ingest.store().record(&entry.id)? else {
+                continue;
+            };
+            let record = Record::decode(bytes)
+                .map_err(|e| anyhow::anyhow!("stored profile {} does not decode: {e}", entry.id))?;
+            let Body::RegionProfile(profile) = record.content.body else {
+                continue;
+            };
+            for node in profile.nodes {
+                match node.peer_id.parse::<PeerId>() {
+                    Ok(peer) => {
+                        members.insert(peer, *region);
+                        let parsed: Vec<Multiaddr> =
+                            node.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                        addrs.insert(peer, parsed);
+                    }
+                    Err(e) => tracing::warn!(
+                        region = %region,
+                        peer_id = %node.peer_id,
+                        cause = %e,
+                        "a member's profile lists an unreadable peer id; ignored"
+                    ),
+                }
+            }
+        }
+        let mut access = self
+            .inner
+            .write()
+            .map_err(|_| anyhow::anyhow!("peer access lock poisoned"))?;
+        let changed = access.members != members || access.addrs != addrs;
+        access.members = members;
+        access.addrs = addrs;
+        Ok(changed)
+    }
+}
+
+/// The ingest pipeline as the network sees it, noticing when membership or profiles change.
+#[derive(Debug)]
+struct NodeRecords {
+    ingest: Arc<Ingest>,
+    changed: Arc<Notify>,
+    arrivals: broadcast::Sender<Arrival>,
+}
+
+/// A record that arrived from the network and was new here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub id: RecordId,
+    pub origin: Origin,
+}
+
+/// Arrivals kept for slow subscribers before the oldest are dropped for them.
+const ARRIVALS_QUEUE_LEN: usize = 4096;
+
+impl Records for NodeRecords {
+    async fn ingest(&self, records: Vec<Vec<u8>>, origin: Origin) -> Vec<Verdict> {
+        let ids: Vec<RecordId> = if self.arrivals.receiver_count() > 0 {
+            records.iter().map(|r| record_id(r)).collect()
+        } else {
+            Vec::new()
+        };
+        let verdicts = Records::ingest(self.ingest.as_ref(), records, origin).await;
+        if verdicts.contains(&Verdict::New) {
+            self.changed.notify_one();
+            for (id, verdict) in ids.iter().zip(&verdicts) {
+                if *verdict == Verdict::New {
+                    let _ = self.arrivals.send(Arrival { id: *id, origin });
+                }
+            }
+        }
+        verdicts
+    }
+
+    fn ids(&self) -> anyhow::Result<Vec<kim_protocol::reconcile::Id>> {
+        Records::ids(self.ingest.as_ref())
+    }
+
+    fn get(&self, ids: &[kim_protocol::reconcile::Id]) -> anyhow::Result<Vec<Vec<u8>>> {
+        Records::get(self.ingest.as_ref(), ids)
+    }
+}
+
+/// A running node: API server, network and their helpers. Stop it with [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub state: AppState,
+    pub net: NetClient,
+    pub access: PeerAccess,
+    arrivals: broadcast::Sender<Arrival>,
+    store: Store,
+    stop: watch::Sender<bool>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    server_outcome: Option<anyhow::Result<()>>,
+    network: Option<JoinHandle<()>>,
+    announcer: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// This node's transport identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.net.local_peer_id()
+    }
+
+    /// Records that arrive from the network and are new here, from now on.
+    pub fn arrivals(&self) -> broadcast::Receiver<Arrival> {
+        self.arrivals.subscribe()
+    }
+
+    /// Completes if the HTTP server stopped by itself (its error is returned by `stop`).
+    pub async fn failed(&mut self) {
+        match self.server.as_mut() {
+            Some(task) => {
+                let outcome = match task.await {
+                    Ok(result) => result,
+                    Err(e) => Err(anyhow::anyhow!("HTTP server task failed: {e}")),
+                };
+                if let Err(e) = &outcome {
+                    tracing::error!(cause = %e, "HTTP server stopped");
+                }
+                self.server = None;
+                self.server_outcome = Some(outcome);
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the server and the network and flushes the store.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut result = self.server_outcome.take().unwrap_or(Ok(()));
+        if let Some(server) = self.server.take() {
+            result = server.await.context("HTTP server task failed")?;
+        }
+        for task in [self.network.take(), self.announcer.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = task.await {
+                tracing::warn!(cause = %e, "network task ended abnormally");
+            }
+        }
+        self.state.service.ingest().flush_search().await;
+        self.store.flush().await?;
+        tracing::info!("node stopped; store flushed");
+        result
+    }
+}
+
+/// What the network takes from the configuration.
+fn net_config(
+    config: &Config,
+    federation: FederationId,
+    keypair: libp2p::identity::Keypair,
+) -> anyhow::Result<NetConfig> {
+    let mut net = NetConfig::new(federation, keypair);
+    net.listen_addrs = config
+        .p2p_listen
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .with_context(|| format!("p2p_listen {a:?} is not a multiaddr"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    net.bootstrap_addrs = config
+        .bootstrap
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .with_context(|| format!("bootstrap {a:?} is not a multiaddr"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    net.gossip = config.gossip;
+    net.sync_interval =
+        (config.sync_interval_secs > 0).then(|| Duration::from_secs(config.sync_interval_secs));
+    net.discovery = config.discovery;
+    net.sync_on_connect = config.sync_on_connect;
+    Ok(net)
+}
+
+/// Opens the data directory and starts the API server on `listener` and the network.
+pub async fn start(
+    data: &DataDir,
+    config: Config,
+    listener: TcpListener,
+) -> anyhow::Result<Running> {
     let body_limit = config.request_body_bytes_max;
-    let node = open(data, config)?;
+    let keypair = data.load_node_key()?;
+    let mut node = open(data, config)?;
+    let ingest = Arc::clone(node.state.service.ingest());
+    let access = PeerAccess::default();
+    access.refresh(&ingest)?;
+    let own = keypair.public().to_peer_id();
+    let mut net_config = net_config(&node.config, ingest.federation(), keypair)?;
+    for addr in access.member_addrs(&own) {
+        if !net_config.bootstrap_addrs.contains(&addr) {
+            net_config.bootstrap_addrs.push(addr);
+        }
+    }
+    let changed = Arc::new(Notify::new());
+    let (arrivals, _) = broadcast::channel(ARRIVALS_QUEUE_LEN);
+    let records = Arc::new(NodeRecords {
+        ingest: Arc::clone(&ingest),
+        changed: Arc::clone(&changed),
+        arrivals: arrivals.clone(),
+    });
+    let gate_access = access.clone();
+    let (net, event_loop) = net::new(
+        net_config,
+        records,
+        Arc::new(move |peer: &PeerId| gate_access.allows(peer)),
+    )?;
+    let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE_LEN);
+    node.state.service = node.state.service.clone().with_announcer(announce_tx);
+    node.state.net = Some(net.clone());
+    node.state.access = Some(access.clone());
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let network = tokio::spawn(event_loop.run(until_stopped(stopped.clone())));
+    let announcer = tokio::spawn(announce(
+        announce_rx,
+        net.clone(),
+        ingest,
+        access.clone(),
+        changed,
+        until_stopped(stopped.clone()),
+    ));
     let (app, _) = router(node.state.clone(), body_limit);
-    let addr = listener.local_addr()?;
+    let api_addr = listener.local_addr()?;
+    let server = tokio::spawn({
+        let shutdown = until_stopped(stopped);
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("HTTP server failed")
+        }
+    });
     tracing::info!(
-        api = %addr,
+        api = %api_addr,
+        peer_id = %own,
         region = %node.state.service.region(),
         federation = %node.state.service.ingest().federation(),
         "node running"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?;
-    node.store.flush().await?;
-    tracing::info!("node stopped; store flushed");
-    Ok(())
+    Ok(Running {
+        api_addr,
+        state: node.state,
+        net,
+        access,
+        arrivals,
+        store: node.store,
+        stop,
+        server: Some(server),
+        server_outcome: None,
+        network: Some(network),
+        announcer: Some(announcer),
+    })
+}
+
+/// Records published through this node waiting to be gossiped.
+const ANNOUNCE_QUEUE_LEN: usize = 1024;
+/// How often peer access is recomputed even without a signal (imports, expiry).
+const ACCESS_REFRESH: Duration = Duration::from_secs(10);
+
+/// Gossips what this node publishes, and keeps peer access in step with membership and
+/// profiles: when it changes, peers no longer allowed are disconnected and newly listed
+/// member nodes are dialled.
+async fn announce(
+    mut records: mpsc::Receiver<Vec<u8>>,
+    net: NetClient,
+    ingest: Arc<Ingest>,
+    access: PeerAccess,
+    changed: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut timer = tokio::time::interval(ACCESS_REFRESH);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(record) = records.recv() => {
+                match net.publish(record).await {
+                    Ok(()) | Err(net::NetError::NoPeers) => {}
+                    Err(e) => tracing::debug!(cause = %e, "gossip publish failed; sync will carry the record"),
+                }
+                changed.notify_one();
+            }
+            () = changed.notified() => refresh_access(&net, &ingest, &access).await,
+            _ = timer.tick() => refresh_access(&net, &ingest, &access).await,
+        }
+    }
+}
+
+async fn refresh_access(net: &NetClient, ingest: &Ingest, access: &PeerAccess) {
+    match access.refresh(ingest) {
+        Ok(false) => {}
+        Ok(true) => {
+            match net.recheck_gate().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    disconnected = n,
+                    "peers no longer members were disconnected"
+                ),
+                Err(e) => tracing::debug!(cause = %e, "gate recheck failed"),
+            }
+            for addr in access.member_addrs(&net.local_peer_id()) {
+                let net = net.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = net.dial(addr.clone()).await {
+                        tracing::debug!(addr = %addr, cause = %e, "dialling a member node failed");
+                    }
+                });
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "cannot recompute which peers are members"),
+    }
 }

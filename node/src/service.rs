@@ -134,6 +134,8 @@ pub struct Service {
     /// Held from reading an item's current revision until its next one is stored, so two
     /// concurrent calls never sign the same revision twice (which would be equivocation).
     authoring: Arc<tokio::sync::Mutex<()>>,
+    /// Where records this node signs go to be gossiped (set when the network runs).
+    announce: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// One item as the API shows it.
@@ -244,6 +246,22 @@ impl Service {
             region,
             offer_validity_days,
             authoring: Arc::new(tokio::sync::Mutex::new(())),
+            announce: None,
+        }
+    }
+
+    /// Hands every record this service signs and stores to `announce` (the gossip queue).
+    /// A full queue drops the announcement, never the record: sync carries it to peers.
+    pub fn with_announcer(mut self, announce: tokio::sync::mpsc::Sender<Vec<u8>>) -> Service {
+        self.announce = Some(announce);
+        self
+    }
+
+    fn announce(&self, record: &Record) {
+        if let Some(tx) = &self.announce
+            && tx.try_send(record.bytes.clone()).is_err()
+        {
+            tracing::debug!(id = %record.id, "gossip queue full; sync will carry the record");
         }
     }
 
@@ -258,6 +276,16 @@ impl Service {
 
     fn author(&self) -> PublicKey {
         PublicKey(self.key.verifying_key().to_bytes())
+    }
+
+    /// The key this node signs its region's records with.
+    pub fn author_key(&self) -> PublicKey {
+        self.author()
+    }
+
+    /// The region's signing key (for tools that sign records in bulk, e.g. `kim demo`).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
     }
 
     fn new_key(kind: Kind) -> Result<String, ServiceError> {
@@ -303,7 +331,10 @@ impl Service {
             .ingest_one(record.bytes.clone(), Source::Api)
             .await?
         {
-            Accepted::Stored { .. } | Accepted::Equivocation { .. } => Ok(record),
+            Accepted::Stored { .. } | Accepted::Equivocation { .. } => {
+                self.announce(&record);
+                Ok(record)
+            }
             Accepted::Duplicate { .. } | Accepted::Older { .. } => Err(ServiceError::BadRequest(
                 "a newer revision of this item exists; reload and retry".into(),
             )),

@@ -197,8 +197,8 @@ fn init_creates_secrets_0600_and_a_documented_config_and_refuses_to_overwrite() 
 
     // Whatever the operator typed is written as valid TOML and read back unchanged.
     let odd_dir = tmp.path().join("odd");
-    let name = r#"Steiermark "Grüne Mark" \ Süd"#;
-    let p2p = "/dns4/node.example/tcp/7651\u{7f}\"";
+    let name = "Steiermark \"Grüne Mark\" \\ Süd";
+    let p2p = "/dns4/node.example/tcp/7651";
     kim(
         &odd_dir,
         &[
@@ -215,6 +215,21 @@ fn init_creates_secrets_0600_and_a_documented_config_and_refuses_to_overwrite() 
     let config = kim_node::config::Config::load(&odd_dir).expect("config.toml of an odd name");
     assert_eq!(config.region_name, name);
     assert_eq!(config.p2p_listen, [p2p]);
+    // A listen address that is not a multiaddr is refused at init, naming it.
+    let out = kim(
+        &tmp.path().join("bad-p2p"),
+        &[
+            "init",
+            "--region-name",
+            "Steiermark",
+            "--nuts",
+            "AT22",
+            "--p2p-listen",
+            "tcp:7651",
+        ],
+    )
+    .fails();
+    assert!(out.stderr.contains("tcp:7651"), "{}", out.stderr);
 
     // KIM_* variables mirror the flags.
     let env_dir = tmp.path().join("from-env");

@@ -65,6 +65,7 @@ impl Node {
             .args(["init", "--region-name", "Steiermark", "--nuts", "AT22"])
             .arg("--api-listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
             .output()
             .expect("run kim init");
         assert!(

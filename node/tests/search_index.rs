@@ -55,7 +55,9 @@ async fn index_follows_publish_revise_withdraw_and_is_rebuilt_when_lost() -> any
             agency: None,
             languages: vec!["de".into()],
             api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            p2p_listen: vec![],
+            p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: vec![],
+            seed: None,
         },
     )
     .await?;

@@ -5,6 +5,8 @@
 //! bodies for every collection ([`sample_input`]), and a path to the real `kim` binary
 //! ([`kim_binary`]). The multi-node harness joins when nodes replicate.
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +49,9 @@ impl TestNode {
                 agency: None,
                 languages: vec!["en".into()],
                 api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-                p2p_listen: vec![],
+                p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                bootstrap: vec![],
+                seed: None,
             },
         )
         .await?;

@@ -105,6 +105,8 @@ impl Node {
                 "AT22",
                 "--api-listen",
                 &listen,
+                "--p2p-listen",
+                "/ip4/127.0.0.1/tcp/0",
             ],
         )
         .ok();

@@ -1,0 +1,205 @@
+//! Keeps the search index in step with the store without putting tantivy on the ingest path.
+//!
+//! The pipeline hands each durable batch's new winners to one indexer thread. Records staff
+//! publish or import are committed at once and the call waits for it (read-your-writes);
+//! records from the network are committed together at most every [`COMMIT_INTERVAL`], so a
+//! gossip hop never waits for a tantivy commit (tens of milliseconds). Every commit carries the
+//! store digest it reflects as its generation: after a crash between the store flush and the
+//! index commit, the generation no longer matches and the index is rebuilt at start.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use kim_protocol::RegionId;
+use kim_protocol::envelope::Record;
+use tokio::sync::oneshot;
+
+use crate::search::{SearchError, SearchIndex};
+
+/// Longest time a record that arrived from the network waits to become searchable.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
+enum Job {
+    Update {
+        docs: Vec<(RegionId, Record)>,
+        generation: String,
+        commit: bool,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the pipeline holds. Dropping it commits what is pending and waits for the thread
+/// to end, so the index's writer lock is free when the handle is gone.
+#[derive(Debug)]
+pub struct Indexer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the search indexer thread panicked");
+        }
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Update { docs, commit, .. } => f
+                .debug_struct("Update")
+                .field("docs", &docs.len())
+                .field("commit", commit)
+                .finish(),
+            Job::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Indexer {
+    /// Starts the indexer thread for `index`.
+    pub fn start(index: Arc<SearchIndex>) -> std::io::Result<Indexer> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("kim-indexer".into())
+            .spawn(move || run(&index, &rx))?;
+        Ok(Indexer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a batch's new winners and the generation (store digest) they bring the index
+    /// to. With `commit`, the returned receiver completes once they are searchable.
+    pub fn submit(
+        &self,
+        docs: Vec<(RegionId, Record)>,
+        generation: String,
+        commit: bool,
+    ) -> Option<oneshot::Receiver<()>> {
+        let (done, wait) = if commit {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let Some(jobs) = &self.jobs else {
+            return None;
+        };
+        if jobs
+            .send(Job::Update {
+                docs,
+                generation,
+                commit,
+                done,
+            })
+            .is_err()
+        {
+            tracing::error!(
+                "the search indexer has stopped; the index is rebuilt at the next start"
+            );
+            return None;
+        }
+        wait
+    }
+
+    /// Commits everything queued so far; completes when it is searchable.
+    pub fn flush(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Flush(tx));
+        }
+        rx
+    }
+}
+
+fn commit(index: &SearchIndex) {
+    if let Err(err) = index.commit() {
+        tracing::error!(cause = %err, "search index commit failed; it will be rebuilt at the next start");
+        let _ = index.rollback();
+    }
+}
+
+fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) {
+    let result = (|| -> Result<(), SearchError> {
+        for (region, record) in docs {
+            index.upsert(record, *region)?;
+        }
+        index.set_generation(generation);
+        Ok(())
+    })();
+    if let Err(err) = result {
+        tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
+        let _ = index.rollback();
+    }
+}
+
+fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
+    let mut dirty = false;
+    let mut last_commit = Instant::now();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let timeout = COMMIT_INTERVAL.saturating_sub(last_commit.elapsed());
+        let job = jobs.recv_timeout(if dirty {
+            timeout
+        } else {
+            Duration::from_secs(3600)
+        });
+        let mut commit_now = false;
+        match job {
+            Ok(Job::Update {
+                docs,
+                generation,
+                commit,
+                done,
+            }) => {
+                apply(index, &docs, &generation);
+                dirty = true;
+                commit_now = commit;
+                waiting.extend(done);
+            }
+            Ok(Job::Flush(done)) => {
+                waiting.push(done);
+                commit_now = true;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if dirty {
+                    commit(index);
+                }
+                break;
+            }
+        }
+        if commit_now || (dirty && last_commit.elapsed() >= COMMIT_INTERVAL) {
+            // Take whatever else is already queued into the same commit.
+            while let Ok(job) = jobs.try_recv() {
+                match job {
+                    Job::Update {
+                        docs,
+                        generation,
+                        done,
+                        ..
+                    } => {
+                        apply(index, &docs, &generation);
+                        waiting.extend(done);
+                    }
+                    Job::Flush(done) => waiting.push(done),
+                }
+            }
+            if dirty {
+                commit(index);
+            }
+            dirty = false;
+            last_commit = Instant::now();
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
