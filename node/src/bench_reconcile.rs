@@ -26,7 +26,7 @@ pub struct Cost {
     pub bytes: u64,
     /// Largest single message, in bytes.
     pub message_bytes_max: usize,
-    /// CPU milliseconds for both sides together (one thread).
+    /// Milliseconds for both sides together, run in turn on one thread.
     pub ms: f64,
 }
 
@@ -191,7 +191,7 @@ pub fn run(ids: &[usize], differences: &[usize]) -> anyhow::Result<()> {
     );
     println!(
         "both with frames <= {RECONCILE_MESSAGE_BYTES_MAX} bytes; bytes in both directions; a \
-         round trip is one responder message; ms = CPU of both sides, one thread"
+         round trip is one responder message; ms = both sides in turn on one thread"
     );
     println!(
         "{:>9} {:>7} | {:>5} {:>5} | {:>11} {:>11} {:>5} | {:>8} {:>8} | {:>8} {:>8}",
