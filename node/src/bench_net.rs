@@ -392,6 +392,7 @@ pub async fn propagation(
         for (a, b) in &edges {
             let _ = bare[*a].1.send(BareCommand::Dial(bare[*b].0.clone()));
         }
+        eprintln!("[{n} nodes] bare connected; waiting for gossip meshes…");
         wait_meshes(
             async |i| {
                 let (reply, answer) = tokio::sync::oneshot::channel();
@@ -435,12 +436,15 @@ pub async fn propagation(
         }
         drop(kim_tx);
         for (a, b) in &edges {
-            federation.nodes[*a]
-                .net
-                .dial(federation.addrs[*b].clone())
-                .await
-                .with_context(|| format!("connecting node {a} to {b}"))?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                federation.nodes[*a].net.dial(federation.addrs[*b].clone()),
+            )
+            .await
+            .with_context(|| format!("connecting node {a} to {b} timed out"))?
+            .with_context(|| format!("connecting node {a} to {b}"))?;
         }
+        eprintln!("[{n} nodes] KIM connected; waiting for gossip meshes…");
         wait_meshes(
             async |i| {
                 federation.nodes[i]
@@ -459,18 +463,26 @@ pub async fn propagation(
             ticker.tick().await;
             let node = &federation.nodes[*origin];
             // The origin stores it durably (what an API publish acknowledges), then gossips.
-            node.state
-                .service
-                .ingest()
-                .ingest_one(bytes.clone(), Source::Api)
-                .await
-                .map_err(|e| anyhow::anyhow!("origin refused a record: {e}"))?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                node.state
+                    .service
+                    .ingest()
+                    .ingest_one(bytes.clone(), Source::Api),
+            )
+            .await
+            .context("the origin's ingest took more than 10 s")?
+            .map_err(|e| anyhow::anyhow!("origin refused a record: {e}"))?;
             published.insert(record_id(bytes), (*origin, Instant::now()));
-            node.net
-                .publish(bytes.clone())
+            match tokio::time::timeout(Duration::from_secs(10), node.net.publish(bytes.clone()))
                 .await
-                .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+            {
+                Ok(Ok(()) | Err(crate::net::NetError::NoPeers)) => {}
+                Ok(Err(e)) => anyhow::bail!("publish: {e}"),
+                Err(_) => anyhow::bail!("publish took more than 10 s"),
+            }
         }
+        eprintln!("[{n} nodes] KIM published {count}; collecting deliveries…");
         let kim_result = collect(kim_rx, &published, n, Duration::from_secs(60)).await;
         let mut fetched_by_sync = 0;
         for node in &federation.nodes {

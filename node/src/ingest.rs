@@ -535,9 +535,13 @@ impl Ingest {
         let count = passed.len();
         if !passed.is_empty() {
             match self.write(&passed, generation, source).await {
-                Ok(outcomes) => {
+                Ok((outcomes, searchable)) => {
                     for ((i, _), outcome) in passed.iter().zip(outcomes) {
                         results[*i] = Some(Ok(outcome));
+                    }
+                    // Outside the writer lock: other batches proceed while the index commits.
+                    if let Some(searchable) = searchable {
+                        let _ = searchable.await;
                     }
                 }
                 Err(err) => {
@@ -566,17 +570,18 @@ impl Ingest {
     }
 
     /// Hands the batch's new winners to the indexer with the store's new digest as their
-    /// generation; waits until they are searchable when staff published or imported them.
+    /// generation; when staff published or imported them, returns what completes once they
+    /// are searchable (awaited after the writer lock is released).
     /// A failure there never loses data: the index is rebuilt from the store at the next start
     /// because its generation no longer matches.
-    async fn update_index(
+    fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
         checked: &[(usize, Record)],
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
         source: Source,
-    ) {
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let docs = changed
             .iter()
             .filter_map(|(region, position)| {
@@ -584,9 +589,7 @@ impl Ingest {
             })
             .collect();
         let wait = matches!(source, Source::Api | Source::Import);
-        if let Some(done) = indexer.submit(docs, digest.hash().to_hex(), wait) {
-            let _ = done.await;
-        }
+        indexer.submit(docs, digest.hash().to_hex(), wait)
     }
 
     /// Waits until every change handed to the search index so far is searchable.
@@ -629,7 +632,7 @@ impl Ingest {
         checked: &[(usize, Record)],
         generation: u64,
         source: Source,
-    ) -> Result<Vec<Accepted>, StoreError> {
+    ) -> Result<(Vec<Accepted>, Option<tokio::sync::oneshot::Receiver<()>>), StoreError> {
         let mut recent = self.writer.lock().await;
         let now = self.generation.load(Ordering::Acquire);
         // What was written since this batch's held check: the remembered id sets of those
@@ -786,11 +789,11 @@ impl Ingest {
             flush_us = applied.elapsed().as_micros() as u64,
             "store write"
         );
-        if let Some(indexer) = &self.indexer {
-            self.update_index(indexer, checked, &changed, &digest, source)
-                .await;
-        }
-        Ok(outcomes)
+        let searchable = self
+            .indexer
+            .as_ref()
+            .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
+        Ok((outcomes, searchable))
     }
 }
 
@@ -876,7 +879,7 @@ mod tests {
             if forget {
                 ingest.writer.lock().await.sets.clear();
             }
-            let outcomes = ingest.write(&passed, generation_seen, Source::Sync).await?;
+            let (outcomes, _) = ingest.write(&passed, generation_seen, Source::Sync).await?;
             assert!(
                 outcomes
                     .iter()

@@ -80,7 +80,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kim_protocol::FederationId;
 use kim_protocol::limits::RECORD_BYTES_MAX;
-use kim_protocol::names::{records_topic, sync_protocol};
+use kim_protocol::names::{identify_version, kad_protocol, records_topic, sync_protocol};
 use kim_protocol::reconcile::{
     ID_BYTES, Id, Initiator, Message, RECONCILE_MESSAGE_BYTES_MAX, Responder, SortedIds,
 };
@@ -1129,7 +1129,7 @@ pub fn new<R: Records>(
     let topic = gossipsub::IdentTopic::new(records_topic(&config.federation));
     let sync_name = StreamProtocol::try_from_owned(sync_protocol(&config.federation))
         .map_err(|e| anyhow::anyhow!("sync protocol name: {e}"))?;
-    let kad_name = StreamProtocol::try_from_owned(format!("/kim/{}/kad/1", config.federation))
+    let kad_name = StreamProtocol::try_from_owned(kad_protocol(&config.federation))
         .map_err(|e| anyhow::anyhow!("kademlia protocol name: {e}"))?;
 
     let mut gossipsub = gossip_behaviour(&topic, config.gossip_heartbeat)?;
@@ -1148,7 +1148,7 @@ pub fn new<R: Records>(
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(
-            format!("/kim/{}/1", config.federation),
+            identify_version(&config.federation),
             config.keypair.public(),
         )
         .with_agent_version(format!("kim/{}", env!("CARGO_PKG_VERSION"))),
@@ -2110,10 +2110,11 @@ async fn run_session<R: Records>(
         report.offered += step.have.len();
         need.extend(step.need);
         have.extend(step.have);
+        let mut full = std::collections::VecDeque::new();
         while need.len() >= SYNC_FETCH_IDS_MAX {
-            let batch: Vec<Id> = need.drain(..SYNC_FETCH_IDS_MAX).collect();
-            fetch(peer, records, internal, batch, &mut report).await?;
+            full.push_back(need.drain(..SYNC_FETCH_IDS_MAX).collect::<Vec<Id>>());
         }
+        fetch_pipelined(peer, records, internal, full, &mut report).await?;
         while have.len() >= SYNC_BATCH_RECORDS_MAX {
             let batch: Vec<Id> = have.drain(..SYNC_BATCH_RECORDS_MAX).collect();
             push(peer, records, internal, batch, &mut report).await?;
@@ -2197,6 +2198,91 @@ async fn fetch<R: Records>(
             }
         }
         wanted.retain(|id| !got.contains(id));
+    }
+    Ok(())
+}
+
+/// Keeps only the records that were asked for, once each; the ids asked for and not received.
+fn screen(asked: &[Id], batch: Vec<Vec<u8>>, report: &mut SyncReport) -> (Vec<Vec<u8>>, Vec<Id>) {
+    let asked_set: HashSet<Id> = asked.iter().copied().collect();
+    let mut got: HashSet<Id> = HashSet::with_capacity(batch.len());
+    let mut accepted = Vec::with_capacity(batch.len());
+    for record in batch {
+        let id = *blake3::hash(&record).as_bytes();
+        if asked_set.contains(&id) && got.insert(id) {
+            accepted.push(record);
+        } else {
+            report.rejected += 1;
+        }
+    }
+    let missing = asked
+        .iter()
+        .filter(|id| !got.contains(*id))
+        .copied()
+        .collect();
+    (accepted, missing)
+}
+
+fn tally(verdicts: Vec<Verdict>, report: &mut SyncReport) -> Result<(), NetError> {
+    for verdict in verdicts {
+        match verdict {
+            Verdict::New => report.received_new += 1,
+            Verdict::Known => report.received_known += 1,
+            Verdict::Invalid => report.rejected += 1,
+            Verdict::Failed => {
+                return Err(NetError::Store("ingest failed for fetched records".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fetches full batches with one request in flight while the previous batch is in the
+/// pipeline, so the network round trip and the peer's store reads overlap our verification
+/// and store write. Ids a peer did not send are retried at the end (see [`fetch`]).
+async fn fetch_pipelined<R: Records>(
+    peer: PeerId,
+    records: &Arc<R>,
+    internal: &mpsc::Sender<Internal>,
+    mut batches: std::collections::VecDeque<Vec<Id>>,
+    report: &mut SyncReport,
+) -> Result<(), NetError> {
+    let Some(first) = batches.pop_front() else {
+        return Ok(());
+    };
+    let mut retry = Vec::new();
+    let response = request(internal, peer, SyncRequest::Fetch(first.clone())).await?;
+    let mut current = (first, response);
+    loop {
+        let (asked, response) = current;
+        let SyncResponse::Records(batch) = response else {
+            return Err(unexpected(&response));
+        };
+        let (accepted, missing) = screen(&asked, batch, report);
+        retry.extend(missing);
+        let next = batches.pop_front();
+        let ingest = async {
+            if accepted.is_empty() {
+                Vec::new()
+            } else {
+                records.ingest(accepted, Origin::Sync).await
+            }
+        };
+        let ask_next = async {
+            match &next {
+                Some(ids) => Some(request(internal, peer, SyncRequest::Fetch(ids.clone())).await),
+                None => None,
+            }
+        };
+        let (verdicts, next_response) = tokio::join!(ingest, ask_next);
+        tally(verdicts, report)?;
+        match (next, next_response) {
+            (Some(ids), Some(response)) => current = (ids, response?),
+            _ => break,
+        }
+    }
+    if !retry.is_empty() {
+        fetch(peer, records, internal, retry, report).await?;
     }
     Ok(())
 }

@@ -95,7 +95,15 @@ impl Demo {
         self.wait_for("stopped; stores flushed");
         let status = self.child.wait().unwrap();
         assert!(status.success(), "kim demo exited with {status}");
-        self.seen
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // A failed assertion must not leave four nodes running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -28,3 +28,13 @@ pub fn direct_protocol(federation: &FederationId) -> String {
 pub fn blobs_protocol(federation: &FederationId) -> String {
     format!("/kim/{federation}/blobs/1")
 }
+
+/// Kademlia protocol among members' nodes (peer discovery only; no records are stored in it).
+pub fn kad_protocol(federation: &FederationId) -> String {
+    format!("/kim/{federation}/kad/1")
+}
+
+/// The identify protocol version a node announces.
+pub fn identify_version(federation: &FederationId) -> String {
+    format!("/kim/{federation}/1")
+}
