@@ -1,4 +1,5 @@
-//! `kim bench …`: throughput figures measured on this machine, printed per second.
+//! `kim bench …`: throughput figures measured on this machine, printed per second, and
+//! (`kim bench reconcile`, in [`crate::bench_reconcile`]) reconciliation cost against negentropy.
 //!
 //! Benchmarks live here rather than in timed tests: tests check correctness, these print numbers.
 //! Each figure runs its operation over a fixed set of realistic records (from
@@ -29,7 +30,8 @@ pub enum BenchCommand {
     },
     /// Records per second through the whole ingest pipeline (decode, verify, validate,
     /// authorise, resolve, store with flushed batches), beside raw ed25519 batch verification
-    /// of the same records in the same run, on one thread.
+    /// of the same records in the same run, at the same thread budgets: one batch in flight
+    /// (one thread busy at a time) and `--in-flight` batches (at most that many threads busy).
     Ingest {
         /// Records to ingest.
         #[arg(long, default_value_t = 20_000)]
@@ -37,6 +39,19 @@ pub enum BenchCommand {
         /// Records per ingest batch (one store write and one flush each).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Batches in flight in the second run (each occupies at most one thread).
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+    },
+    /// Set reconciliation, kim against the negentropy crate on the same sets in the same run:
+    /// bytes and round trips for every combination of set size and difference.
+    Reconcile {
+        /// Ids in the initiator's set (comma-separated for several).
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 1_000_000])]
+        ids: Vec<usize>,
+        /// Differences between the two sets, split between both sides (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000])]
+        differences: Vec<usize>,
     },
     /// Gossip propagation through whole nodes at a fixed rate, beside bare gossipsub in the
     /// same topology: all-node delivery latency p50/p99.
@@ -72,6 +87,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Protocol { records, min_ms } => protocol(records, min_ms),
         BenchCommand::Encoding { records, min_ms } => encoding(records, min_ms),
+        BenchCommand::Reconcile { ids, differences } => {
+            // Seconds of CPU at a million ids: off the async runtime.
+            tokio::task::spawn_blocking(move || crate::bench_reconcile::run(&ids, &differences))
+                .await
+                .context("reconcile benchmark thread failed")?
+        }
         BenchCommand::Propagation {
             nodes,
             rate,
@@ -79,14 +100,19 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             degree,
         } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
         BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
-        BenchCommand::Ingest { records, batch } => {
-            // One core: the pipeline runs on a current-thread runtime in its own thread.
+        BenchCommand::Ingest {
+            records,
+            batch,
+            in_flight,
+        } => {
+            // A current-thread runtime in its own thread: the pipeline's store writes run on it,
+            // its checks on blocking threads, one per batch in flight.
             tokio::task::spawn_blocking(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .context("cannot start a runtime")?
-                    .block_on(ingest(records, batch))
+                    .block_on(ingest(records, batch, in_flight))
             })
             .await
             .context("ingest benchmark thread failed")?
@@ -273,11 +299,141 @@ type PreparedBatch = (
     Vec<ed25519_dalek::VerifyingKey>,
 );
 
-async fn ingest(count: usize, batch: usize) -> anyhow::Result<()> {
-    use crate::ingest::{Ingest, Source};
+/// CPU seconds this process has used so far, all threads together (user and system), from
+/// `/proc/self/stat`; `None` where that is not available. On a shared machine this is what a
+/// figure cost, whatever else was running.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at "state"; utime and
+    // stime are the 14th and 15th fields overall, in clock ticks of 1/100 s on Linux.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// What one measured run cost: per second of wall time and CPU microseconds per record.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    per_second: f64,
+    seconds: f64,
+    cpu_us_per_record: Option<f64>,
+}
+
+impl Measured {
+    fn of(count: usize, started: Instant, cpu_at_start: Option<f64>) -> Measured {
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds()
+            .zip(cpu_at_start)
+            .map(|(end, start)| (end - start) * 1e6 / count.max(1) as f64);
+        Measured {
+            per_second: count as f64 / seconds,
+            seconds,
+            cpu_us_per_record: cpu,
+        }
+    }
+
+    fn cpu(&self) -> String {
+        self.cpu_us_per_record
+            .map_or_else(|| "n/a".into(), |us| format!("{us:.1}"))
+    }
+}
+
+/// Raw ed25519 batch verification of `prepared` on `threads` threads (the batches split
+/// between them).
+fn raw_verify_rate(prepared: &[PreparedBatch], threads: usize) -> anyhow::Result<Measured> {
+    let count: usize = prepared.iter().map(|(m, _, _)| m.len()).sum();
+    let per_thread = prepared.len().div_ceil(threads.max(1)).max(1);
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    let verdicts: Vec<bool> = std::thread::scope(|scope| {
+        let workers: Vec<_> = prepared
+            .chunks(per_thread)
+            .map(|share| {
+                scope.spawn(move || {
+                    share.iter().all(|(messages, signatures, keys)| {
+                        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+                        ed25519_dalek::verify_batch(&refs, signatures, keys).is_ok()
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(false))
+            .collect()
+    });
+    if verdicts.iter().any(|ok| !ok) {
+        bail!("a benchmark record failed verification");
+    }
+    Ok(Measured::of(count, start, cpu))
+}
+
+/// One timed run of the pipeline over `batches` on a fresh store, with at most `in_flight`
+/// batches submitted at once. Returns what it cost and the store's size in bytes.
+async fn ingest_run(
+    charter: &kim_protocol::membership::Charter,
+    federation: kim_protocol::FederationId,
+    batches: Vec<Vec<Vec<u8>>>,
+    in_flight: usize,
+) -> anyhow::Result<(Measured, u64)> {
+    use crate::ingest::{Accepted, Ingest, Rejected, Source};
     use crate::store::Store;
-    if count == 0 || batch == 0 {
-        bail!("--records and --batch must be at least 1");
+    let dir = std::env::temp_dir().join(format!(
+        "kim-bench-ingest-{}-{}-{in_flight}",
+        std::process::id(),
+        crate::ingest::system_now_ms()
+    ));
+    let store = Store::open(&dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
+    let pipeline = std::sync::Arc::new(Ingest::open(store.clone(), federation, charter.clone())?);
+    let total: usize = batches.iter().map(Vec::len).sum();
+    let mut pending: std::collections::VecDeque<
+        tokio::task::JoinHandle<Vec<Result<Accepted, Rejected>>>,
+    > = std::collections::VecDeque::new();
+    let mut stored = 0usize;
+    let mut tally = |results: Vec<Result<Accepted, Rejected>>| -> anyhow::Result<()> {
+        for result in results {
+            match result {
+                Ok(a) if a.is_new() => stored += 1,
+                Ok(_) => {}
+                Err(e) => bail!("benchmark record refused: {} ({e})", e.code()),
+            }
+        }
+        Ok(())
+    };
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    for (i, bytes) in batches.into_iter().enumerate() {
+        if pending.len() >= in_flight.max(1)
+            && let Some(oldest) = pending.pop_front()
+        {
+            tally(oldest.await.context("ingest task failed")?)?;
+        }
+        let pipeline = std::sync::Arc::clone(&pipeline);
+        pending.push_back(tokio::spawn(async move {
+            pipeline.ingest_batch(bytes, Source::Import).await
+        }));
+        if (i + 1) % 10 == 0 {
+            eprintln!("  {} batches submitted", i + 1);
+        }
+    }
+    for handle in pending {
+        tally(handle.await.context("ingest task failed")?)?;
+    }
+    let measured = Measured::of(stored, start, cpu);
+    if stored != total {
+        bail!("only {stored} of {total} benchmark records were stored");
+    }
+    let disk = store.size_on_disk();
+    drop(pipeline);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((measured, disk))
+}
+
+async fn ingest(count: usize, batch: usize, in_flight: usize) -> anyhow::Result<()> {
+    if count == 0 || batch == 0 || in_flight == 0 {
+        bail!("--records, --batch and --in-flight must be at least 1");
     }
     eprintln!("signing {count} records…");
     let (charter, federation, records) = federation_records(count)?;
@@ -300,59 +456,71 @@ async fn ingest(count: usize, batch: usize) -> anyhow::Result<()> {
         })
         .collect::<Result<_, ed25519_dalek::SignatureError>>()
         .map_err(|e| anyhow::anyhow!("bad benchmark key: {e}"))?;
-    let start = Instant::now();
-    for (messages, signatures, keys) in &prepared {
-        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        ed25519_dalek::verify_batch(&refs, signatures, keys)
-            .map_err(|_| anyhow::anyhow!("a benchmark record failed verification"))?;
+    let raw_one = raw_verify_rate(&prepared, 1)?;
+    let raw_many = raw_verify_rate(&prepared, in_flight)?;
+    // The pipeline gets the records as received bytes, as a network source would hand them
+    // over; copying them out of `records` is not part of what is measured.
+    let batches = || -> Vec<Vec<Vec<u8>>> {
+        records
+            .chunks(batch)
+            .map(|chunk| chunk.iter().map(|r| r.bytes.clone()).collect())
+            .collect()
+    };
+    eprintln!("ingesting, one batch in flight…");
+    let (one, one_disk) = ingest_run(&charter, federation, batches(), 1).await?;
+    eprintln!("ingesting, {in_flight} batches in flight…");
+    let (many, _) = ingest_run(&charter, federation, batches(), in_flight).await?;
+    println!(
+        "kim bench ingest: {count} records (mean {mean_bytes} bytes), batches of {batch}, \
+         each run on a fresh store (1 in flight: {:.1} MB), every batch flushed before it is \
+         acknowledged",
+        one_disk as f64 / 1e6
+    );
+    println!(
+        "{:<48} {:>10} {:>8} {:>9} {:>13}",
+        "", "records/s", "seconds", "ratio", "CPU us/record"
+    );
+    let row = |name: &str, m: &Measured, ratio: Option<f64>| {
+        let ratio = ratio.map_or_else(String::new, |r| format!("{r:.2}"));
+        println!(
+            "{name:<48} {:>10.0} {:>8.2} {ratio:>9} {:>13}",
+            m.per_second,
+            m.seconds,
+            m.cpu()
+        );
+    };
+    row("raw ed25519 batch verify (256), 1 thread", &raw_one, None);
+    row(
+        "pipeline, 1 batch in flight (1 thread busy)",
+        &one,
+        Some(one.per_second / raw_one.per_second),
+    );
+    row(
+        &format!("raw ed25519 batch verify (256), {in_flight} threads"),
+        &raw_many,
+        None,
+    );
+    row(
+        &format!("pipeline, {in_flight} batches in flight (<= {in_flight} busy)"),
+        &many,
+        Some(many.per_second / raw_many.per_second),
+    );
+    println!(
+        "{:<48} {:>10} {:>8} {:>9.2}   (target >= 0.70)",
+        format!("pipeline, {in_flight} in flight / raw verify, 1 thread"),
+        "",
+        "",
+        many.per_second / raw_one.per_second
+    );
+    if let (Some(raw), Some(pipeline)) = (raw_one.cpu_us_per_record, one.cpu_us_per_record) {
+        println!(
+            "{:<48} {:>10} {:>8} {:>9.2}   (one core's ratio, whatever else runs)",
+            "CPU per record: raw verify / pipeline",
+            "",
+            "",
+            raw / pipeline
+        );
     }
-    let verify_rate = records.len() as f64 / start.elapsed().as_secs_f64();
-
-    let dir = std::env::temp_dir().join(format!(
-        "kim-bench-ingest-{}-{}",
-        std::process::id(),
-        crate::ingest::system_now_ms()
-    ));
-    let store = Store::open(&dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
-    let pipeline = Ingest::open(store.clone(), federation, charter)?;
-    let start = Instant::now();
-    let mut stored = 0usize;
-    for (i, chunk) in records.chunks(batch).enumerate() {
-        let bytes: Vec<Vec<u8>> = chunk.iter().map(|r| r.bytes.clone()).collect();
-        for result in pipeline.ingest_batch(bytes, Source::Import).await {
-            match result {
-                Ok(a) if a.is_new() => stored += 1,
-                Ok(_) => {}
-                Err(e) => bail!("benchmark record refused: {} ({e})", e.code()),
-            }
-        }
-        if (i + 1) % 10 == 0 {
-            eprintln!("  {} / {count}", (i + 1) * batch);
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let ingest_rate = stored as f64 / elapsed;
-    let disk = store.size_on_disk();
-    drop(pipeline);
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "kim bench ingest: {stored} records (mean {mean_bytes} bytes), batches of {batch}, one thread"
-    );
-    println!(
-        "{:<34} {verify_rate:>10.0} /s",
-        "raw ed25519 batch verify (256)"
-    );
-    println!(
-        "{:<34} {ingest_rate:>10.0} /s  ({elapsed:.2} s, store {:.1} MB)",
-        "ingest pipeline (flushed)",
-        disk as f64 / 1e6
-    );
-    println!(
-        "{:<34} {:>10.2}   (target >= 0.70)",
-        "ratio ingest / verify",
-        ingest_rate / verify_rate
-    );
     Ok(())
 }
 

@@ -7,8 +7,16 @@
 //! Duplicates and older revisions change nothing. Every rejection is counted by its code and
 //! logged once at debug level. One writer at a time (a tokio mutex held across the store write),
 //! so resolution never races with itself.
+//!
+//! The two halves of a batch run on different threads: the checks (decode, held?, verify,
+//! validate, authorise; pure CPU) on a blocking thread, the write (resolve, apply, flush) under
+//! the writer lock. So when several batches are in flight — sync, import, gossip and the API at
+//! once — one batch's signatures are checked while another's write set is applied. The held
+//! check before the lock is an optimisation only: under the lock a record written by another
+//! batch in the meantime is caught again (see `Ingest::write`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kim_protocol::digest::StateDigest;
@@ -157,6 +165,136 @@ pub fn authorise(
     }
 }
 
+/// Batches at least this long are checked on a blocking thread; shorter ones (a publish through
+/// the API) in place, where the thread hop would cost more than it frees.
+const OFFLOAD_RECORDS_MIN: usize = 64;
+
+/// The stateless half of a batch, done: what was refused or already held, and what passed.
+struct CheckedBatch {
+    /// Per input position: decided here (refused, or already held), or `None` if it passed.
+    /// Refusals are not yet counted.
+    results: Vec<Option<Result<Accepted, Rejected>>>,
+    /// (position, record) of the records that passed every check, in input order.
+    passed: Vec<(usize, Record)>,
+    decode_us: u64,
+    verify_us: u64,
+    validate_us: u64,
+}
+
+/// size check → decode → held? → batch verify → validate → authorise, for one batch. Pure CPU
+/// apart from one store read per record (the held check), so it may run on any thread.
+fn check_batch(
+    store: &Store,
+    batch: Vec<Input>,
+    ctx: &Context,
+    membership: &MembershipState,
+    source: Source,
+) -> CheckedBatch {
+    let started = std::time::Instant::now();
+    let mut results: Vec<Option<Result<Accepted, Rejected>>> = vec![None; batch.len()];
+    // (position, record, whether its signature still needs checking)
+    let mut decoded: Vec<(usize, Record, bool)> = Vec::with_capacity(batch.len());
+    for (i, input) in batch.into_iter().enumerate() {
+        let (record, unverified) = match input {
+            Input::Verified(record) => (*record, false),
+            Input::Bytes(bytes) if bytes.len() > RECORD_BYTES_MAX => {
+                let err = kim_protocol::Error::RecordTooLarge {
+                    size: bytes.len(),
+                    max: RECORD_BYTES_MAX,
+                };
+                results[i] = Some(Err(err.into()));
+                continue;
+            }
+            Input::Bytes(bytes) => match Record::decode(bytes) {
+                Ok(record) => (record, true),
+                Err(err) => {
+                    results[i] = Some(Err(err.into()));
+                    continue;
+                }
+            },
+        };
+        // Held records skip the signature check: replays from gossip and sync cost one read.
+        match store.holds(&record.id, record.content.kind.is_replicated()) {
+            Ok(true) => results[i] = Some(Ok(Accepted::Duplicate { id: record.id })),
+            Ok(false) => decoded.push((i, record, unverified)),
+            Err(e) => results[i] = Some(Err(e.into())),
+        }
+    }
+    let decoded_at = started.elapsed();
+    let refs: Vec<&Record> = decoded
+        .iter()
+        .filter(|(_, _, unverified)| *unverified)
+        .map(|(_, r, _)| r)
+        .collect();
+    let mut batch_verdicts = verify_batch(&refs).into_iter();
+    let mut passed: Vec<(usize, Record)> = Vec::with_capacity(decoded.len());
+    let mut verdicts = Vec::with_capacity(decoded.len());
+    for (_, _, unverified) in &decoded {
+        verdicts.push(if *unverified {
+            batch_verdicts
+                .next()
+                .unwrap_or(Err(kim_protocol::Error::BadSignature))
+        } else {
+            Ok(())
+        });
+    }
+    let verified_at = started.elapsed();
+    for ((i, record, _), verdict) in decoded.into_iter().zip(verdicts) {
+        let outcome = verdict
+            .and_then(|()| validate(&record.content, ctx))
+            .map_err(Rejected::from)
+            .and_then(|()| authorise(membership, &record, source));
+        match outcome {
+            Ok(()) => passed.push((i, record)),
+            Err(err) => results[i] = Some(Err(err)),
+        }
+    }
+    let checked_at = started.elapsed();
+    CheckedBatch {
+        results,
+        passed,
+        decode_us: decoded_at.as_micros() as u64,
+        verify_us: (verified_at - decoded_at).as_micros() as u64,
+        validate_us: (checked_at - verified_at).as_micros() as u64,
+    }
+}
+
+/// Write sets remembered by the writer, so a batch checked a moment ago is re-checked in memory.
+const RECENT_WRITES_MAX: usize = 4;
+/// A write set storing more records than this is not remembered (a later re-check reads the
+/// store instead): the memory stays bounded whatever the batch size.
+const RECENT_WRITE_IDS_MAX: usize = 8192;
+
+/// The ids each of the last few write sets stored, by the generation it produced. Owned by the
+/// writer lock.
+#[derive(Debug, Default)]
+struct RecentWrites {
+    /// (generation after the write, ids it stored, or `None` when there were too many)
+    sets: std::collections::VecDeque<(u64, Option<std::collections::HashSet<RecordId>>)>,
+}
+
+impl RecentWrites {
+    /// The id sets of every write after `seen` up to `now`, if all of them are remembered.
+    fn since(&self, seen: u64, now: u64) -> Option<Vec<&std::collections::HashSet<RecordId>>> {
+        let wanted = (seen + 1)..=now;
+        let sets: Vec<_> = self
+            .sets
+            .iter()
+            .filter(|(generation, _)| wanted.contains(generation))
+            .map(|(_, ids)| ids.as_ref())
+            .collect::<Option<_>>()?;
+        (sets.len() as u64 == now - seen).then_some(sets)
+    }
+
+    fn remember(&mut self, generation: u64, ids: std::collections::HashSet<RecordId>) {
+        if self.sets.len() == RECENT_WRITES_MAX {
+            self.sets.pop_front();
+        }
+        let ids = (ids.len() <= RECENT_WRITE_IDS_MAX).then_some(ids);
+        self.sets.push_back((generation, ids));
+    }
+}
+
 /// The pipeline and the state it owns: membership, digest and rejection counters.
 #[derive(Debug)]
 pub struct Ingest {
@@ -166,7 +304,12 @@ pub struct Ingest {
     membership: RwLock<Arc<MembershipState>>,
     digest: Mutex<StateDigest>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
-    writer: tokio::sync::Mutex<()>,
+    /// One writer at a time; the lock also guards what the writer remembers of recent writes.
+    writer: tokio::sync::Mutex<RecentWrites>,
+    /// Count of write sets applied, bumped under the writer lock after each apply. A batch whose
+    /// held check saw an older count re-checks under the lock (another batch may have stored
+    /// the same records in between).
+    generation: AtomicU64,
     clock: fn() -> u64,
     /// The search index, updated after each durable write (absent in tools that only store).
     search: Option<Arc<crate::search::SearchIndex>>,
@@ -197,7 +340,8 @@ impl Ingest {
             charter,
             digest: Mutex::new(digest),
             rejections: Mutex::new(BTreeMap::new()),
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(RecentWrites::default()),
+            generation: AtomicU64::new(0),
             clock: system_now_ms,
             search: None,
             indexer: None,
@@ -351,76 +495,48 @@ impl Ingest {
 
     async fn pipeline(&self, batch: Vec<Input>, source: Source) -> Vec<Result<Accepted, Rejected>> {
         let started = std::time::Instant::now();
-        let mut results: Vec<Option<Result<Accepted, Rejected>>> = vec![None; batch.len()];
-        // (position, record, whether its signature still needs checking)
-        let mut decoded: Vec<(usize, Record, bool)> = Vec::with_capacity(batch.len());
-        for (i, input) in batch.into_iter().enumerate() {
-            let (record, unverified) = match input {
-                Input::Verified(record) => (*record, false),
-                Input::Bytes(bytes) if bytes.len() > RECORD_BYTES_MAX => {
-                    let err = kim_protocol::Error::RecordTooLarge {
-                        size: bytes.len(),
-                        max: RECORD_BYTES_MAX,
-                    };
-                    results[i] = Some(Err(self.reject(err.into(), source)));
-                    continue;
-                }
-                Input::Bytes(bytes) => match Record::decode(bytes) {
-                    Ok(record) => (record, true),
-                    Err(err) => {
-                        results[i] = Some(Err(self.reject(err.into(), source)));
-                        continue;
-                    }
-                },
-            };
-            match self.store.has_record(&record.id) {
-                Ok(true) => results[i] = Some(Ok(Accepted::Duplicate { id: record.id })),
-                Ok(false) => decoded.push((i, record, unverified)),
-                Err(e) => results[i] = Some(Err(self.reject(e.into(), source))),
-            }
-        }
-        let decoded_at = started.elapsed();
-        let refs: Vec<&Record> = decoded
-            .iter()
-            .filter(|(_, _, unverified)| *unverified)
-            .map(|(_, r, _)| r)
-            .collect();
-        let mut batch_verdicts = verify_batch(&refs).into_iter();
-        let verified: Vec<Result<(), kim_protocol::Error>> = decoded
-            .iter()
-            .map(|(_, _, unverified)| {
-                if *unverified {
-                    batch_verdicts
-                        .next()
-                        .unwrap_or(Err(kim_protocol::Error::BadSignature))
-                } else {
-                    Ok(())
-                }
-            })
-            .collect();
-        let decoded: Vec<(usize, Record)> = decoded.into_iter().map(|(i, r, _)| (i, r)).collect();
-        let verified_at = started.elapsed();
+        let len = batch.len();
+        let store = self.store.clone();
+        let membership = self.membership();
         let ctx = Context {
             federation: self.federation,
             now_ms: (self.clock)(),
         };
-        let mut checked: Vec<(usize, Record)> = Vec::with_capacity(decoded.len());
-        for ((i, record), verdict) in decoded.into_iter().zip(verified) {
-            let outcome = verdict
-                .and_then(|()| validate(&record.content, &ctx))
-                .map_err(Rejected::from)
-                .and_then(|()| self.authorise(&record, source));
-            match outcome {
-                Ok(()) => checked.push((i, record)),
-                Err(err) => results[i] = Some(Err(self.reject(err, source))),
+        // Read before any held check, so a write applied after it is caught under the lock.
+        let generation = self.generation.load(Ordering::Acquire);
+        let check = move || check_batch(&store, batch, &ctx, &membership, source);
+        let checked = if len >= OFFLOAD_RECORDS_MIN {
+            // Pure CPU for milliseconds: off the async runtime, and beside another batch's write.
+            match tokio::task::spawn_blocking(check).await {
+                Ok(checked) => checked,
+                Err(err) => {
+                    let err = Rejected::Store(format!("checking thread failed: {err}"));
+                    return (0..len)
+                        .map(|_| Err(self.reject(err.clone(), source)))
+                        .collect();
+                }
             }
-        }
+        } else {
+            check()
+        };
+        let CheckedBatch {
+            results,
+            passed,
+            decode_us,
+            verify_us,
+            validate_us,
+        } = checked;
+        // Counted and logged here, on the pipeline's side of the thread hop.
+        let mut results: Vec<Option<Result<Accepted, Rejected>>> = results
+            .into_iter()
+            .map(|r| r.map(|r| r.map_err(|err| self.reject(err, source))))
+            .collect();
         let checked_at = started.elapsed();
-        let count = checked.len();
-        if !checked.is_empty() {
-            match self.write(&checked, source).await {
+        let count = passed.len();
+        if !passed.is_empty() {
+            match self.write(&passed, generation, source).await {
                 Ok((outcomes, searchable)) => {
-                    for ((i, _), outcome) in checked.iter().zip(outcomes) {
+                    for ((i, _), outcome) in passed.iter().zip(outcomes) {
                         results[*i] = Some(Ok(outcome));
                     }
                     // Outside the writer lock: other batches proceed while the index commits.
@@ -431,7 +547,7 @@ impl Ingest {
                 Err(err) => {
                     let err = Rejected::from(err);
                     tracing::error!(cause = %err, "store write failed; batch not acknowledged");
-                    for (i, _) in &checked {
+                    for (i, _) in &passed {
                         results[*i] = Some(Err(self.reject(err.clone(), source)));
                     }
                 }
@@ -440,9 +556,10 @@ impl Ingest {
         tracing::debug!(
             ?source,
             records = count,
-            decode_us = decoded_at.as_micros() as u64,
-            verify_us = (verified_at - decoded_at).as_micros() as u64,
-            validate_us = (checked_at - verified_at).as_micros() as u64,
+            decode_us,
+            verify_us,
+            validate_us,
+            check_wall_us = checked_at.as_micros() as u64,
             write_us = (started.elapsed() - checked_at).as_micros() as u64,
             "ingest batch"
         );
@@ -450,10 +567,6 @@ impl Ingest {
             .into_iter()
             .map(|r| r.unwrap_or(Err(Rejected::Store("record lost in pipeline".into()))))
             .collect()
-    }
-
-    fn authorise(&self, record: &Record, source: Source) -> Result<(), Rejected> {
-        authorise(&self.membership(), record, source)
     }
 
     /// Hands the batch's new winners to the indexer with the store's new digest as their
@@ -511,13 +624,21 @@ impl Ingest {
         Ok(())
     }
 
-    /// Resolves and writes checked records atomically, then flushes.
+    /// Resolves and writes checked records atomically, then flushes. `generation` is the write
+    /// count the batch's held check saw: if another batch was written since, each record is
+    /// checked again here, under the lock, so nothing is stored or counted in the digest twice.
     async fn write(
         &self,
         checked: &[(usize, Record)],
+        generation: u64,
         source: Source,
     ) -> Result<(Vec<Accepted>, Option<tokio::sync::oneshot::Receiver<()>>), StoreError> {
-        let _writer = self.writer.lock().await;
+        let mut recent = self.writer.lock().await;
+        let now = self.generation.load(Ordering::Acquire);
+        // What was written since this batch's held check: the remembered id sets of those
+        // writes, or else (too long ago, too big) one store read per record.
+        let written_since = (now != generation).then(|| recent.since(generation, now));
+        let mut stored_ids = std::collections::HashSet::with_capacity(checked.len());
         let membership = self.membership();
         let mut writes = WriteSet::default();
         let mut digest = self.digest();
@@ -531,7 +652,12 @@ impl Ingest {
         let mut membership_changed = false;
         for (position, (_, record)) in checked.iter().enumerate() {
             let c = &record.content;
-            if !seen_in_batch.insert(record.id) {
+            let held = match &written_since {
+                None => false,
+                Some(Some(sets)) => sets.iter().any(|ids| ids.contains(&record.id)),
+                Some(None) => self.store.holds(&record.id, c.kind.is_replicated())?,
+            };
+            if held || !seen_in_batch.insert(record.id) {
                 outcomes.push(Accepted::Duplicate { id: record.id });
                 continue;
             }
@@ -640,6 +766,22 @@ impl Ingest {
         writes.set_digest(&digest);
         let resolved = std::time::Instant::now();
         self.store.apply(writes)?;
+        // The in-memory state follows the applied write set at once, with no await in between:
+        // a caller that gives up during the flush cannot leave the digest or membership behind
+        // the store.
+        for outcome in &outcomes {
+            if outcome.is_new() {
+                stored_ids.insert(outcome.id());
+            }
+        }
+        recent.remember(now + 1, stored_ids);
+        self.generation.store(now + 1, Ordering::Release);
+        if let Ok(mut d) = self.digest.lock() {
+            *d = digest;
+        }
+        if membership_changed {
+            self.reevaluate_membership()?;
+        }
         let applied = std::time::Instant::now();
         self.store.flush().await?;
         tracing::trace!(
@@ -647,16 +789,146 @@ impl Ingest {
             flush_us = applied.elapsed().as_micros() as u64,
             "store write"
         );
-        if let Ok(mut d) = self.digest.lock() {
-            *d = digest;
-        }
         let searchable = self
             .indexer
             .as_ref()
             .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
-        if membership_changed {
-            self.reevaluate_membership()?;
-        }
         Ok((outcomes, searchable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kim_protocol::membership::{Founder, ThresholdRule, federation_id};
+    use kim_protocol::samples;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    /// A one-founder federation on a fresh store, and that founder's key.
+    fn pipeline(
+        dir: &std::path::Path,
+    ) -> Result<(Ingest, ed25519_dalek::SigningKey), Box<dyn std::error::Error>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let key = samples::signing_key(&mut rng);
+        let charter = Charter {
+            name: "test".into(),
+            founders: vec![Founder {
+                key: samples::public_key(&key),
+                name: "region".into(),
+                nuts: vec!["AT22".into()],
+            }],
+            admission: ThresholdRule::Majority,
+            removal: ThresholdRule::Majority,
+            created_at_ms: 0,
+        };
+        let federation = federation_id(&charter.to_bytes()?);
+        let store = Store::open(dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
+        Ok((Ingest::open(store, federation, charter)?, key))
+    }
+
+    fn offer(
+        ingest: &Ingest,
+        key: &ed25519_dalek::SigningKey,
+        seed: u64,
+        item: &str,
+    ) -> Result<Record, kim_protocol::Error> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let content = samples::content(
+            &mut rng,
+            ingest.federation(),
+            samples::public_key(key),
+            Kind::Cooperation,
+            item,
+            system_now_ms() - 60_000,
+        );
+        Record::sign(&content, key)
+    }
+
+    /// A batch whose held check ran before another batch stored the same records (two sources
+    /// delivering the same records at once) must change nothing when it reaches the writer:
+    /// not even equivocation evidence, which resolution alone would store and count again.
+    #[tokio::test]
+    async fn a_batch_checked_before_a_concurrent_write_changes_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(dir.path())?;
+        let winner_or_loser = [
+            offer(&ingest, &key, 1, "twin")?,
+            offer(&ingest, &key, 2, "twin")?,
+        ];
+        let plain = offer(&ingest, &key, 3, "single")?;
+        let batch: Vec<Record> = [winner_or_loser.to_vec(), vec![plain]].concat();
+        let generation_seen = ingest.generation.load(Ordering::Acquire);
+        let first = ingest
+            .ingest_batch(
+                batch.iter().map(|r| r.bytes.clone()).collect(),
+                Source::Sync,
+            )
+            .await;
+        assert!(
+            first.iter().all(|r| r.as_ref().is_ok_and(Accepted::is_new)),
+            "{first:?}"
+        );
+        let digest = ingest.digest();
+        assert_eq!(digest.count(), 3, "winner, evidence and the single item");
+        // The second delivery, checked while nothing was held yet, reaches the writer late.
+        let passed: Vec<(usize, Record)> = batch.into_iter().enumerate().collect();
+        // Once with the writer remembering the write in between, once reading the store.
+        for forget in [false, true] {
+            if forget {
+                ingest.writer.lock().await.sets.clear();
+            }
+            let (outcomes, _) = ingest.write(&passed, generation_seen, Source::Sync).await?;
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Accepted::Duplicate { .. })),
+                "{outcomes:?}"
+            );
+            assert_eq!(ingest.digest(), digest);
+        }
+        assert_eq!(ingest.store().digest()?, digest);
+        assert_eq!(ingest.store().record_ids().count(), 3);
+        Ok(())
+    }
+
+    /// Batches long enough to be checked on a blocking thread, several in flight at once with
+    /// overlapping records: every record is stored once and the digest counts it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_batches_in_flight_store_each_record_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(dir.path())?;
+        let ingest = Arc::new(ingest);
+        let records: Vec<Record> = (0..3 * OFFLOAD_RECORDS_MIN as u64)
+            .map(|i| offer(&ingest, &key, 100 + i, &format!("item-{i}")))
+            .collect::<Result<_, _>>()?;
+        // Three batches, each overlapping the next by half.
+        let step = OFFLOAD_RECORDS_MIN;
+        let mut tasks = Vec::new();
+        for start in [0, step / 2, step, 3 * step / 2, 2 * step] {
+            let bytes: Vec<Vec<u8>> = records[start..start + step]
+                .iter()
+                .map(|r| r.bytes.clone())
+                .collect();
+            let ingest = Arc::clone(&ingest);
+            tasks.push(tokio::spawn(async move {
+                ingest.ingest_batch(bytes, Source::Sync).await
+            }));
+        }
+        let mut new = 0;
+        for task in tasks {
+            for result in task.await? {
+                if result?.is_new() {
+                    new += 1;
+                }
+            }
+        }
+        assert_eq!(new, records.len());
+        assert_eq!(ingest.digest().count(), records.len() as u64);
+        assert_eq!(ingest.store().digest()?, ingest.digest());
+        assert_eq!(ingest.store().record_ids().count(), records.len());
+        Ok(())
     }
 }

@@ -14,13 +14,14 @@
 //! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI.
 //! - [`node`]: `init` and `run`.
 //! - [`cli`]: the client subcommands that talk to a running node.
-//! - [`bench`]: `kim bench …`.
+//! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy.
 
 pub use libp2p;
 
 pub mod api;
 pub mod bench;
 pub mod bench_net;
+pub mod bench_reconcile;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -345,6 +345,16 @@ impl Store {
                 .map_err(|e| self.io(e))?)
     }
 
+    /// Whether the record is held, with one read: a record's kind says where it would be
+    /// (`replicated` records in the sync set, expressions of interest among direct records), and
+    /// an id names one record, so one kind.
+    pub fn holds(&self, id: &RecordId, replicated: bool) -> Result<bool, StoreError> {
+        let tag = if replicated { b'r' } else { b'n' };
+        self.data
+            .contains_key(prefixed(tag, id))
+            .map_err(|e| self.io(e))
+    }
+
     /// A directly delivered record's bytes.
     pub fn direct_record(&self, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
