@@ -701,6 +701,7 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
     let expected: BTreeSet<String> = [
         "GET /api/v1/health",
         "GET /api/v1/status",
+        "GET /api/v1/peers",
         "GET /api/v1/openapi.json",
         "GET /api/v1/{collection}",
         "POST /api/v1/{collection}",
