@@ -202,6 +202,19 @@ fn encode_digest(digest: &StateDigest) -> Vec<u8> {
     postcard::to_stdvec(&(digest.count(), digest.sum_bytes())).unwrap_or_default()
 }
 
+/// sled 0.34 guards every tree of the process with one global reader-writer lock: a flush
+/// holds it for reading while it waits for its buffers to reach the disk, and `apply_batch`
+/// takes it for writing. With both in flight (and readers queueing behind the waiting writer)
+/// the process deadlocked: seen with several nodes in one process (tests, benchmarks) and
+/// possible with one. Batches and flushes therefore take turns, process-wide.
+static WRITE_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn write_gate() -> std::sync::MutexGuard<'static, ()> {
+    WRITE_GATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The node's store. Cheap to clone; all clones share the same database.
 #[derive(Clone)]
 pub struct Store {
@@ -312,16 +325,21 @@ impl Store {
 
     /// Applies a write set atomically (all of it or none of it). Not yet durable: see [`flush`].
     pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let _gate = write_gate();
         self.data.apply_batch(writes.batch).map_err(|e| self.io(e))
     }
 
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.io(e))
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = write_gate();
+            db.flush()
+        })
+        .await
+        .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
+        .map(|_| ())
+        .map_err(|e| self.io(e))
     }
 
     /// A record's exact bytes.
@@ -595,6 +613,7 @@ impl Store {
     /// Flushes synchronously; for the small local and audit writes that are acknowledged at
     /// once (records use the batched, asynchronous [`Store::flush`]).
     fn flush_now(&self) -> Result<(), StoreError> {
+        let _gate = write_gate();
         self.db.flush().map(|_| ()).map_err(|e| self.io(e))
     }
 
