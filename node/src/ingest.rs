@@ -630,6 +630,12 @@ impl Ingest {
         }
         if let Some(index) = &self.search {
             self.update_index(index, checked, &changed, &digest);
+            // Saved searches see every new item, whatever path it came by.
+            let items: Vec<Slot> = changed
+                .iter()
+                .filter_map(|(region, i)| checked.get(*i).map(|(_, r)| slot_of(region, &r.content)))
+                .collect();
+            crate::saved::notify(&self.store, index, &items, (self.clock)());
         }
         if membership_changed {
             self.reevaluate_membership()?;

@@ -652,6 +652,12 @@ pub fn score(a: &Candidate, b: &Candidate, now_ms: u64) -> Score {
     Score { total, parts }
 }
 
+/// The total of [`score`] without building its explanations (for counting many pairs, as the
+/// co-operation potential does).
+pub fn score_total(a: &Candidate, b: &Candidate, now_ms: u64) -> u8 {
+    total(a, b, now_ms)
+}
+
 /// The total of [`score`] without building explanations.
 fn total(a: &Candidate, b: &Candidate, now_ms: u64) -> u8 {
     sector_part(a, b, false).points
