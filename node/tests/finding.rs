@@ -456,7 +456,7 @@ async fn a_saved_search_notifies_once_for_a_new_item_arriving_by_import() {
     assert_eq!(notes.len(), 4);
     let more = notes.iter().find(|n| n.key == "more-sensors").unwrap();
     assert_eq!(
-        saved::mark_read(store, Some(&[more.id.clone()])).unwrap(),
+        saved::mark_read(store, Some(std::slice::from_ref(&more.id))).unwrap(),
         1
     );
     assert_eq!(saved::notifications(store, true, 100).unwrap().len(), 3);
