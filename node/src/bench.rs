@@ -38,6 +38,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// Search, matching, index build rate, memory and disk on synthetic federations (see
+    /// `bench_search.rs`).
+    Search {
+        /// Federation sizes in records, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        records: Vec<usize>,
+        /// Queries in the search mix.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Offers matched against the whole replica.
+        #[arg(long, default_value_t = 50)]
+        matches: usize,
+        /// Scratch directory (default: the system temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Keep the generated store and index.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -51,6 +70,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Protocol { records, min_ms } => protocol(records, min_ms),
         BenchCommand::Encoding { records, min_ms } => encoding(records, min_ms),
+        BenchCommand::Search {
+            records,
+            queries,
+            matches,
+            dir,
+            keep,
+        } => crate::bench_search::run(&records, queries, matches, dir, keep).await,
         BenchCommand::Ingest { records, batch } => {
             // One core: the pipeline runs on a current-thread runtime in its own thread.
             tokio::task::spawn_blocking(move || {

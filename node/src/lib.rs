@@ -18,11 +18,12 @@
 //!   matches, saved searches, notifications and the federation overview.
 //! - [`node`]: `init` and `run`.
 //! - [`cli`]: the client subcommands that talk to a running node.
-//! - [`bench`]: `kim bench …`.
+//! - [`bench`]: `kim bench …`; [`bench_search`]: `kim bench search`.
 
 pub mod api;
 pub mod api_find;
 pub mod bench;
+pub mod bench_search;
 pub mod cli;
 pub mod config;
 pub mod ingest;
