@@ -57,6 +57,14 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// The build step of `kim bench search`, run by it in a child process.
+    #[command(hide = true)]
+    SearchBuild {
+        #[arg(long)]
+        records: usize,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -77,6 +85,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dir,
             keep,
         } => crate::bench_search::run(&records, queries, matches, dir, keep).await,
+        BenchCommand::SearchBuild { records, dir } => {
+            crate::bench_search::build(&dir, records).await
+        }
         BenchCommand::Ingest { records, batch } => {
             // One core: the pipeline runs on a current-thread runtime in its own thread.
             tokio::task::spawn_blocking(move || {

@@ -177,63 +177,60 @@ fn record(c: &Corpus, rng: &mut ChaCha8Rng, i: u64, now_ms: u64) -> anyhow::Resu
     Record::sign(&content, key).context("signing a synthetic record")
 }
 
+/// Runs one size: the build in a child process (`kim bench search-build`), so that the memory
+/// this process reports afterwards is a node's serving the replica, not the generator's.
 async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> anyhow::Result<()> {
     println!();
     println!("== {size} records (data in {}) ==", root.display());
-    let c = corpus()?;
-    let now_ms = system_now_ms();
-    std::fs::create_dir_all(root)?;
-    let store = Store::open(&root.join("store"), crate::store::CACHE_BYTES_DEFAULT, true)?;
-    let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
-    let mut rng = ChaCha8Rng::seed_from_u64(size as u64);
-    let mut record_bytes = 0u64;
-    let started = Instant::now();
-    let mut sign_time = Duration::ZERO;
-    let mut i = 0u64;
-    while i < size as u64 {
-        let end = (i + BATCH_RECORDS as u64).min(size as u64);
-        let signing = Instant::now();
-        let batch: Vec<Record> = (i..end)
-            .map(|n| record(&c, &mut rng, n, now_ms))
-            .collect::<anyhow::Result<_>>()?;
-        sign_time += signing.elapsed();
-        record_bytes += batch.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
-        for result in ingest.ingest_verified(batch, Source::Import).await {
-            if let Err(e) = result {
-                bail!("synthetic record refused: {} ({e})", e.code());
-            }
-        }
-        i = end;
-        if i.is_multiple_of(100_000) {
-            eprintln!("  {i} records stored…");
-        }
+    let exe = std::env::current_exe().context("cannot find the kim binary to run the build")?;
+    let status = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "search-build",
+            "--records",
+            &size.to_string(),
+            "--dir",
+        ])
+        .arg(root)
+        .status()
+        .context("cannot run the build step")?;
+    if !status.success() {
+        bail!("the build step failed ({status})");
     }
-    let stored_in = started.elapsed() - sign_time;
-    println!(
-        "stored:        {size} records ({:.0} MiB of signed records) in {:.1} s (+ {:.1} s generating and signing)",
-        mib(record_bytes),
-        stored_in.as_secs_f64(),
-        sign_time.as_secs_f64()
-    );
+    let record_bytes: u64 = std::fs::read_to_string(root.join("record-bytes"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .context("the build step left no record-bytes file")?;
+    let now_ms: u64 = std::fs::read_to_string(root.join("now-ms"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .context("the build step left no now-ms file")?;
 
-    let index = SearchIndex::open(&root.join("search"))?;
+    // Open the data as a node does at start: store, pipeline, index (current, so no rebuild).
+    let c = corpus()?;
     let started = Instant::now();
-    ingest.reindex_if_stale(&index)?;
-    let built_in = started.elapsed();
-    let docs = index.num_docs();
-    println!(
-        "index build:   {docs} documents in {:.1} s = {:.0} documents/s (from the store, as at node start)",
-        built_in.as_secs_f64(),
-        docs as f64 / built_in.as_secs_f64()
-    );
+    let store = Store::open(
+        &root.join("store"),
+        crate::store::CACHE_BYTES_DEFAULT,
+        false,
+    )?;
+    let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
+    let index = SearchIndex::open(&root.join("search"))?;
+    if ingest.reindex_if_stale(&index)? {
+        println!("note:          the index was stale at open and was rebuilt");
+    }
     let index = std::sync::Arc::new(index);
     let ingest = ingest.with_search(index.clone());
+    println!(
+        "open:          store and index opened in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Search: a mix of text, filters and both, as brokers ask.
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mix = query_mix(&mut rng, queries, now_ms);
     for q in mix.iter().take(20) {
-        index.search(q)?; // warm the page cache and the reader
+        index.search(q)?; // warm the reader
     }
     let mut latencies = Vec::with_capacity(mix.len());
     let mut hits = 0usize;
@@ -277,19 +274,24 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
     }
     times.sort();
     println!(
-        "match:         {} offers against {size} records, p50 {:.1} ms, max {:.1} ms ({:.0} candidates scored, {:.1} matches on average)",
+        "match:         {} offers against {size} records, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.0} candidates scored, {:.1} matches on average)",
         times.len(),
         percentile(&times, 0.5),
+        percentile(&times, 0.99),
         percentile(&times, 1.0),
         considered as f64 / times.len().max(1) as f64,
         found as f64 / times.len().max(1) as f64
     );
 
+    let (rss, hwm) = memory_mib();
+    println!(
+        "memory:        serving: resident {rss:.0} MiB, peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above)"
+    );
+    drop(ingest);
+    drop(index);
     store.flush().await?;
     let store_bytes = dir_bytes(&root.join("store"));
-    let index_bytes = index.disk_bytes();
-    let (rss, hwm) = memory_mib();
-    println!("memory:        resident {rss:.0} MiB now, peak {hwm:.0} MiB (whole bench process)");
+    let index_bytes = dir_bytes(&root.join("search"));
     println!(
         "disk:          store {:.0} MiB + index {:.0} MiB = {:.0} MiB for {:.0} MiB of records ({:.2}×)",
         mib(store_bytes),
@@ -299,6 +301,64 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
         (store_bytes + index_bytes) as f64 / record_bytes as f64
     );
     println!("load average:  {}", load_average());
+    Ok(())
+}
+
+/// `kim bench search-build`: generates `size` records into a fresh store in `root` through the
+/// ingest pipeline, builds the index from the store as a node does at start, and leaves the
+/// record bytes and the generation instant in files for the measuring process.
+pub async fn build(root: &Path, size: usize) -> anyhow::Result<()> {
+    let c = corpus()?;
+    let now_ms = system_now_ms();
+    std::fs::create_dir_all(root)?;
+    let store = Store::open(&root.join("store"), crate::store::CACHE_BYTES_DEFAULT, true)?;
+    let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(size as u64);
+    let mut record_bytes = 0u64;
+    let started = Instant::now();
+    let mut sign_time = Duration::ZERO;
+    let mut i = 0u64;
+    while i < size as u64 {
+        let end = (i + BATCH_RECORDS as u64).min(size as u64);
+        let signing = Instant::now();
+        let batch: Vec<Record> = (i..end)
+            .map(|n| record(&c, &mut rng, n, now_ms))
+            .collect::<anyhow::Result<_>>()?;
+        sign_time += signing.elapsed();
+        record_bytes += batch.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        for result in ingest.ingest_verified(batch, Source::Import).await {
+            if let Err(e) = result {
+                bail!("synthetic record refused: {} ({e})", e.code());
+            }
+        }
+        i = end;
+        if i.is_multiple_of(100_000) {
+            eprintln!("  {i} records stored…");
+        }
+    }
+    let stored_in = started.elapsed().saturating_sub(sign_time);
+    println!(
+        "stored:        {size} records ({:.0} MiB of signed records) in {:.1} s (+ {:.1} s generating and signing)",
+        mib(record_bytes),
+        stored_in.as_secs_f64(),
+        sign_time.as_secs_f64()
+    );
+    let index = SearchIndex::open(&root.join("search"))?;
+    let started = Instant::now();
+    ingest.reindex_if_stale(&index)?;
+    let built_in = started.elapsed();
+    let docs = index.num_docs();
+    println!(
+        "index build:   {docs} documents in {:.1} s = {:.0} documents/s (from the store, as at node start)",
+        built_in.as_secs_f64(),
+        docs as f64 / built_in.as_secs_f64()
+    );
+    index.wait_merging()?;
+    store.flush().await?;
+    let (_, hwm) = memory_mib();
+    println!("build memory:  peak {hwm:.0} MiB (generator, pipeline and index rebuild)");
+    std::fs::write(root.join("record-bytes"), record_bytes.to_string())?;
+    std::fs::write(root.join("now-ms"), now_ms.to_string())?;
     Ok(())
 }
 

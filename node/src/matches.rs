@@ -88,6 +88,17 @@ pub fn load_record(store: &Store, id: &RecordId) -> Result<Option<Record>, Match
 /// A matching candidate from a co-operation record owned by `region`, with the public profile
 /// of its organisation when the record names one this node holds. `None` for other kinds.
 pub fn candidate(store: &Store, region: RegionId, record: &Record) -> Option<Candidate> {
+    candidate_with(store, region, record, true)
+}
+
+/// As [`candidate`]; the organisation is looked up only when `organisation` is set or the
+/// record names no NACE code (the organisation's codes stand in then).
+fn candidate_with(
+    store: &Store,
+    region: RegionId,
+    record: &Record,
+    organisation: bool,
+) -> Option<Candidate> {
     let c = &record.content;
     let Body::Cooperation(body) = &c.body else {
         return None;
@@ -99,7 +110,11 @@ pub fn candidate(store: &Store, region: RegionId, record: &Record) -> Option<Can
         c.created_at_ms,
         c.expires_at_ms,
     );
-    if let Some(org) = &body.organisation {
+    if let Some(org) = body
+        .organisation
+        .as_ref()
+        .filter(|_| organisation || body.nace.is_empty())
+    {
         let profile = store
             .item(&org.region, Kind::Organisation, &org.key)
             .ok()
@@ -200,6 +215,9 @@ pub fn find_matches(
         ..Query::default()
     };
     let hits = index.candidates(&query, &body.nace)?;
+    // A candidate's organisation matters only to this side's partner profile (type, size);
+    // the candidates' own profiles are checked against the subject, loaded in full above.
+    let organisations = !partner.org_types.is_empty() || !partner.sizes.is_empty();
     let mut others = Vec::with_capacity(hits.len());
     for hit in &hits {
         if hit.region == region && hit.key == key {
@@ -207,7 +225,7 @@ pub fn find_matches(
         }
         // A hit whose record vanished since the index commit is skipped, not an error.
         if let Some(record) = load_record(store, &hit.record)?
-            && let Some(c) = candidate(store, hit.region, &record)
+            && let Some(c) = candidate_with(store, hit.region, &record, organisations)
         {
             others.push((hit.record, c));
         }
