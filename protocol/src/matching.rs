@@ -1212,6 +1212,17 @@ mod tests {
     }
 
     #[test]
+    fn score_total_is_the_sum_of_the_explained_score() {
+        let (a, b) = pair();
+        let mut c = coop(CooperationKind::TechnologyRequest, "AT22", &["62.10"]);
+        c.title = "Accounting software".into();
+        let c = cand(3, "c", c);
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &c), (&c, &b)] {
+            assert_eq!(score_total(x, y, NOW), score(x, y, NOW).total);
+        }
+    }
+
+    #[test]
     fn weights_sum_to_one_hundred() {
         let (a, b) = pair();
         let s = score(&a, &b, NOW);
