@@ -75,6 +75,20 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// (RssAnon, RssFile) in MiB: heap versus mapped files (the index), from /proc/self/status.
+fn rss_split_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// (VmRSS, VmHWM) in MiB, from /proc/self/status.
 fn memory_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -221,6 +235,7 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
     }
     let index = std::sync::Arc::new(index);
     let ingest = ingest.with_search(index.clone());
+    let (open_rss, _) = memory_mib();
     println!(
         "open:          store and index opened in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -273,6 +288,27 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
         }
     }
     times.sort();
+    // The index retrieval alone, for the same offers.
+    let mut retrieval = Vec::new();
+    let mut n = 1u64;
+    while retrieval.len() < times.len() && n < size as u64 {
+        let region = samples::public_key(&c.keys[(n as usize / 3) % REGIONS]);
+        let entry = store.item(&region, Kind::Cooperation, &format!("offer-{n}"))?;
+        n += 7;
+        let Some(record) =
+            entry.and_then(|e| crate::matches::load_record(&store, &e.id).ok().flatten())
+        else {
+            continue;
+        };
+        let Body::Cooperation(body) = &record.content.body else {
+            continue;
+        };
+        let q = crate::matches::retrieval_query(body, now_ms);
+        let t = Instant::now();
+        index.candidates(&q, &body.nace)?;
+        retrieval.push(t.elapsed());
+    }
+    retrieval.sort();
     println!(
         "match:         {} offers against {size} records, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.0} candidates scored, {:.1} matches on average)",
         times.len(),
@@ -282,10 +318,16 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
         considered as f64 / times.len().max(1) as f64,
         found as f64 / times.len().max(1) as f64
     );
+    println!(
+        "  retrieval:   p50 {:.1} ms of that is the index query for the candidates; the rest loads and scores them",
+        percentile(&retrieval, 0.5)
+    );
 
     let (rss, hwm) = memory_mib();
+    let (anon, file) = rss_split_mib();
     println!(
-        "memory:        serving: resident {rss:.0} MiB, peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above)"
+        "memory:        serving: resident {rss:.0} MiB ({anon:.0} heap + {file:.0} mapped files), peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above; after open: {:.0} MiB)",
+        open_rss
     );
     drop(ingest);
     drop(index);

@@ -159,6 +159,28 @@ fn query_text(body: &kim_protocol::types::Cooperation) -> String {
         .join(" ")
 }
 
+/// The index query that retrieves the candidates of an offer or request: live items of a
+/// complementary kind where its partner profile looks, ranked by its words (and, in
+/// [`SearchIndex::candidates`](crate::search::SearchIndex::candidates), its NACE codes).
+pub fn retrieval_query(body: &kim_protocol::types::Cooperation, now_ms: u64) -> Query {
+    let partner = &body.partner_sought;
+    Query {
+        text: Some(query_text(body)),
+        kinds: vec![Kind::Cooperation],
+        cooperation_kinds: matching::complements(body.kind).to_vec(),
+        places: partner
+            .countries
+            .iter()
+            .chain(&partner.regions)
+            .cloned()
+            .collect(),
+        status: Status::Live,
+        now_ms,
+        limit: MATCH_CANDIDATES_MAX,
+        ..Query::default()
+    }
+}
+
 /// The matches of the offer or request `key` of `region` at `now_ms`: at most `limit` (capped
 /// at [`MATCH_LIMIT_MAX`]), each scoring at least `min_score`, best first.
 pub fn find_matches(
@@ -199,22 +221,10 @@ pub fn find_matches(
     }
     let body = subject.body();
     let partner = &body.partner_sought;
-    let query = Query {
-        text: Some(query_text(body)),
-        kinds: vec![Kind::Cooperation],
-        cooperation_kinds: matching::complements(body.kind).to_vec(),
-        places: partner
-            .countries
-            .iter()
-            .chain(&partner.regions)
-            .cloned()
-            .collect(),
-        status: Status::Live,
-        now_ms,
-        limit: MATCH_CANDIDATES_MAX,
-        ..Query::default()
-    };
+    let query = retrieval_query(body, now_ms);
+    let started = std::time::Instant::now();
     let hits = index.candidates(&query, &body.nace)?;
+    let retrieved = started.elapsed();
     // A candidate's organisation matters only to this side's partner profile (type, size);
     // the candidates' own profiles are checked against the subject, loaded in full above.
     let organisations = !partner.org_types.is_empty() || !partner.sizes.is_empty();
@@ -231,6 +241,7 @@ pub fn find_matches(
         }
     }
     let considered = others.len();
+    let loaded = started.elapsed();
     let best = matching::best_matches(
         &subject,
         others.iter().map(|(_, c)| c),
@@ -255,6 +266,14 @@ pub fn find_matches(
             })
         })
         .collect();
+    tracing::debug!(
+        key,
+        considered,
+        retrieve_us = retrieved.as_micros() as u64,
+        load_us = (loaded - retrieved).as_micros() as u64,
+        score_us = (started.elapsed() - loaded).as_micros() as u64,
+        "matches"
+    );
     Ok(MatchReport {
         region,
         key: key.to_string(),
