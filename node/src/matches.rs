@@ -23,7 +23,7 @@ use crate::store::{Store, StoreError};
 /// Most matches one call returns.
 pub const MATCH_LIMIT_MAX: usize = 100;
 /// Candidates loaded and scored exactly per call.
-pub const MATCH_CANDIDATES_MAX: usize = 500;
+pub const MATCH_CANDIDATES_MAX: usize = 300;
 /// How many words of an offer's text go into the retrieval query.
 const QUERY_WORDS_MAX: usize = 64;
 
