@@ -329,6 +329,27 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
         "memory:        serving: resident {rss:.0} MiB ({anon:.0} heap + {file:.0} mapped files), peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above; after open: {:.0} MiB)",
         open_rss
     );
+    let t = Instant::now();
+    let o = crate::overview::overview(&ingest, now_ms)?;
+    println!(
+        "overview:      {} regions counted in {:.2} s",
+        o.regions.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    match crate::overview::potential(&ingest, 50, now_ms) {
+        Ok(p) => println!(
+            "potential:     {} pairs scoring 50 or more among {} live offers and requests, in {:.2} s",
+            p.pairs,
+            p.regions.iter().map(|r| r.live).sum::<u64>(),
+            t.elapsed().as_secs_f64()
+        ),
+        Err(crate::overview::PotentialError::TooMany(n)) => println!(
+            "potential:     not computed: more than {} live offers and requests ({n} seen); the API answers 503",
+            crate::overview::POTENTIAL_ITEMS_MAX
+        ),
+        Err(e) => bail!("potential failed: {e}"),
+    }
     drop(ingest);
     drop(index);
     store.flush().await?;
