@@ -9,17 +9,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kim_protocol::RegionId;
 use kim_protocol::codes;
-use kim_protocol::envelope::{Body, Kind};
+use kim_protocol::envelope::Kind;
 use kim_protocol::matching::{self, Candidate};
 use serde::Serialize;
 
 use crate::ingest::Ingest;
 use crate::matches::{MatchError, candidate, load_record};
-use crate::search::{cooperation_kind_name, is_searchable};
+use crate::search::{Query, Status, cooperation_kind_name, is_searchable};
 
-/// Most live offers and requests the potential compares pairwise (the work grows with the
-/// square of this).
-pub const POTENTIAL_ITEMS_MAX: usize = 20_000;
+/// Most live offers and requests the potential compares pairwise. The work grows with the
+/// square: about 10 s for 10,000 on a busy two-core machine (`kim bench search`).
+pub const POTENTIAL_ITEMS_MAX: usize = 10_000;
 
 /// Counts of one region (or of the whole federation).
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
@@ -68,9 +68,13 @@ fn member_names(ingest: &Ingest) -> BTreeMap<RegionId, String> {
         .collect()
 }
 
-/// Counts every searchable item the node holds, per owning region.
+/// Counts every searchable item the node holds, per owning region. Kinds and statuses come
+/// from the store's item entries (no record is decoded); co-operation kinds and NACE sections
+/// are counted by the search index, one count query per region and value, so the overview
+/// stays fast on a large replica.
 pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
     let store = ingest.store();
+    let index = ingest.search().ok_or(MatchError::NoIndex)?;
     let names = member_names(ingest);
     let mut per_region: BTreeMap<RegionId, Counts> = BTreeMap::new();
     let mut totals = Counts::default();
@@ -89,35 +93,66 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
         let counts = per_region.entry(entry.region).or_default();
         for c in [&mut *counts, &mut totals] {
             bump(&mut c.by_status, status);
-        }
-        if status != "live" {
-            continue;
-        }
-        for c in [&mut *counts, &mut totals] {
-            bump(&mut c.by_kind, entry.kind.as_str());
-        }
-        if !matches!(entry.kind, Kind::Cooperation | Kind::Organisation) {
-            continue;
-        }
-        let Some(record) = load_record(store, &entry.id)? else {
-            continue;
-        };
-        let (nace, coop_kind) = match &record.content.body {
-            Body::Cooperation(c) => (&c.nace, Some(c.kind)),
-            Body::Organisation(o) => (&o.nace, None),
-            _ => continue,
-        };
-        let sections: BTreeSet<&str> = nace
-            .iter()
-            .filter_map(|code| codes::nace(code).map(|n| n.section))
-            .collect();
-        for c in [&mut *counts, &mut totals] {
-            if let Some(kind) = coop_kind {
-                bump(&mut c.by_cooperation_kind, cooperation_kind_name(kind));
+            if status == "live" {
+                bump(&mut c.by_kind, entry.kind.as_str());
             }
-            for section in &sections {
-                bump(&mut c.by_nace_section, section);
+        }
+    }
+    let sections: Vec<&str> = codes::nace_all()
+        .iter()
+        .filter(|c| c.level == 1)
+        .map(|c| c.code)
+        .collect();
+    use kim_protocol::types::CooperationKind::*;
+    let kinds = [
+        BusinessOffer,
+        BusinessRequest,
+        TechnologyOffer,
+        TechnologyRequest,
+        ResearchRequest,
+        KnowledgeOffer,
+        KnowledgeRequest,
+    ];
+    let live = |region: RegionId| Query {
+        regions: vec![region],
+        status: Status::Live,
+        now_ms,
+        ..Query::default()
+    };
+    for (region, counts) in per_region.iter_mut() {
+        let has = |kind: Kind| counts.by_kind.contains_key(kind.as_str());
+        let (offers, organisations) = (has(Kind::Cooperation), has(Kind::Organisation));
+        if offers {
+            for kind in kinds {
+                let q = Query {
+                    cooperation_kinds: vec![kind],
+                    ..live(*region)
+                };
+                add(
+                    counts,
+                    &mut totals,
+                    Field::CooperationKind,
+                    cooperation_kind_name(kind),
+                    index.count(&q)?,
+                );
             }
+        }
+        if !offers && !organisations {
+            continue;
+        }
+        for section in &sections {
+            let q = Query {
+                kinds: vec![Kind::Cooperation, Kind::Organisation],
+                nace: vec![section.to_string()],
+                ..live(*region)
+            };
+            add(
+                counts,
+                &mut totals,
+                Field::NaceSection,
+                section,
+                index.count(&q)?,
+            );
         }
     }
     let regions = per_region
@@ -133,6 +168,26 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
         totals,
         outcomes: None,
     })
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    CooperationKind,
+    NaceSection,
+}
+
+/// Adds a non-zero count to a region's and the federation's counts.
+fn add(counts: &mut Counts, totals: &mut Counts, field: Field, key: &str, n: usize) {
+    if n == 0 {
+        return;
+    }
+    for c in [counts, totals] {
+        let map = match field {
+            Field::CooperationKind => &mut c.by_cooperation_kind,
+            Field::NaceSection => &mut c.by_nace_section,
+        };
+        *map.entry(key.to_string()).or_default() += n as u64;
+    }
 }
 
 /// A region in the potential matrix.
