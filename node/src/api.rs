@@ -63,7 +63,7 @@ impl AppState {
 
     /// Logs a mutating call with its outcome (`ok …` or the error code), makes it durable and
     /// passes the outcome on; a success that could not be flushed becomes a store failure.
-    async fn audited<T>(
+    pub(crate) async fn audited<T>(
         &self,
         action: &str,
         target: &str,
@@ -356,7 +356,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         kim_protocol::types::Tombstone,
     )),
     security(("bearer" = [])),
-    tags((name = "node"), (name = "items"), (name = "drafts"), (name = "backup"))
+    tags((name = "node"), (name = "items"), (name = "drafts"), (name = "backup"), (name = "find"))
 )]
 struct ApiDoc;
 
@@ -374,7 +374,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Builds the router and the OpenAPI document from the same route table.
 pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, openapi) = crate::api_find::routes(OpenApiRouter::with_openapi(ApiDoc::openapi()))
         .routes(routes!(health))
         .routes(routes!(status))
         .routes(routes!(peers))

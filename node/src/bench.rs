@@ -74,6 +74,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         records: usize,
     },
+    /// Search, matching, index build rate, memory and disk on synthetic federations (see
+    /// `bench_search.rs`).
+    Search {
+        /// Federation sizes in records, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        records: Vec<usize>,
+        /// Queries in the search mix.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Offers matched against the whole replica.
+        #[arg(long, default_value_t = 50)]
+        matches: usize,
+        /// Scratch directory (default: the system temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Keep the generated store and index.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The build step of `kim bench search`, run by it in a child process.
+    #[command(hide = true)]
+    SearchBuild {
+        #[arg(long)]
+        records: usize,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -100,6 +127,16 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             degree,
         } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
         BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
+        BenchCommand::Search {
+            records,
+            queries,
+            matches,
+            dir,
+            keep,
+        } => crate::bench_search::run(&records, queries, matches, dir, keep).await,
+        BenchCommand::SearchBuild { records, dir } => {
+            crate::bench_search::build(&dir, records).await
+        }
         BenchCommand::Ingest {
             records,
             batch,

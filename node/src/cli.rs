@@ -586,3 +586,349 @@ pub async fn import(client: &Client, file: PathBuf) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// Search filters, shared by `kim search` and `kim saved add`. Lists are comma-separated.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SearchArgs {
+    /// Free text (any word, ranked; --all-words for every word).
+    pub text: Option<String>,
+    /// Item kinds (cooperation, knowledge, organisation, project) or co-operation kinds
+    /// (technology_offer, business_request, …).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// NUTS codes at any level (AT, AT2, AT22).
+    #[arg(long)]
+    pub nuts: Option<String>,
+    /// NACE codes at any level (C, 26, 26.11).
+    #[arg(long)]
+    pub nace: Option<String>,
+    /// ISO 3166-1 countries.
+    #[arg(long)]
+    pub country: Option<String>,
+    /// ISO 639-1 languages.
+    #[arg(long)]
+    pub language: Option<String>,
+    /// live (default), expired or all.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Partnership types (licence, technical_cooperation, …).
+    #[arg(long)]
+    pub partnership: Option<String>,
+    /// Deadline for expressions of interest on or before this day (YYYY-MM-DD).
+    #[arg(long)]
+    pub deadline_before: Option<String>,
+    /// Deadline for expressions of interest on or after this day (YYYY-MM-DD).
+    #[arg(long)]
+    pub deadline_after: Option<String>,
+    /// Only items of this region (hex id).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Every word must occur.
+    #[arg(long)]
+    pub all_words: bool,
+}
+
+impl SearchArgs {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (name, value) in [
+            ("q", &self.text),
+            ("kind", &self.kind),
+            ("nuts", &self.nuts),
+            ("nace", &self.nace),
+            ("country", &self.country),
+            ("language", &self.language),
+            ("status", &self.status),
+            ("partnership", &self.partnership),
+            ("deadline_before", &self.deadline_before),
+            ("deadline_after", &self.deadline_after),
+            ("region", &self.region),
+        ] {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        }
+        if self.all_words {
+            out.push(("all_words", "true".into()));
+        }
+        out
+    }
+}
+
+/// `kim search`.
+pub async fn search(
+    client: &Client,
+    args: &SearchArgs,
+    limit: usize,
+    offset: usize,
+) -> anyhow::Result<()> {
+    let mut query: Vec<String> = args
+        .pairs()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", encode(&v)))
+        .collect();
+    query.push(format!("limit={limit}"));
+    query.push(format!("offset={offset}"));
+    let results = client.get(&format!("/search?{}", query.join("&"))).await?;
+    client.print(&results, |r| {
+        let hits = r["hits"].as_array().cloned().unwrap_or_default();
+        println!("{} matching, showing {}", r["total"], hits.len());
+        println!(
+            "{:>6} {:<12} {:<24} {:<10} TITLE",
+            "SCORE", "KIND", "KEY", "REGION"
+        );
+        for hit in hits {
+            let item = &hit["item"];
+            let kind = item["body"]["kind"]
+                .as_str()
+                .or(item["kind"].as_str())
+                .unwrap_or("");
+            println!(
+                "{:>6.2} {:<12} {:<24} {:<10} {}",
+                hit["score"].as_f64().unwrap_or(0.0),
+                short(kind, 12),
+                short(item["key"].as_str().unwrap_or(""), 24),
+                short(item["region"].as_str().unwrap_or(""), 10),
+                short(&title_of(item), 60)
+            );
+        }
+    });
+    Ok(())
+}
+
+/// `kim match`.
+pub async fn matches(
+    client: &Client,
+    key: &str,
+    region: Option<String>,
+    limit: usize,
+    min_score: u8,
+) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/offers/{}/matches?limit={limit}&min_score={min_score}",
+        encode(key)
+    );
+    if let Some(r) = region {
+        path.push_str(&format!("&region={}", encode(&r)));
+    }
+    let report = client.get(&path).await?;
+    client.print(&report, |r| {
+        let matches = r["matches"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{} matches for {} ({}) among {} candidates",
+            matches.len(),
+            r["key"].as_str().unwrap_or(""),
+            r["title"].as_str().unwrap_or(""),
+            r["considered"]
+        );
+        for m in matches {
+            println!();
+            println!(
+                "{:>3}/100  {}  {} [{}, {}]",
+                m["score"],
+                m["key"].as_str().unwrap_or(""),
+                m["title"].as_str().unwrap_or(""),
+                m["kind"].as_str().unwrap_or(""),
+                m["nuts"].as_str().unwrap_or("")
+            );
+            println!("         region {}", m["region"].as_str().unwrap_or(""));
+            for part in m["breakdown"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "         {:<12} {:>2}/{:<2} {}",
+                    part["name"].as_str().unwrap_or(""),
+                    part["points"],
+                    part["max"],
+                    part["why"].as_str().unwrap_or("")
+                );
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What to do with saved searches.
+#[derive(Debug, Subcommand)]
+pub enum SavedCommand {
+    /// Save a search; new items that match it raise notifications.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        search: Box<SearchArgs>,
+    },
+    /// List saved searches.
+    List,
+    /// Delete a saved search.
+    Rm { id: String },
+}
+
+/// `kim saved …`.
+pub async fn saved(client: &Client, command: SavedCommand) -> anyhow::Result<()> {
+    match command {
+        SavedCommand::Add { name, search } => {
+            let query: serde_json::Map<String, Value> = search
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = if k == "all_words" {
+                        Value::Bool(true)
+                    } else {
+                        Value::String(v)
+                    };
+                    (k.to_string(), value)
+                })
+                .collect();
+            let saved = client
+                .post("/saved-searches", json!({ "name": name, "query": query }))
+                .await?;
+            client.print(&saved, |s| {
+                println!(
+                    "saved search {} ({})",
+                    s["id"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or("")
+                )
+            });
+        }
+        SavedCommand::List => {
+            let list = client.get("/saved-searches").await?;
+            client.print(&list, |l| {
+                println!("{:<16} {:<30} QUERY", "ID", "NAME");
+                for s in l.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<16} {:<30} {}",
+                        s["id"].as_str().unwrap_or(""),
+                        short(s["name"].as_str().unwrap_or(""), 30),
+                        s["query"]
+                    );
+                }
+            });
+        }
+        SavedCommand::Rm { id } => {
+            client
+                .delete(&format!("/saved-searches/{}", encode(&id)))
+                .await?;
+            client.print(&json!({ "deleted": id }), |_| {
+                println!("saved search {id} deleted")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `kim notifications`.
+pub async fn notifications(
+    client: &Client,
+    unread: bool,
+    limit: usize,
+    read: Vec<String>,
+    read_all: bool,
+) -> anyhow::Result<()> {
+    if read_all || !read.is_empty() {
+        let body = if read_all {
+            json!({ "all": true })
+        } else {
+            json!({ "ids": read })
+        };
+        let marked = client.post("/notifications/read", body).await?;
+        client.print(&marked, |m| println!("marked {} read", m["marked"]));
+        return Ok(());
+    }
+    let list = client
+        .get(&format!("/notifications?unread={unread}&limit={limit}"))
+        .await?;
+    client.print(&list, |l| {
+        println!(
+            "{:<16} {:<4} {:<20} {:<12} {:<24} TITLE",
+            "ID", "NEW", "SAVED SEARCH", "KIND", "KEY"
+        );
+        for n in l.as_array().cloned().unwrap_or_default() {
+            println!(
+                "{:<16} {:<4} {:<20} {:<12} {:<24} {}",
+                n["id"].as_str().unwrap_or(""),
+                if n["read"].as_bool().unwrap_or(false) {
+                    ""
+                } else {
+                    "*"
+                },
+                short(n["saved_search_name"].as_str().unwrap_or(""), 20),
+                n["kind"].as_str().unwrap_or(""),
+                short(n["key"].as_str().unwrap_or(""), 24),
+                short(n["title"].as_str().unwrap_or(""), 50)
+            );
+        }
+    });
+    Ok(())
+}
+
+fn counts_line(map: &Value) -> String {
+    map.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// `kim overview`.
+pub async fn overview(client: &Client) -> anyhow::Result<()> {
+    let o = client.get("/federation/overview").await?;
+    client.print(&o, |o| {
+        let show = |label: &str, counts: &Value| {
+            println!("{label}");
+            println!("  items:     {}", counts_line(&counts["by_kind"]));
+            println!(
+                "  offers:    {}",
+                counts_line(&counts["by_cooperation_kind"])
+            );
+            println!("  sectors:   {}", counts_line(&counts["by_nace_section"]));
+            println!("  status:    {}", counts_line(&counts["by_status"]));
+        };
+        for r in o["regions"].as_array().cloned().unwrap_or_default() {
+            let name = r["name"].as_str().unwrap_or("");
+            let id = short(r["region"].as_str().unwrap_or(""), 16);
+            show(&format!("{name} ({id})"), &r["counts"]);
+        }
+        show("federation", &o["totals"]);
+        if o["outcomes"].is_null() {
+            println!("outcomes: not recorded yet (expressions of interest come later)");
+        }
+    });
+    Ok(())
+}
+
+/// `kim potential`.
+pub async fn potential(client: &Client, threshold: u8) -> anyhow::Result<()> {
+    let p = client
+        .get(&format!("/federation/potential?threshold={threshold}"))
+        .await?;
+    client.print(&p, |p| {
+        let regions = p["regions"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{} complementary pairs scoring at least {}",
+            p["pairs"], p["threshold"]
+        );
+        let label = |r: &Value| {
+            let name = r["name"].as_str().unwrap_or("");
+            if name.is_empty() {
+                short(r["region"].as_str().unwrap_or(""), 12)
+            } else {
+                short(name, 12)
+            }
+        };
+        print!("{:<14}", "");
+        for r in &regions {
+            print!("{:>13}", label(r));
+        }
+        println!();
+        for (i, r) in regions.iter().enumerate() {
+            print!("{:<14}", label(r));
+            for cell in p["matrix"][i].as_array().cloned().unwrap_or_default() {
+                print!("{:>13}", cell);
+            }
+            println!();
+        }
+    });
+    Ok(())
+}

@@ -12,17 +12,22 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use kim_protocol::RegionId;
-use kim_protocol::envelope::Record;
+use kim_protocol::envelope::{Kind, Record};
 use tokio::sync::oneshot;
 
 use crate::search::{SearchError, SearchIndex};
+use crate::store::Store;
 
 /// Longest time a record that arrived from the network waits to become searchable.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// An item whose winner changed: region, kind, item key.
+pub type Slot = (RegionId, Kind, String);
+
 enum Job {
     Update {
         docs: Vec<(RegionId, Record)>,
+        items: Vec<Slot>,
         generation: String,
         commit: bool,
         done: Option<oneshot::Sender<()>>,
@@ -64,11 +69,17 @@ impl std::fmt::Debug for Job {
 
 impl Indexer {
     /// Starts the indexer thread for `index`.
-    pub fn start(index: Arc<SearchIndex>) -> std::io::Result<Indexer> {
+    /// After each commit, the items it made searchable are matched against the saved searches
+    /// in `store` (notifications).
+    pub fn start(
+        index: Arc<SearchIndex>,
+        store: Store,
+        clock: fn() -> u64,
+    ) -> std::io::Result<Indexer> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("kim-indexer".into())
-            .spawn(move || run(&index, &rx))?;
+            .spawn(move || run(&index, &store, clock, &rx))?;
         Ok(Indexer {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -80,6 +91,7 @@ impl Indexer {
     pub fn submit(
         &self,
         docs: Vec<(RegionId, Record)>,
+        items: Vec<Slot>,
         generation: String,
         commit: bool,
     ) -> Option<oneshot::Receiver<()>> {
@@ -95,6 +107,7 @@ impl Indexer {
         if jobs
             .send(Job::Update {
                 docs,
+                items,
                 generation,
                 commit,
                 done,
@@ -140,8 +153,9 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) {
     }
 }
 
-fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
+fn run(index: &SearchIndex, store: &Store, clock: fn() -> u64, jobs: &mpsc::Receiver<Job>) {
     let mut dirty = false;
+    let mut fresh: Vec<Slot> = Vec::new();
     let mut last_commit = Instant::now();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
@@ -155,11 +169,13 @@ fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
         match job {
             Ok(Job::Update {
                 docs,
+                items,
                 generation,
                 commit,
                 done,
             }) => {
                 apply(index, &docs, &generation);
+                fresh.extend(items);
                 dirty = true;
                 commit_now = commit;
                 waiting.extend(done);
@@ -172,6 +188,7 @@ fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
             Err(RecvTimeoutError::Disconnected) => {
                 if dirty {
                     commit(index);
+                    crate::saved::notify(store, index, &fresh, clock());
                 }
                 break;
             }
@@ -182,11 +199,13 @@ fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
                 match job {
                     Job::Update {
                         docs,
+                        items,
                         generation,
                         done,
                         ..
                     } => {
                         apply(index, &docs, &generation);
+                        fresh.extend(items);
                         waiting.extend(done);
                     }
                     Job::Flush(done) => waiting.push(done),
@@ -194,6 +213,10 @@ fn run(index: &SearchIndex, jobs: &mpsc::Receiver<Job>) {
             }
             if dirty {
                 commit(index);
+                // Saved searches match against the index, so only now that the items are
+                // searchable; before the waiting callers hear back, so a publish that returns
+                // has raised its notifications.
+                crate::saved::notify(store, index, &std::mem::take(&mut fresh), clock());
             }
             dirty = false;
             last_commit = Instant::now();

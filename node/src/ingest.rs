@@ -353,7 +353,7 @@ impl Ingest {
     /// Attaches the search index: from now on every durable write updates it. The caller has
     /// made sure the index matches the store (see [`Ingest::reindex_if_stale`]).
     pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Ingest {
-        match crate::indexer::Indexer::start(Arc::clone(&index)) {
+        match crate::indexer::Indexer::start(Arc::clone(&index), self.store.clone(), self.clock) {
             Ok(indexer) => self.indexer = Some(indexer),
             Err(e) => {
                 tracing::error!(cause = %e, "cannot start the search indexer; search stays as it is")
@@ -582,14 +582,19 @@ impl Ingest {
         digest: &StateDigest,
         source: Source,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        let docs = changed
+        let docs: Vec<(kim_protocol::RegionId, Record)> = changed
             .iter()
             .filter_map(|(region, position)| {
                 checked.get(*position).map(|(_, r)| (*region, r.clone()))
             })
             .collect();
+        // Saved searches see every new item, whatever path it came by, once it is searchable.
+        let items: Vec<Slot> = docs
+            .iter()
+            .map(|(region, r)| slot_of(region, &r.content))
+            .collect();
         let wait = matches!(source, Source::Api | Source::Import);
-        indexer.submit(docs, digest.hash().to_hex(), wait)
+        indexer.submit(docs, items, digest.hash().to_hex(), wait)
     }
 
     /// Waits until every change handed to the search index so far is searchable.

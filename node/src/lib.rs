@@ -11,25 +11,36 @@
 //! - [`net`]: the libp2p event loop (gossip, sync, discovery, gate) and its client.
 //! - [`search`]: the tantivy index of searchable items, kept in step with the store.
 //! - [`service`]: publish, revise, withdraw, list, drafts; the one place that signs.
-//! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI.
+//! - [`matches`]: one offer or request against the replica: index retrieval, exact scoring.
+//! - [`saved`]: saved searches and the notifications new items raise (local only).
+//! - [`overview`]: per-region counts and the co-operation potential matrix.
+//! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI; [`api_find`] adds search,
+//!   matches, saved searches, notifications and the federation overview.
 //! - [`node`]: `init` and `run`.
 //! - [`cli`]: the client subcommands that talk to a running node.
-//! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy.
+//! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy;
+//!   [`bench_search`]: `kim bench search`; [`bench_net`]: `kim bench propagation|catchup`.
+//! - [`founding`], [`demo`], [`indexer`]: founding records, `kim demo`, the search indexer.
 
 pub use libp2p;
 
 pub mod api;
+pub mod api_find;
 pub mod bench;
 pub mod bench_net;
 pub mod bench_reconcile;
+pub mod bench_search;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod founding;
 pub mod indexer;
 pub mod ingest;
+pub mod matches;
 pub mod net;
 pub mod node;
+pub mod overview;
+pub mod saved;
 pub mod search;
 pub mod service;
 pub mod store;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use kim_node::cli::{self, Client, ClientArgs, ItemCommand};
+use kim_node::cli::{self, Client, ClientArgs, ItemCommand, SavedCommand, SearchArgs};
 use kim_node::config::{Config, DataDir};
 use kim_node::{bench, node};
 
@@ -114,6 +114,53 @@ enum Command {
     },
     /// Import a bundle; every record is verified before any is accepted.
     Import { file: PathBuf },
+    /// Search everything this node holds (its own items and the federation's).
+    Search {
+        #[command(flatten)]
+        search: SearchArgs,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Show the matches of an offer or request, with each score's breakdown.
+    Match {
+        /// The offer's or request's item key.
+        key: String,
+        /// The owning region (hex); this node's region by default.
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        min_score: u8,
+    },
+    /// Saved searches: new matching items raise notifications.
+    Saved {
+        #[command(subcommand)]
+        command: SavedCommand,
+    },
+    /// Notifications from saved searches (newest first), or mark them read.
+    Notifications {
+        /// Only unread ones.
+        #[arg(long)]
+        unread: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Mark these notifications read (repeatable).
+        #[arg(long)]
+        read: Vec<String>,
+        /// Mark every notification read.
+        #[arg(long)]
+        read_all: bool,
+    },
+    /// Per-region counts of items by kind, sector and status.
+    Overview,
+    /// Co-operation potential: complementary pairs per region pair scoring at least a threshold.
+    Potential {
+        #[arg(long, default_value_t = 50)]
+        threshold: u8,
+    },
     /// Measure and print throughput figures.
     Bench {
         #[command(subcommand)]
@@ -249,6 +296,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { after, limit } => cli::audit(&client()?, after, limit).await,
         Command::Export { output, local } => cli::export(&client()?, output, local).await,
         Command::Import { file } => cli::import(&client()?, file).await,
+        Command::Search {
+            search,
+            limit,
+            offset,
+        } => cli::search(&client()?, &search, limit, offset).await,
+        Command::Match {
+            key,
+            region,
+            limit,
+            min_score,
+        } => cli::matches(&client()?, &key, region, limit, min_score).await,
+        Command::Saved { command } => cli::saved(&client()?, command).await,
+        Command::Notifications {
+            unread,
+            limit,
+            read,
+            read_all,
+        } => cli::notifications(&client()?, unread, limit, read, read_all).await,
+        Command::Overview => cli::overview(&client()?).await,
+        Command::Potential { threshold } => cli::potential(&client()?, threshold).await,
         Command::Bench { what } => bench::run(what).await,
     }
 }

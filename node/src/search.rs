@@ -31,7 +31,8 @@ use kim_protocol::{RecordId, RegionId};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{
-    AllQuery, BooleanQuery, ConstScoreQuery, Occur, Query as TQuery, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query as TQuery, RangeQuery,
+    TermQuery,
 };
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value,
@@ -116,6 +117,9 @@ pub struct Query {
     /// ISO 639-1 languages the item lists.
     pub languages: Vec<String>,
     pub partnership_types: Vec<PartnershipType>,
+    /// Places an item must be in, any of them: ISO 3166-1 countries or NUTS prefixes (a
+    /// partner profile's target countries and regions).
+    pub places: Vec<String>,
     /// Only these items (region, kind, key): e.g. run saved searches against the items an
     /// ingest batch just changed.
     pub items: Vec<(RegionId, Kind, String)>,
@@ -853,6 +857,19 @@ impl SearchIndex {
             ),
         ];
         out.extend(lists.into_iter().flatten());
+        if !q.places.is_empty() {
+            let mut terms = BTreeSet::new();
+            for place in &q.places {
+                let place = place.trim().to_ascii_uppercase();
+                if place.len() == 2 {
+                    terms.insert(Term::from_field_text(f.country, &country_term(&place)));
+                }
+                terms.insert(Term::from_field_text(f.nuts, &place));
+            }
+            out.push(Box::new(BooleanQuery::new_multiterms_query(
+                terms.into_iter().collect(),
+            )));
+        }
         match q.status {
             Status::Live => out.push(Box::new(RangeQuery::new(
                 Bound::Excluded(Term::from_field_u64(f.expires, q.now_ms)),
@@ -906,6 +923,51 @@ impl SearchIndex {
     /// Runs a search on the last committed state.
     pub fn search(&self, q: &Query) -> Result<Vec<Hit>> {
         let (query, has_text) = self.build_query(q);
+        self.run(q, query.as_ref(), has_text)
+    }
+
+    /// Candidates for matching: every item passing `q`'s filters may be returned, but items
+    /// sharing words of `q.text` (any word) or sectors of `nace` rank first, so the top
+    /// `q.limit` are the ones most likely to score well. A NACE code counts with its ancestors,
+    /// finer levels weigh more (a shared class outranks a shared section).
+    pub fn candidates(&self, q: &Query, nace: &[String]) -> Result<Vec<Hit>> {
+        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
+        for filter in self.filters(q) {
+            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))));
+        }
+        let has_filters = !clauses.is_empty();
+        if let Some(text) = q.text.as_deref().and_then(|t| self.text_query(t, false)) {
+            clauses.push((Occur::Should, text));
+        }
+        let mut seen = BTreeSet::new();
+        for code in nace {
+            for term in nace_terms(code) {
+                if !seen.insert(term.clone()) {
+                    continue;
+                }
+                let weight = match codes::nace(&term).map(|c| c.level) {
+                    Some(4) => 4.0,
+                    Some(3) => 3.0,
+                    Some(2) => 2.0,
+                    _ => 0.5,
+                };
+                let query = TermQuery::new(
+                    Term::from_field_text(self.fields.nace, &term),
+                    IndexRecordOption::Basic,
+                );
+                clauses.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(Box::new(query), weight)),
+                ));
+            }
+        }
+        if !has_filters {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        }
+        self.run(q, &BooleanQuery::new(clauses), true)
+    }
+
+    fn run(&self, q: &Query, query: &dyn TQuery, has_text: bool) -> Result<Vec<Hit>> {
         let limit = match q.limit {
             0 => 20,
             n => n.min(LIMIT_MAX),
@@ -913,13 +975,10 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(limit).and_offset(q.offset.min(OFFSET_MAX));
         let docs: Vec<(f32, DocAddress)> = if has_text && q.sort == Sort::Relevance {
-            searcher.search(&query, &top.order_by_score())?
+            searcher.search(query, &top.order_by_score())?
         } else {
             searcher
-                .search(
-                    &query,
-                    &top.order_by_u64_field("created_at_ms", Order::Desc),
-                )?
+                .search(query, &top.order_by_u64_field("created_at_ms", Order::Desc))?
                 .into_iter()
                 .map(|(_, addr)| (0.0, addr))
                 .collect()
@@ -953,5 +1012,222 @@ impl SearchIndex {
     pub fn count(&self, q: &Query) -> Result<usize> {
         let (query, _) = self.build_query(q);
         Ok(self.reader.searcher().search(&query, &Count)?)
+    }
+}
+
+/// The textual form of a [`Query`]: what `GET /api/v1/search` takes as its query string and
+/// what a saved search keeps. Lists are comma-separated.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::IntoParams,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Free text, analysed per language (English and German stemming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Item kinds (`cooperation`, `knowledge`, `organisation`, `project`, or the collection
+    /// names `offers`, `organisations`, `projects`) or co-operation kinds (`technology_offer`,
+    /// `business_request`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// NUTS 2024 codes at any level; a code matches its subregions (`AT`, `AT2`, `AT22`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nuts: Option<String>,
+    /// NACE Rev. 2.1 codes at any level; a code matches its descendants (`C`, `26`, `26.11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nace: Option<String>,
+    /// ISO 3166-1 alpha-2 countries (`EL` is taken for Greece).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// ISO 639-1 languages the item lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// `live` (default), `expired` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Partnership types (`licence`, `technical_cooperation`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partnership: Option<String>,
+    /// Deadline for expressions of interest on or before this day (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_before: Option<String>,
+    /// Deadline for expressions of interest on or after this day (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_after: Option<String>,
+    /// Owning region (hex region id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Every word must occur (default: any word, ranked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_words: Option<bool>,
+    /// `relevance` (default) or `newest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
+    /// Hits per page, 1–1000 (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Hits to skip, at most 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+}
+
+/// Longest free text a search takes, in characters.
+pub const SEARCH_TEXT_CHARS_MAX: usize = 1000;
+/// Most values one list parameter takes.
+pub const SEARCH_LIST_VALUES_MAX: usize = 50;
+
+fn split_list(name: &str, value: &Option<String>) -> std::result::Result<Vec<String>, String> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let values: Vec<String> = value
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.is_empty() {
+        return Err(format!(
+            "{name} is empty; leave it out or name at least one value"
+        ));
+    }
+    if values.len() > SEARCH_LIST_VALUES_MAX {
+        return Err(format!(
+            "{name} lists {} values; at most {SEARCH_LIST_VALUES_MAX}",
+            values.len()
+        ));
+    }
+    Ok(values)
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+}
+
+impl SearchParams {
+    /// The query these parameters describe, judged at `now_ms`. The error names the parameter
+    /// and says what it takes.
+    pub fn to_query(&self, now_ms: u64) -> std::result::Result<Query, String> {
+        let mut q = Query {
+            now_ms,
+            ..Query::default()
+        };
+        if let Some(text) = &self.q {
+            if text.chars().count() > SEARCH_TEXT_CHARS_MAX {
+                return Err(format!(
+                    "q is longer than {SEARCH_TEXT_CHARS_MAX} characters"
+                ));
+            }
+            q.text = Some(text.clone());
+        }
+        for value in split_list("kind", &self.kind)? {
+            let item_kind = match value.as_str() {
+                "offers" => Some(Kind::Cooperation),
+                "organisations" => Some(Kind::Organisation),
+                "projects" => Some(Kind::Project),
+                other => Kind::parse(other).filter(|k| is_searchable(*k)),
+            };
+            if let Some(kind) = item_kind {
+                q.kinds.push(kind);
+            } else if let Some(kind) = parse_enum::<CooperationKind>(&value) {
+                q.cooperation_kinds.push(kind);
+            } else {
+                return Err(format!(
+                    "kind {value:?} is not an item kind (cooperation, knowledge, organisation, project) or a co-operation kind (business_offer, technology_request, research_request, …)"
+                ));
+            }
+        }
+        for value in split_list("nuts", &self.nuts)? {
+            let code = value.to_ascii_uppercase();
+            if codes::nuts(&code).is_none() {
+                return Err(format!("nuts {value:?} is not a NUTS 2024 code"));
+            }
+            q.nuts.push(code);
+        }
+        for value in split_list("nace", &self.nace)? {
+            let code = value.to_ascii_uppercase();
+            if codes::nace(&code).is_none() {
+                return Err(format!(
+                    "nace {value:?} is not a NACE Rev. 2.1 code (e.g. C, 26, 26.1, 26.11)"
+                ));
+            }
+            q.nace.push(code);
+        }
+        for value in split_list("country", &self.country)? {
+            let code = value.to_ascii_uppercase();
+            if !codes::is_country(codes::nuts_country_to_iso(&code)) {
+                return Err(format!(
+                    "country {value:?} is not an ISO 3166-1 alpha-2 code"
+                ));
+            }
+            q.countries.push(code);
+        }
+        for value in split_list("language", &self.language)? {
+            let code = value.to_ascii_lowercase();
+            if !codes::is_language(&code) {
+                return Err(format!("language {value:?} is not an ISO 639-1 code"));
+            }
+            q.languages.push(code);
+        }
+        q.status = match self.status.as_deref() {
+            None | Some("live") => Status::Live,
+            Some("expired") => Status::Expired,
+            Some("all") => Status::All,
+            Some(other) => {
+                return Err(format!("status {other:?} is not one of live, expired, all"));
+            }
+        };
+        for value in split_list("partnership", &self.partnership)? {
+            q.partnership_types
+                .push(parse_enum::<PartnershipType>(&value).ok_or_else(|| {
+                    format!(
+                        "partnership {value:?} is not a partnership type (licence, technical_cooperation, research_cooperation, joint_venture, subcontracting, distribution, commercial, project_partner, knowledge_exchange)"
+                    )
+                })?);
+        }
+        let date = |name: &str, value: &Option<String>| match value {
+            None => Ok(None),
+            Some(v) => Date::parse(v)
+                .map(Some)
+                .ok_or_else(|| format!("{name} {v:?} is not a date (YYYY-MM-DD)")),
+        };
+        q.deadline_to = date("deadline_before", &self.deadline_before)?;
+        q.deadline_from = date("deadline_after", &self.deadline_after)?;
+        if let (Some(from), Some(to)) = (q.deadline_from, q.deadline_to)
+            && from.days_since_epoch() > to.days_since_epoch()
+        {
+            return Err("deadline_after is later than deadline_before".to_string());
+        }
+        if let Some(region) = &self.region {
+            q.regions.push(
+                RegionId::from_hex(region)
+                    .ok_or_else(|| format!("region {region:?} is not 64 hex digits"))?,
+            );
+        }
+        q.all_words = self.all_words.unwrap_or(false);
+        q.sort = match self.sort.as_deref() {
+            None | Some("relevance") => Sort::Relevance,
+            Some("newest") => Sort::Newest,
+            Some(other) => {
+                return Err(format!("sort {other:?} is not one of relevance, newest"));
+            }
+        };
+        q.limit = self.limit.unwrap_or(20);
+        if !(1..=LIMIT_MAX).contains(&q.limit) {
+            return Err(format!("limit must be between 1 and {LIMIT_MAX}"));
+        }
+        q.offset = self.offset.unwrap_or(0);
+        if q.offset > OFFSET_MAX {
+            return Err(format!("offset must be at most {OFFSET_MAX}"));
+        }
+        Ok(q)
     }
 }

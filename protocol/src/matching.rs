@@ -652,6 +652,12 @@ pub fn score(a: &Candidate, b: &Candidate, now_ms: u64) -> Score {
     Score { total, parts }
 }
 
+/// The total of [`score`] without building its explanations (for counting many pairs, as the
+/// co-operation potential does).
+pub fn score_total(a: &Candidate, b: &Candidate, now_ms: u64) -> u8 {
+    total(a, b, now_ms)
+}
+
 /// The total of [`score`] without building explanations.
 fn total(a: &Candidate, b: &Candidate, now_ms: u64) -> u8 {
     sector_part(a, b, false).points
@@ -1202,6 +1208,17 @@ mod tests {
             languages: vec![],
             description: String::new(),
             website: None,
+        }
+    }
+
+    #[test]
+    fn score_total_is_the_sum_of_the_explained_score() {
+        let (a, b) = pair();
+        let mut c = coop(CooperationKind::TechnologyRequest, "AT22", &["62.10"]);
+        c.title = "Accounting software".into();
+        let c = cand(3, "c", c);
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &c), (&c, &b)] {
+            assert_eq!(score_total(x, y, NOW), score(x, y, NOW).total);
         }
     }
 

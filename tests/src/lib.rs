@@ -121,6 +121,25 @@ impl TestNode {
         self.spawn().await
     }
 
+    /// A second node on a copy of this node's data directory (same region key, federation and
+    /// token): a stand-in for a replica, e.g. to import this node's export. This node is
+    /// stopped while its directory is copied and started again.
+    pub async fn start_copy(&mut self) -> anyhow::Result<TestNode> {
+        self.stop().await?;
+        let dir = tempfile::tempdir()?;
+        copy_dir(&self.data_dir(), &dir.path().join("node"))?;
+        self.spawn().await?;
+        let mut copy = TestNode {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: self.token.clone(),
+            stop: None,
+            task: None,
+        };
+        copy.spawn().await?;
+        Ok(copy)
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
@@ -155,6 +174,20 @@ impl Drop for TestNode {
             let _ = tx.send(());
         }
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sends a request and returns the status with the JSON body (null when empty).

@@ -996,6 +996,7 @@ fn bad_input_table() -> Vec<Row> {
         404,
         "request.no_route",
     ));
+    finding_rows(&mut rows);
     rows.push(row(
         "wrong method on a list",
         M::DELETE,
@@ -1029,6 +1030,207 @@ fn bad_input_table() -> Vec<Row> {
         "request.bad_parameter",
     ));
     rows
+}
+
+/// Search, matches, saved searches, notifications and the federation routes.
+fn finding_rows(rows: &mut Vec<Row>) {
+    use Method as M;
+    let bad_queries: [(&str, &str); 26] = [
+        ("/search?kind=widgets", "search: unknown kind"),
+        ("/search?kind=", "search: empty kind"),
+        ("/search?nuts=ZZ99", "search: unknown NUTS code"),
+        ("/search?nuts=AT99", "search: NUTS code that does not exist"),
+        ("/search?nace=99.99", "search: unknown NACE code"),
+        ("/search?country=XX", "search: unknown country"),
+        ("/search?language=xx", "search: unknown language"),
+        ("/search?status=gone", "search: unknown status"),
+        (
+            "/search?partnership=friendship",
+            "search: unknown partnership type",
+        ),
+        (
+            "/search?deadline_before=2026-02-30",
+            "search: impossible date",
+        ),
+        (
+            "/search?deadline_after=2027-01-01&deadline_before=2026-01-01",
+            "search: deadlines crossed",
+        ),
+        ("/search?region=xyz", "search: region not hex"),
+        ("/search?limit=0", "search: limit 0"),
+        ("/search?limit=1001", "search: limit too big"),
+        ("/search?limit=x", "search: limit not a number"),
+        ("/search?offset=10001", "search: offset too deep"),
+        ("/search?sort=random", "search: unknown sort"),
+        ("/search?all_words=maybe", "search: all_words not a bool"),
+        ("/search?colour=red", "search: unknown parameter"),
+        (
+            "/offers/exists/matches?min_score=101",
+            "matches: min_score above 100",
+        ),
+        (
+            "/offers/exists/matches?min_score=-1",
+            "matches: negative min_score",
+        ),
+        ("/offers/exists/matches?limit=0", "matches: limit 0"),
+        ("/offers/exists/matches?limit=101", "matches: limit too big"),
+        (
+            "/offers/exists/matches?region=xyz",
+            "matches: region not hex",
+        ),
+        ("/notifications?limit=0", "notifications: limit 0"),
+        (
+            "/notifications?unread=maybe",
+            "notifications: unread not a bool",
+        ),
+    ];
+    for (path, name) in bad_queries {
+        rows.push(row(
+            name,
+            M::GET,
+            path,
+            Payload::None,
+            400,
+            "request.bad_parameter",
+        ));
+    }
+    for (path, name) in [
+        (
+            "/federation/potential?threshold=101",
+            "potential: threshold above 100",
+        ),
+        (
+            "/federation/potential?threshold=-5",
+            "potential: negative threshold",
+        ),
+        (
+            "/federation/potential?threshold=high",
+            "potential: threshold not a number",
+        ),
+        (
+            "/federation/potential?colour=red",
+            "potential: unknown parameter",
+        ),
+    ] {
+        rows.push(row(
+            name,
+            M::GET,
+            path,
+            Payload::None,
+            400,
+            "request.bad_parameter",
+        ));
+    }
+    rows.push(row(
+        "matches: unknown offer",
+        M::GET,
+        "/offers/missing/matches",
+        Payload::None,
+        404,
+        "item.not_found",
+    ));
+    rows.push(row(
+        "matches: offer of another region",
+        M::GET,
+        format!("/offers/exists/matches?region={}", "ab".repeat(32)),
+        Payload::None,
+        404,
+        "item.not_found",
+    ));
+    rows.push(row(
+        "matches: withdrawn offer",
+        M::GET,
+        "/offers/gone/matches",
+        Payload::None,
+        409,
+        "item.withdrawn",
+    ));
+    let saved = json!({"name": "sensors", "query": {"q": "sensor", "nuts": "AT2"}});
+    body_rows(rows, "save search", M::POST, "/saved-searches", &saved);
+    for (name, body) in [
+        ("save search: no name", json!({"query": {"q": "sensor"}})),
+        ("save search: empty name", json!({"name": " ", "query": {}})),
+        (
+            "save search: name too long",
+            json!({"name": "n".repeat(101)}),
+        ),
+        (
+            "save search: unknown NUTS code",
+            json!({"name": "x", "query": {"nuts": "ZZ99"}}),
+        ),
+        (
+            "save search: unknown query field",
+            json!({"name": "x", "query": {"colour": "red"}}),
+        ),
+        (
+            "save search: unknown field",
+            json!({"name": "x", "colour": "red"}),
+        ),
+        (
+            "save search: query is a string",
+            json!({"name": "x", "query": "sensor"}),
+        ),
+    ] {
+        rows.push(row(
+            name,
+            M::POST,
+            "/saved-searches",
+            Payload::Json(body),
+            422,
+            "request.invalid_body",
+        ));
+    }
+    rows.push(row(
+        "delete saved search: unknown id",
+        M::DELETE,
+        "/saved-searches/0123456789abcdef",
+        Payload::None,
+        404,
+        "saved_search.not_found",
+    ));
+    body_rows(
+        rows,
+        "mark read",
+        M::POST,
+        "/notifications/read",
+        &json!({"all": true}),
+    );
+    for (name, body) in [
+        ("mark read: nothing named", json!({})),
+        (
+            "mark read: ids and all",
+            json!({"ids": ["0123456789abcdef"], "all": true}),
+        ),
+        (
+            "mark read: ids not a list",
+            json!({"ids": "0123456789abcdef"}),
+        ),
+    ] {
+        rows.push(row(
+            name,
+            M::POST,
+            "/notifications/read",
+            Payload::Json(body),
+            422,
+            "request.invalid_body",
+        ));
+    }
+    rows.push(row(
+        "mark read: unknown id",
+        M::POST,
+        "/notifications/read",
+        Payload::Json(json!({"ids": ["0123456789abcdef"]})),
+        404,
+        "notification.not_found",
+    ));
+    rows.push(row(
+        "wrong method on search",
+        M::POST,
+        "/search",
+        Payload::Json(json!({})),
+        405,
+        "request.method_not_allowed",
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

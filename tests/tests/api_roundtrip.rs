@@ -716,6 +716,15 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "GET /api/v1/audit",
         "GET /api/v1/export",
         "POST /api/v1/import",
+        "GET /api/v1/search",
+        "GET /api/v1/offers/{key}/matches",
+        "GET /api/v1/saved-searches",
+        "POST /api/v1/saved-searches",
+        "DELETE /api/v1/saved-searches/{id}",
+        "GET /api/v1/notifications",
+        "POST /api/v1/notifications/read",
+        "GET /api/v1/federation/overview",
+        "GET /api/v1/federation/potential",
     ]
     .into_iter()
     .map(String::from)

@@ -1,0 +1,479 @@
+//! `kim bench search`: the finding-partners figures on synthetic federations of given sizes.
+//!
+//! For each size: synthetic offers and requests (`samples::synthetic_cooperation_content`, real
+//! NUTS and NACE codes, multilingual texts) and the organisations they name, signed by sixteen
+//! founding regions, go through the ingest pipeline into a fresh store in batches (signatures
+//! pre-checked, as import does); the search index is then built from the store the way a node
+//! rebuilds it at start. Printed: the index build rate, search latency percentiles over a query
+//! mix with filters, the time to match one offer against the whole replica, the process's
+//! resident memory (current and peak, from `/proc/self/status`) and the disk the store and index
+//! take beside the records' own bytes. Figures are printed, not asserted; the machine's load
+//! average is printed with them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind, Record};
+use kim_protocol::membership::{Charter, Founder, ThresholdRule, federation_id};
+use kim_protocol::samples;
+use kim_protocol::types::{CooperationKind, PartnershipType};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng as _, SeedableRng};
+
+use crate::ingest::{Ingest, Source, system_now_ms};
+use crate::search::{Query, SearchIndex, Sort, Status};
+use crate::store::Store;
+
+/// Records per ingest batch.
+const BATCH_RECORDS: usize = 1000;
+/// Founding regions that author the records.
+const REGIONS: usize = 16;
+
+/// Runs the benchmark for each size in `sizes`, in a scratch directory under `dir` (the system
+/// temporary directory by default) that is removed afterwards unless `keep`.
+pub async fn run(
+    sizes: &[usize],
+    queries: usize,
+    matches: usize,
+    dir: Option<PathBuf>,
+    keep: bool,
+) -> anyhow::Result<()> {
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("--records must list sizes of at least 1, e.g. --records 100000,1000000");
+    }
+    if queries == 0 || matches == 0 {
+        bail!("--queries and --matches must be at least 1");
+    }
+    println!(
+        "kim bench search: {} core(s), load average {}",
+        cores(),
+        load_average()
+    );
+    for &size in sizes {
+        let root = dir.clone().unwrap_or_else(std::env::temp_dir).join(format!(
+            "kim-bench-search-{}-{}-{size}",
+            std::process::id(),
+            system_now_ms()
+        ));
+        let result = one_size(&root, size, queries, matches).await;
+        if !keep {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        result?;
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (RssAnon, RssFile) in MiB: heap versus mapped files (the index), from /proc/self/status.
+fn rss_split_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
+/// (VmRSS, VmHWM) in MiB, from /proc/self/status.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+struct Corpus {
+    keys: Vec<ed25519_dalek::SigningKey>,
+    charter: Charter,
+    federation: kim_protocol::FederationId,
+}
+
+fn corpus() -> anyhow::Result<Corpus> {
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    let keys: Vec<_> = (0..REGIONS)
+        .map(|_| samples::signing_key(&mut rng))
+        .collect();
+    let charter = Charter {
+        name: "bench search".into(),
+        founders: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Founder {
+                key: samples::public_key(k),
+                name: format!("region {i}"),
+                nuts: vec![
+                    samples::SYNTHETIC_REGIONS[i % samples::SYNTHETIC_REGIONS.len()]
+                        .nuts
+                        .to_string(),
+                ],
+            })
+            .collect(),
+        admission: ThresholdRule::Majority,
+        removal: ThresholdRule::Majority,
+        created_at_ms: 0,
+    };
+    let federation = federation_id(&charter.to_bytes()?);
+    Ok(Corpus {
+        keys,
+        charter,
+        federation,
+    })
+}
+
+/// Record `i` of the corpus: every third index an organisation (`org-{i/3}` of its region,
+/// named by the offers around it), otherwise an offer or request.
+fn record(c: &Corpus, rng: &mut ChaCha8Rng, i: u64, now_ms: u64) -> anyhow::Result<Record> {
+    let key = &c.keys[(i as usize / 3) % REGIONS];
+    let author = samples::public_key(key);
+    let content = if i.is_multiple_of(3) {
+        Content {
+            format: FORMAT_VERSION,
+            federation: c.federation,
+            author,
+            kind: Kind::Organisation,
+            key: format!("org-{}", i / 3),
+            revision: 1,
+            created_at_ms: now_ms - 400 * 86_400_000,
+            expires_at_ms: None,
+            body: Body::Organisation(samples::synthetic_organisation(rng, i)),
+        }
+    } else {
+        samples::synthetic_cooperation_content(rng, c.federation, author, i, now_ms)
+    };
+    Record::sign(&content, key).context("signing a synthetic record")
+}
+
+/// Runs one size: the build in a child process (`kim bench search-build`), so that the memory
+/// this process reports afterwards is a node's serving the replica, not the generator's.
+async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> anyhow::Result<()> {
+    println!();
+    println!("== {size} records (data in {}) ==", root.display());
+    let exe = std::env::current_exe().context("cannot find the kim binary to run the build")?;
+    let status = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "search-build",
+            "--records",
+            &size.to_string(),
+            "--dir",
+        ])
+        .arg(root)
+        .status()
+        .context("cannot run the build step")?;
+    if !status.success() {
+        bail!("the build step failed ({status})");
+    }
+    let record_bytes: u64 = std::fs::read_to_string(root.join("record-bytes"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .context("the build step left no record-bytes file")?;
+    let now_ms: u64 = std::fs::read_to_string(root.join("now-ms"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .context("the build step left no now-ms file")?;
+
+    // Open the data as a node does at start: store, pipeline, index (current, so no rebuild).
+    let c = corpus()?;
+    let started = Instant::now();
+    let store = Store::open(
+        &root.join("store"),
+        crate::store::CACHE_BYTES_DEFAULT,
+        false,
+    )?;
+    let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
+    let index = SearchIndex::open(&root.join("search"))?;
+    if ingest.reindex_if_stale(&index)? {
+        println!("note:          the index was stale at open and was rebuilt");
+    }
+    let index = std::sync::Arc::new(index);
+    let ingest = ingest.with_search(index.clone());
+    let (open_rss, _) = memory_mib();
+    println!(
+        "open:          store and index opened in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Search: a mix of text, filters and both, as brokers ask.
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mix = query_mix(&mut rng, queries, now_ms);
+    for q in mix.iter().take(20) {
+        index.search(q)?; // warm the reader
+    }
+    let mut latencies = Vec::with_capacity(mix.len());
+    let mut hits = 0usize;
+    for q in &mix {
+        let t = Instant::now();
+        hits += index.search(q)?.len();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "search:        {} queries, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({:.1} hits on average, top 20)",
+        mix.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        hits as f64 / mix.len() as f64
+    );
+
+    // Matching: live offers of the corpus against everything the node holds.
+    let mut times = Vec::new();
+    let mut found = 0usize;
+    let mut considered = 0usize;
+    let mut n = 1u64;
+    while times.len() < matches && n < size as u64 {
+        let key = format!("offer-{n}");
+        let region = samples::public_key(&c.keys[(n as usize / 3) % REGIONS]);
+        n += 7;
+        let t = Instant::now();
+        match crate::matches::find_matches(&ingest, region, &key, 20, 0, now_ms) {
+            Ok(report) => {
+                times.push(t.elapsed());
+                found += report.matches.len();
+                considered += report.considered;
+            }
+            Err(
+                crate::matches::MatchError::NotLive { .. }
+                | crate::matches::MatchError::NotFound { .. },
+            ) => {}
+            Err(e) => bail!("matching failed: {e}"),
+        }
+    }
+    times.sort();
+    // The index retrieval alone, for the same offers.
+    let mut retrieval = Vec::new();
+    let mut n = 1u64;
+    while retrieval.len() < times.len() && n < size as u64 {
+        let region = samples::public_key(&c.keys[(n as usize / 3) % REGIONS]);
+        let entry = store.item(&region, Kind::Cooperation, &format!("offer-{n}"))?;
+        n += 7;
+        let Some(record) =
+            entry.and_then(|e| crate::matches::load_record(&store, &e.id).ok().flatten())
+        else {
+            continue;
+        };
+        let Body::Cooperation(body) = &record.content.body else {
+            continue;
+        };
+        let q = crate::matches::retrieval_query(body, now_ms);
+        let t = Instant::now();
+        index.candidates(&q, &body.nace)?;
+        retrieval.push(t.elapsed());
+    }
+    retrieval.sort();
+    println!(
+        "match:         {} offers against {size} records, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.0} candidates scored, {:.1} matches on average)",
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        percentile(&times, 1.0),
+        considered as f64 / times.len().max(1) as f64,
+        found as f64 / times.len().max(1) as f64
+    );
+    println!(
+        "  retrieval:   p50 {:.1} ms of that is the index query for the candidates; the rest loads and scores them",
+        percentile(&retrieval, 0.5)
+    );
+
+    let (rss, hwm) = memory_mib();
+    let (anon, file) = rss_split_mib();
+    println!(
+        "memory:        serving: resident {rss:.0} MiB ({anon:.0} heap + {file:.0} mapped files), peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above; after open: {:.0} MiB)",
+        open_rss
+    );
+    let t = Instant::now();
+    let o = crate::overview::overview(&ingest, now_ms)?;
+    println!(
+        "overview:      {} regions counted in {:.2} s",
+        o.regions.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    match crate::overview::potential(&ingest, 50, now_ms) {
+        Ok(p) => println!(
+            "potential:     {} pairs scoring 50 or more among {} live offers and requests, in {:.2} s",
+            p.pairs,
+            p.regions.iter().map(|r| r.live).sum::<u64>(),
+            t.elapsed().as_secs_f64()
+        ),
+        Err(crate::overview::PotentialError::TooMany(n)) => println!(
+            "potential:     not computed: more than {} live offers and requests ({n} seen); the API answers 503",
+            crate::overview::POTENTIAL_ITEMS_MAX
+        ),
+        Err(e) => bail!("potential failed: {e}"),
+    }
+    drop(ingest);
+    drop(index);
+    store.flush().await?;
+    let store_bytes = dir_bytes(&root.join("store"));
+    let index_bytes = dir_bytes(&root.join("search"));
+    println!(
+        "disk:          store {:.0} MiB + index {:.0} MiB = {:.0} MiB for {:.0} MiB of records ({:.2}×)",
+        mib(store_bytes),
+        mib(index_bytes),
+        mib(store_bytes + index_bytes),
+        mib(record_bytes),
+        (store_bytes + index_bytes) as f64 / record_bytes as f64
+    );
+    println!("load average:  {}", load_average());
+    Ok(())
+}
+
+/// `kim bench search-build`: generates `size` records into a fresh store in `root` through the
+/// ingest pipeline, builds the index from the store as a node does at start, and leaves the
+/// record bytes and the generation instant in files for the measuring process.
+pub async fn build(root: &Path, size: usize) -> anyhow::Result<()> {
+    let c = corpus()?;
+    let now_ms = system_now_ms();
+    std::fs::create_dir_all(root)?;
+    let store = Store::open(&root.join("store"), crate::store::CACHE_BYTES_DEFAULT, true)?;
+    let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(size as u64);
+    let mut record_bytes = 0u64;
+    let started = Instant::now();
+    let mut sign_time = Duration::ZERO;
+    let mut i = 0u64;
+    while i < size as u64 {
+        let end = (i + BATCH_RECORDS as u64).min(size as u64);
+        let signing = Instant::now();
+        let batch: Vec<Record> = (i..end)
+            .map(|n| record(&c, &mut rng, n, now_ms))
+            .collect::<anyhow::Result<_>>()?;
+        sign_time += signing.elapsed();
+        record_bytes += batch.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        for result in ingest.ingest_verified(batch, Source::Import).await {
+            if let Err(e) = result {
+                bail!("synthetic record refused: {} ({e})", e.code());
+            }
+        }
+        i = end;
+        if i.is_multiple_of(100_000) {
+            eprintln!("  {i} records stored…");
+        }
+    }
+    let stored_in = started.elapsed().saturating_sub(sign_time);
+    println!(
+        "stored:        {size} records ({:.0} MiB of signed records) in {:.1} s (+ {:.1} s generating and signing)",
+        mib(record_bytes),
+        stored_in.as_secs_f64(),
+        sign_time.as_secs_f64()
+    );
+    let index = SearchIndex::open(&root.join("search"))?;
+    let started = Instant::now();
+    ingest.reindex_if_stale(&index)?;
+    let built_in = started.elapsed();
+    let docs = index.num_docs();
+    println!(
+        "index build:   {docs} documents in {:.1} s = {:.0} documents/s (from the store, as at node start)",
+        built_in.as_secs_f64(),
+        docs as f64 / built_in.as_secs_f64()
+    );
+    index.wait_merging()?;
+    store.flush().await?;
+    let (_, hwm) = memory_mib();
+    println!("build memory:  peak {hwm:.0} MiB (generator, pipeline and index rebuild)");
+    std::fs::write(root.join("record-bytes"), record_bytes.to_string())?;
+    std::fs::write(root.join("now-ms"), now_ms.to_string())?;
+    Ok(())
+}
+
+/// Queries the way staff search: a keyword or two from the sectors' vocabularies, alone or with
+/// a kind, a country or region, a sector, a partnership type or a deadline; and filter-only
+/// listings (newest first).
+fn query_mix(rng: &mut ChaCha8Rng, count: usize, now_ms: u64) -> Vec<Query> {
+    let sectors = samples::SYNTHETIC_SECTORS;
+    let regions = samples::SYNTHETIC_REGIONS;
+    let pick = |rng: &mut ChaCha8Rng, n: usize| (rng.next_u32() as usize) % n.max(1);
+    let kinds = [
+        CooperationKind::BusinessOffer,
+        CooperationKind::TechnologyOffer,
+        CooperationKind::TechnologyRequest,
+        CooperationKind::ResearchRequest,
+    ];
+    let today = (now_ms / 86_400_000) as i64;
+    (0..count)
+        .map(|i| {
+            let sector = &sectors[pick(rng, sectors.len())];
+            let word = sector.technology[pick(rng, sector.technology.len())];
+            let region = regions[pick(rng, regions.len())].nuts;
+            let mut q = Query {
+                text: Some(word.to_string()),
+                status: Status::Live,
+                now_ms,
+                limit: 20,
+                ..Query::default()
+            };
+            match i % 8 {
+                0 => {}
+                1 => q.cooperation_kinds = vec![kinds[pick(rng, kinds.len())]],
+                2 => q.countries = vec![region[..2].to_string()],
+                3 => q.nuts = vec![region.to_string()],
+                4 => q.nace = vec![sector.nace[..2].to_string()],
+                5 => {
+                    q.partnership_types = vec![PartnershipType::TechnicalCooperation];
+                    q.kinds = vec![Kind::Cooperation];
+                }
+                6 => {
+                    q.deadline_from = Some(samples::date_from_days(today));
+                    q.deadline_to = Some(samples::date_from_days(today + 90));
+                    q.text = Some(format!("{word} {}", sector.markets[0]));
+                }
+                _ => {
+                    q.text = None;
+                    q.nace = vec![sector.nace.to_string()];
+                    q.countries = vec![region[..2].to_string()];
+                    q.sort = Sort::Newest;
+                }
+            }
+            q
+        })
+        .collect()
+}

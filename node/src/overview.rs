@@ -1,0 +1,321 @@
+//! The federation at a glance, from this node's replica: per region, counts of items by kind,
+//! NACE section and status ([`overview`]), and the co-operation potential between regions —
+//! how many complementary offer/request pairs score at least a threshold ([`potential`]).
+//!
+//! Outcomes of expressions of interest (agreements, jobs) are not recorded yet; the overview
+//! carries an `outcomes` field that stays `null` until they are.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kim_protocol::RegionId;
+use kim_protocol::codes;
+use kim_protocol::envelope::Kind;
+use kim_protocol::matching::{self, Candidate};
+use serde::Serialize;
+
+use crate::ingest::Ingest;
+use crate::matches::{MatchError, candidate, load_record};
+use crate::search::{Query, Status, cooperation_kind_name, is_searchable};
+
+/// Most live offers and requests the potential compares pairwise. The work grows with the
+/// square: about 10 s for 10,000 on a busy two-core machine (`kim bench search`).
+pub const POTENTIAL_ITEMS_MAX: usize = 10_000;
+
+/// Counts of one region (or of the whole federation).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    /// Live items per kind (`cooperation`, `knowledge`, `organisation`, `project`).
+    pub by_kind: BTreeMap<String, u64>,
+    /// Live offers and requests per co-operation kind.
+    pub by_cooperation_kind: BTreeMap<String, u64>,
+    /// Live offers, requests and organisations per NACE section letter; an item with codes in
+    /// two sections counts in both.
+    pub by_nace_section: BTreeMap<String, u64>,
+    /// Every item held by status: `live`, `expired`, `withdrawn`.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// One region's counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RegionOverview {
+    pub region: RegionId,
+    /// The member's name, empty for a region that is no longer a member.
+    pub name: String,
+    pub counts: Counts,
+}
+
+/// The federation overview.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    pub regions: Vec<RegionOverview>,
+    pub totals: Counts,
+    /// Co-operations and jobs produced, per region, sector and year: `null` until outcomes of
+    /// expressions of interest are recorded.
+    #[schema(value_type = Option<Object>)]
+    pub outcomes: Option<serde_json::Value>,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_string()).or_default() += 1;
+}
+
+fn member_names(ingest: &Ingest) -> BTreeMap<RegionId, String> {
+    ingest
+        .membership()
+        .members
+        .values()
+        .map(|m| (m.region, m.name.clone()))
+        .collect()
+}
+
+/// Counts every searchable item the node holds, per owning region. Kinds and statuses come
+/// from the store's item entries (no record is decoded); co-operation kinds and NACE sections
+/// are counted by the search index, one count query per region and value, so the overview
+/// stays fast on a large replica.
+pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
+    let store = ingest.store();
+    let index = ingest.search().ok_or(MatchError::NoIndex)?;
+    let names = member_names(ingest);
+    let mut per_region: BTreeMap<RegionId, Counts> = BTreeMap::new();
+    let mut totals = Counts::default();
+    for entry in store.item_entries() {
+        let entry = entry?;
+        if !is_searchable(entry.kind) {
+            continue;
+        }
+        let status = if entry.tombstone {
+            "withdrawn"
+        } else if entry.is_live(now_ms) {
+            "live"
+        } else {
+            "expired"
+        };
+        let counts = per_region.entry(entry.region).or_default();
+        for c in [&mut *counts, &mut totals] {
+            bump(&mut c.by_status, status);
+            if status == "live" {
+                bump(&mut c.by_kind, entry.kind.as_str());
+            }
+        }
+    }
+    let sections: Vec<&str> = codes::nace_all()
+        .iter()
+        .filter(|c| c.level == 1)
+        .map(|c| c.code)
+        .collect();
+    use kim_protocol::types::CooperationKind::*;
+    let kinds = [
+        BusinessOffer,
+        BusinessRequest,
+        TechnologyOffer,
+        TechnologyRequest,
+        ResearchRequest,
+        KnowledgeOffer,
+        KnowledgeRequest,
+    ];
+    let live = |region: RegionId| Query {
+        regions: vec![region],
+        status: Status::Live,
+        now_ms,
+        ..Query::default()
+    };
+    for (region, counts) in per_region.iter_mut() {
+        let has = |kind: Kind| counts.by_kind.contains_key(kind.as_str());
+        let (offers, organisations) = (has(Kind::Cooperation), has(Kind::Organisation));
+        if offers {
+            for kind in kinds {
+                let q = Query {
+                    cooperation_kinds: vec![kind],
+                    ..live(*region)
+                };
+                add(
+                    counts,
+                    &mut totals,
+                    Field::CooperationKind,
+                    cooperation_kind_name(kind),
+                    index.count(&q)?,
+                );
+            }
+        }
+        if !offers && !organisations {
+            continue;
+        }
+        for section in &sections {
+            let q = Query {
+                kinds: vec![Kind::Cooperation, Kind::Organisation],
+                nace: vec![section.to_string()],
+                ..live(*region)
+            };
+            add(
+                counts,
+                &mut totals,
+                Field::NaceSection,
+                section,
+                index.count(&q)?,
+            );
+        }
+    }
+    let regions = per_region
+        .into_iter()
+        .map(|(region, counts)| RegionOverview {
+            region,
+            name: names.get(&region).cloned().unwrap_or_default(),
+            counts,
+        })
+        .collect();
+    Ok(Overview {
+        regions,
+        totals,
+        outcomes: None,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    CooperationKind,
+    NaceSection,
+}
+
+/// Adds a non-zero count to a region's and the federation's counts.
+fn add(counts: &mut Counts, totals: &mut Counts, field: Field, key: &str, n: usize) {
+    if n == 0 {
+        return;
+    }
+    for c in [counts, totals] {
+        let map = match field {
+            Field::CooperationKind => &mut c.by_cooperation_kind,
+            Field::NaceSection => &mut c.by_nace_section,
+        };
+        *map.entry(key.to_string()).or_default() += n as u64;
+    }
+}
+
+/// A region in the potential matrix.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RegionRef {
+    pub region: RegionId,
+    pub name: String,
+    /// Live offers and requests of the region.
+    pub live: u64,
+}
+
+/// The co-operation potential between regions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Potential {
+    pub threshold: u8,
+    /// Rows and columns of `matrix`, in this order.
+    pub regions: Vec<RegionRef>,
+    /// `matrix[i][j]`: pairs of a live item of region i and one of region j that pass the hard
+    /// filters and score at least `threshold`. Symmetric; the diagonal counts pairs within one
+    /// region. Each pair is counted once (in both mirrored cells when the regions differ).
+    pub matrix: Vec<Vec<u64>>,
+    /// Distinct pairs counted.
+    pub pairs: u64,
+}
+
+/// Why the potential could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum PotentialError {
+    #[error(
+        "the node holds {0} live offers and requests; the potential compares at most {POTENTIAL_ITEMS_MAX}"
+    )]
+    TooMany(usize),
+    #[error("{0}")]
+    Match(#[from] MatchError),
+}
+
+/// Every complementary pair of live offers and requests scored exactly, counted per region
+/// pair when its score reaches `threshold`.
+pub fn potential(ingest: &Ingest, threshold: u8, now_ms: u64) -> Result<Potential, PotentialError> {
+    let store = ingest.store();
+    let names = member_names(ingest);
+    let mut items: Vec<Candidate> = Vec::new();
+    for entry in store.item_entries() {
+        let entry = entry.map_err(MatchError::from)?;
+        if entry.kind != Kind::Cooperation || entry.tombstone || !entry.is_live(now_ms) {
+            continue;
+        }
+        if items.len() >= POTENTIAL_ITEMS_MAX {
+            return Err(PotentialError::TooMany(items.len() + 1));
+        }
+        if let Some(record) = load_record(store, &entry.id)?
+            && let Some(c) = candidate(store, entry.region, &record)
+            && c.is_live(now_ms)
+        {
+            items.push(c);
+        }
+    }
+    let mut region_ids: Vec<RegionId> = items
+        .iter()
+        .map(|c| *c.author())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    region_ids.sort_by(|a, b| {
+        let name = |r: &RegionId| names.get(r).cloned().unwrap_or_default();
+        name(a).cmp(&name(b)).then(a.cmp(b))
+    });
+    let position: HashMap<RegionId, usize> = region_ids
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, i))
+        .collect();
+    let n = region_ids.len();
+    let mut matrix = vec![vec![0u64; n]; n];
+    let mut live = vec![0u64; n];
+    let mut pairs = 0u64;
+    // Group by kind so only complementary kinds are compared.
+    let mut by_kind: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in items.iter().enumerate() {
+        by_kind
+            .entry(cooperation_kind_name(c.body().kind))
+            .or_default()
+            .push(i);
+        if let Some(&i) = position.get(c.author()) {
+            live[i] += 1;
+        }
+    }
+    for (i, a) in items.iter().enumerate() {
+        for kind in matching::complements(a.body().kind) {
+            for &j in by_kind
+                .get(cooperation_kind_name(*kind))
+                .into_iter()
+                .flatten()
+            {
+                // Each unordered pair once: by position in `items`.
+                let Some(b) = items.get(j).filter(|_| j > i) else {
+                    continue;
+                };
+                if matching::eligible(a, b, now_ms).is_err()
+                    || matching::score_total(a, b, now_ms) < threshold
+                {
+                    continue;
+                }
+                let (Some(&x), Some(&y)) = (position.get(a.author()), position.get(b.author()))
+                else {
+                    continue;
+                };
+                matrix[x][y] += 1;
+                if x != y {
+                    matrix[y][x] += 1;
+                }
+                pairs += 1;
+            }
+        }
+    }
+    let regions = region_ids
+        .iter()
+        .zip(live)
+        .map(|(r, live)| RegionRef {
+            region: *r,
+            name: names.get(r).cloned().unwrap_or_default(),
+            live,
+        })
+        .collect();
+    Ok(Potential {
+        threshold,
+        regions,
+        matrix,
+        pairs,
+    })
+}
