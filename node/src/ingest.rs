@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use anyhow::Context as _;
 use kim_protocol::digest::StateDigest;
 use kim_protocol::envelope::{Body, Kind, Record, verify_batch};
 use kim_protocol::limits::RECORD_BYTES_MAX;
@@ -377,23 +378,50 @@ impl Ingest {
         }
         tracing::info!("search index missing or stale; rebuilding from the store");
         let started = std::time::Instant::now();
+        // Only the (region, id) pairs are collected; records are read and decoded one at a
+        // time while the index takes them, so a rebuild at a million records needs tens of
+        // megabytes, not the whole replica in memory.
         let mut winners = Vec::new();
         for entry in self.store.item_entries() {
             let entry = entry?;
-            if entry.tombstone || !crate::search::is_searchable(entry.kind) {
-                continue;
-            }
-            if let Some(bytes) = self.store.record(&entry.id)? {
-                let record = Record::decode(bytes).map_err(|e| {
-                    anyhow::anyhow!("stored record {} does not decode: {e}", entry.id)
-                })?;
-                winners.push((entry.region, record));
+            if !entry.tombstone && crate::search::is_searchable(entry.kind) {
+                winners.push((entry.region, entry.id));
             }
         }
-        let count = winners.len();
-        index
-            .rebuild(winners, &generation)
-            .map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))?;
+        let total = winners.len();
+        let failure: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
+        let mut done = 0usize;
+        let records = winners.into_iter().map_while(|(region, id)| {
+            done += 1;
+            if done.is_multiple_of(100_000) {
+                tracing::info!(done, total, "rebuilding the search index");
+            }
+            let loaded = self
+                .store
+                .record(&id)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    let bytes = bytes.with_context(|| format!("item winner {id} is missing"))?;
+                    Record::decode(bytes)
+                        .map_err(|e| anyhow::anyhow!("stored record {id} does not decode: {e}"))
+                });
+            match loaded {
+                Ok(record) => Some((region, record)),
+                Err(e) => {
+                    *failure.borrow_mut() = Some(e);
+                    None
+                }
+            }
+        });
+        let rebuilt = index.rebuild(records, &generation);
+        if let Some(err) = failure.into_inner() {
+            // The index holds part of the items: mark it stale so the next start tries again.
+            index.set_generation("incomplete");
+            let _ = index.commit();
+            return Err(err.context("search index rebuild stopped"));
+        }
+        rebuilt.map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))?;
+        let count = total;
         tracing::info!(
             items = count,
             ms = started.elapsed().as_millis() as u64,
