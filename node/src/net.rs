@@ -1154,7 +1154,10 @@ pub fn new<R: Records>(
         .with_agent_version(format!("kim/{}", env!("CARGO_PKG_VERSION"))),
     );
     let mut kad_config = kad::Config::new(kad_name);
-    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    // Without discovery the DHT has nothing to find: no bootstrap queries (and no warning
+    // at every start that there is nobody to ask).
+    kad_config
+        .set_periodic_bootstrap_interval(config.discovery.then_some(Duration::from_secs(300)));
     let mut kademlia = kad::Behaviour::with_config(
         local_peer_id,
         kad::store::MemoryStore::new(local_peer_id),
