@@ -254,8 +254,7 @@ async fn collect(
     }
     let mut done = Vec::new();
     let mut incomplete = 0;
-    for (id, (origin_time_node, start)) in published {
-        let _ = origin_time_node;
+    for (id, (_, start)) in published {
         match last.get(id) {
             Some((count, at)) if *count == n - 1 => done.push(at.saturating_duration_since(*start)),
             _ => incomplete += 1,

@@ -495,10 +495,33 @@ struct SyncCodec {
     counters: Arc<Counters>,
 }
 
+/// Bytes a frame with a `payload`-byte payload takes: the LEB128 length, then the payload.
 fn frame_len(payload: usize) -> u64 {
-    let mut varint = Vec::new();
-    put_varint(&mut varint, payload as u64);
-    (varint.len() + payload) as u64
+    let mut prefix = 1;
+    let mut rest = payload >> 7;
+    while rest > 0 {
+        prefix += 1;
+        rest >>= 7;
+    }
+    (prefix + payload) as u64
+}
+
+impl SyncCodec {
+    async fn read_counted<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
+        let payload = read_frame(io).await?;
+        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
+        Ok(payload)
+    }
+
+    async fn write_counted<T: AsyncWrite + Unpin + Send>(
+        &self,
+        io: &mut T,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        write_frame(io, payload).await?;
+        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
+        Ok(())
+    }
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
@@ -555,8 +578,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let payload = read_frame(io).await?;
-        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
+        let payload = self.read_counted(io).await?;
         SyncRequest::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -564,8 +586,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let payload = read_frame(io).await?;
-        Counters::add(&self.counters.sync_bytes_in, frame_len(payload.len()));
+        let payload = self.read_counted(io).await?;
         SyncResponse::decode(&payload).map_err(|e| invalid(e.to_string()))
     }
 
@@ -578,10 +599,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let payload = request.encode();
-        write_frame(io, &payload).await?;
-        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
-        Ok(())
+        self.write_counted(io, &request.encode()).await
     }
 
     async fn write_response<T>(
@@ -593,10 +611,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let payload = response.encode();
-        write_frame(io, &payload).await?;
-        Counters::add(&self.counters.sync_bytes_out, frame_len(payload.len()));
-        Ok(())
+        self.write_counted(io, &response.encode()).await
     }
 }
 
@@ -2407,6 +2422,15 @@ mod tests {
             SyncResponse::decode(&[2, 0x80, 0x80, 0x80, 0x80, 0x10, 0]).is_err(),
             "u32"
         );
+    }
+
+    #[test]
+    fn frame_len_counts_the_length_prefix() {
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, SYNC_FRAME_BYTES_MAX] {
+            let mut prefix = Vec::new();
+            put_varint(&mut prefix, n as u64);
+            assert_eq!(frame_len(n), (prefix.len() + n) as u64, "{n}");
+        }
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// The running node; panics in a test if it is stopped.
+    /// The running node, or an error naming the node if it is stopped.
     pub fn running(&self) -> anyhow::Result<&Running> {
         self.running
             .as_ref()
