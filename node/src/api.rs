@@ -467,22 +467,9 @@ pub struct Status {
 pub struct NetworkView {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
-    pub gossip_received: u64,
-    pub gossip_accepted: u64,
-    pub gossip_ignored: u64,
-    pub gossip_rejected: u64,
-    pub gossip_dropped: u64,
-    pub sync_sessions_ok: u64,
-    pub sync_sessions_failed: u64,
-    /// Records that arrived by sync and were new here.
-    pub sync_records_new: u64,
-    pub sync_records_rejected: u64,
-    pub sync_requests_inbound: u64,
-    /// Peers disconnected and refused for misbehaving (invalid records, broken frames).
-    pub peers_banned: u64,
-    /// Sync frame bytes received and sent since start.
-    pub sync_bytes_in: u64,
-    pub sync_bytes_out: u64,
+    /// Gossip and sync counters since start.
+    #[serde(flatten)]
+    pub stats: crate::net::NetStats,
 }
 
 /// A connected peer, for operators.
@@ -559,19 +546,7 @@ async fn network_view(state: &AppState) -> Option<NetworkView> {
     Some(NetworkView {
         peer_id: net.local_peer_id().to_string(),
         listen_addrs: listen_addrs.iter().map(ToString::to_string).collect(),
-        gossip_received: stats.gossip_received,
-        gossip_accepted: stats.gossip_accepted,
-        gossip_ignored: stats.gossip_ignored,
-        gossip_rejected: stats.gossip_rejected,
-        gossip_dropped: stats.gossip_dropped,
-        sync_sessions_ok: stats.sync_sessions_ok,
-        sync_sessions_failed: stats.sync_sessions_failed,
-        sync_records_new: stats.sync_records_new,
-        sync_records_rejected: stats.sync_records_rejected,
-        sync_requests_inbound: stats.sync_requests_inbound,
-        peers_banned: stats.peers_banned,
-        sync_bytes_in: stats.sync_bytes_in,
-        sync_bytes_out: stats.sync_bytes_out,
+        stats,
     })
 }
 

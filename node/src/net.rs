@@ -883,8 +883,10 @@ pub struct SyncReport {
     pub elapsed: Duration,
 }
 
-/// Counters since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counters since start (shown as they are in the API's status).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct NetStats {
     pub gossip_received: u64,
     pub gossip_accepted: u64,
@@ -894,6 +896,7 @@ pub struct NetStats {
     pub gossip_dropped: u64,
     pub sync_sessions_ok: u64,
     pub sync_sessions_failed: u64,
+    /// Records that arrived by sync and were new here.
     pub sync_records_new: u64,
     pub sync_records_rejected: u64,
     pub sync_requests_inbound: u64,
