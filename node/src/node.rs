@@ -66,7 +66,16 @@ const CHARTER_META: &str = "charter";
 fn announceable(listen: &[String]) -> Vec<String> {
     listen
         .iter()
-        .filter(|a| !a.contains("/0.0.0.0/") && !a.contains("/::/") && !a.ends_with("/tcp/0"))
+        .filter(|a| {
+            a.parse::<Multiaddr>().is_ok_and(|addr| {
+                addr.iter().all(|p| match p {
+                    Protocol::Ip4(ip) => !ip.is_unspecified(),
+                    Protocol::Ip6(ip) => !ip.is_unspecified(),
+                    Protocol::Tcp(0) | Protocol::Udp(0) => false,
+                    _ => true,
+                })
+            })
+        })
         .cloned()
         .collect()
 }
@@ -672,5 +681,28 @@ async fn refresh_access(net: &NetClient, ingest: &Ingest, access: &PeerAccess) {
             }
         }
         Err(e) => tracing::warn!(cause = %e, "cannot recompute which peers are members"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announceable;
+
+    #[test]
+    fn only_dialable_listen_addresses_are_announced() {
+        let listen: Vec<String> = [
+            "/ip4/0.0.0.0/tcp/7651",
+            "/ip6/::/tcp/7651",
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "/ip4/192.0.2.10/tcp/7651",
+            "/dns4/node.example/tcp/7651",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            announceable(&listen),
+            ["/ip4/192.0.2.10/tcp/7651", "/dns4/node.example/tcp/7651"]
+        );
     }
 }
