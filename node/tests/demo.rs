@@ -15,10 +15,14 @@ mod support {
 }
 use support::binary::{command, kim};
 
-/// A base port with base..base+3 and base+10..base+13 free right now.
+/// A base port with base..base+3 and base+10..base+13 free right now, below the kernel's
+/// ephemeral range (32768 and up), where the other tests' connections take their ports.
 fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + (std::process::id() as u16 % 1000) * 40 + fastrand_u16() % 30;
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0..500u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let base = 10_000 + (hasher.finish() % 22_000) as u16;
         let free = (0..4)
             .chain(10..14)
             .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
@@ -26,15 +30,7 @@ fn free_base() -> u16 {
             return base;
         }
     }
-    panic!("no free port range");
-}
-
-fn fastrand_u16() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    (nanos % 65_521) as u16
+    panic!("no 14-port range between 10000 and 32000 is free on 127.0.0.1");
 }
 
 struct Demo {
