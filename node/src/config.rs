@@ -149,6 +149,13 @@ request_body_bytes_max = {body_max}
 
     /// Reads `config.toml` from a data directory.
     pub fn load(dir: &Path) -> anyhow::Result<Config> {
+        let mut config = Config::load_file(dir)?;
+        config.apply_env()?;
+        Ok(config)
+    }
+
+    /// The config file as written, without `KIM_*` overrides (for tools that rewrite it).
+    pub fn load_file(dir: &Path) -> anyhow::Result<Config> {
         let path = dir.join("config.toml");
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -158,9 +165,8 @@ request_body_bytes_max = {body_max}
                 dir.display()
             )
         })?;
-        let mut config: Config =
+        let config: Config =
             toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        config.apply_env()?;
         Ok(config)
     }
 

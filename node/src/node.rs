@@ -190,6 +190,118 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
     })
 }
 
+/// What [`adopt_federation`] did.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub federation: FederationId,
+    /// Records stored (charter, membership records, profiles).
+    pub stored: usize,
+    /// Records the pipeline refused, with the reason code (none is expected).
+    pub refused: Vec<(RecordId, &'static str)>,
+}
+
+/// Moves a *fresh* node into another federation: one it co-founds (`kim federation adopt`)
+/// or one it joins (`kim federation join`). `records` are that federation's records to start
+/// from; the charter record among them must found `charter_bytes`.
+///
+/// A node is fresh while its store holds nothing but the one-region federation `kim init`
+/// founded: its own charter and its own profile. Anything else (published items, drafts,
+/// records of other regions) and the node refuses, because those records are signed for the
+/// old federation and would be lost. The new store is built beside the old one and swapped in
+/// only when complete; the keys, the token and the rest of the config stay.
+pub async fn adopt_federation(
+    data: &DataDir,
+    charter_bytes: &[u8],
+    records: Vec<Vec<u8>>,
+) -> anyhow::Result<Adopted> {
+    let charter = Charter::from_bytes(charter_bytes)
+        .map_err(|e| anyhow::anyhow!("the charter is unreadable: {e}"))?;
+    let federation = federation_id(charter_bytes);
+    let mut config = Config::load_file(&data.root)?;
+    let key = data.load_key()?;
+    let own = PublicKey(key.verifying_key().to_bytes());
+    if config.federation == federation.to_hex() {
+        bail!(
+            "{} already belongs to federation {federation}",
+            data.root.display()
+        );
+    }
+    {
+        let store = Store::open(&data.store(), config.store_cache_bytes, false)?;
+        let mut held = 0usize;
+        for entry in store.item_entries() {
+            let entry = entry?;
+            held += 1;
+            let own_founding =
+                entry.region == own && matches!(entry.kind, Kind::Charter | Kind::RegionProfile);
+            if !own_founding || held > 2 {
+                bail!(
+                    "{} is not a fresh node: it holds {} {:?} of region {}. Only a node that \
+                     holds nothing but what `kim init` created can found or join another \
+                     federation; initialise a new data directory for it",
+                    data.root.display(),
+                    entry.kind,
+                    entry.key,
+                    entry.region
+                );
+            }
+        }
+        if !store.local_scan("")?.is_empty() {
+            bail!(
+                "{} is not a fresh node: it holds local data (drafts, private fields or saved \
+                 searches); initialise a new data directory to found or join another federation",
+                data.root.display()
+            );
+        }
+    }
+    // Build the new store beside the old one.
+    let staging = data.root.join("store.new");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove the stale {}", staging.display()))?;
+    }
+    let (stored, refused) = {
+        let store = Store::open(&staging, config.store_cache_bytes, true)?;
+        store.set_meta(CHARTER_META, charter_bytes)?;
+        let ingest = Ingest::open(store.clone(), federation, charter)?;
+        let ids: Vec<RecordId> = records.iter().map(|r| record_id(r)).collect();
+        let results = ingest.ingest_batch(records, Source::Sync).await;
+        let mut stored = 0usize;
+        let mut refused = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(_) => stored += 1,
+                Err(e) => refused.push((id, e.code())),
+            }
+        }
+        if ingest.membership().members.is_empty() {
+            bail!("the records do not found federation {federation}: no charter record among them");
+        }
+        store.flush().await?;
+        (stored, refused)
+    };
+    let old = data.root.join(format!("store.old-{}", system_now_ms()));
+    std::fs::rename(data.store(), &old)
+        .with_context(|| format!("cannot move {} aside", data.store().display()))?;
+    std::fs::rename(&staging, data.store())
+        .with_context(|| format!("cannot move the new store to {}", data.store().display()))?;
+    if let Err(e) = std::fs::remove_dir_all(&old) {
+        tracing::warn!(dir = %old.display(), cause = %e, "could not remove the old store");
+    }
+    if data.search().exists() {
+        std::fs::remove_dir_all(data.search())
+            .with_context(|| format!("cannot remove {}", data.search().display()))?;
+    }
+    config.federation = federation.to_hex();
+    std::fs::write(data.config(), config.to_documented_toml())
+        .with_context(|| format!("cannot write {}", data.config().display()))?;
+    Ok(Adopted {
+        federation,
+        stored,
+        refused,
+    })
+}
+
 /// A node opened from its data directory, ready to serve.
 #[derive(Debug)]
 pub struct OpenNode {

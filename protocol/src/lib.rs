@@ -17,6 +17,7 @@
 //! - [`digest`]: the order-free state digest over a set of record ids.
 
 //! - [`reconcile`]: range-based set reconciliation messages and driver-free step functions.
+//! - [`invitation`]: signed invitation tokens a member hands to a region that wants to join.
 //! - [`names`]: libp2p protocol ids and gossip topics.
 //! - [`error`]: the one error enum with stable codes.
 
@@ -25,6 +26,7 @@ pub mod codes;
 pub mod digest;
 pub mod envelope;
 pub mod error;
+pub mod invitation;
 pub mod limits;
 pub mod matching;
 pub mod membership;

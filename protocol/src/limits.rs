@@ -47,3 +47,18 @@ pub const FOUNDERS_MAX: usize = 64;
 pub const REGION_NODES_MAX: usize = 8;
 /// Addresses per node in a region profile.
 pub const NODE_ADDRS_MAX: usize = 8;
+
+/// Bootstrap addresses one invitation may carry.
+pub const INVITATION_BOOTSTRAP_MAX: usize = 16;
+/// Longest invitation token (the text an operator pastes).
+pub const INVITATION_TOKEN_CHARS_MAX: usize = 8 * 1024;
+/// Longest validity an invitation may claim.
+pub const INVITATION_VALIDITY_MS_MAX: u64 = 90 * 24 * 3600 * 1000;
+/// A join request older than this is no longer pending: it is not listed, cannot be endorsed,
+/// and does not count towards [`JOIN_PENDING_MAX`]. The candidate asks again.
+pub const JOIN_REQUEST_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// A join request submitted over the join protocol must have been made this recently.
+pub const JOIN_SUBMIT_AGE_MS_MAX: u64 = 60 * 60 * 1000;
+/// Unexpired join requests a node holds pending at once; past it, new candidates are refused
+/// at the join protocol until some are admitted or expire.
+pub const JOIN_PENDING_MAX: usize = 32;

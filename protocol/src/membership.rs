@@ -338,9 +338,22 @@ pub struct Pending {
     pub candidate: RegionId,
     pub name: String,
     pub join_request: RecordId,
+    /// Created-at of the join request (the candidate's clock); it expires
+    /// [`crate::limits::JOIN_REQUEST_TTL_MS`] later.
+    pub requested_at_ms: u64,
     /// Members whose endorsement names the current state.
     pub endorsers: Vec<RegionId>,
     pub required: usize,
+}
+
+impl Pending {
+    /// Whether the join request is too old to be endorsed at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms
+            >= self
+                .requested_at_ms
+                .saturating_add(crate::limits::JOIN_REQUEST_TTL_MS)
+    }
 }
 
 /// Something operators should look at; never changes the member set by itself.
@@ -387,6 +400,8 @@ pub struct MembershipState {
     /// Regions that were members and are not now, with the change that took them out.
     pub former: BTreeMap<RegionId, Change>,
     pub pending: Vec<Pending>,
+    /// Every region that asked to join (members included), with its first join request.
+    pub join_requests: BTreeMap<RegionId, RecordId>,
     pub history: Vec<Transition>,
     pub anomalies: Vec<Anomaly>,
     keys: BTreeMap<PublicKey, KeyInfo>,
@@ -694,6 +709,7 @@ pub fn evaluate<'a>(
             candidate: *region,
             name: names.get(region).cloned().unwrap_or_default(),
             join_request: *jr,
+            requested_at_ms: by_id.get(jr).map_or(0, |r| r.content.created_at_ms),
             endorsers: current_tally
                 .as_ref()
                 .and_then(|t| t.endorsements.get(region))
@@ -729,6 +745,7 @@ pub fn evaluate<'a>(
         members,
         former,
         pending,
+        join_requests: requests_by_region,
         history,
         anomalies,
         keys,

@@ -51,6 +51,12 @@ fn limits() -> Vec<(&'static str, u128)> {
         FOUNDERS_MAX,
         REGION_NODES_MAX,
         NODE_ADDRS_MAX,
+        INVITATION_BOOTSTRAP_MAX,
+        INVITATION_TOKEN_CHARS_MAX,
+        INVITATION_VALIDITY_MS_MAX,
+        JOIN_REQUEST_TTL_MS,
+        JOIN_SUBMIT_AGE_MS_MAX,
+        JOIN_PENDING_MAX,
         // defined beside the code that enforces them
         PartnershipType::COUNT,
         TRANSITION_SUBSETS_CHANGES_MAX,
