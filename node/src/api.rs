@@ -157,6 +157,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::BadRequest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "request.bad_parameter", message)
             }
+            ServiceError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "membership.conflict", message)
+            }
+            ServiceError::Missing(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "membership.not_found", message)
+            }
         }
     }
 }
@@ -374,26 +380,27 @@ impl utoipa::Modify for BearerAuth {
 
 /// Builds the router and the OpenAPI document from the same route table.
 pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, openapi) = crate::api_find::routes(OpenApiRouter::with_openapi(ApiDoc::openapi()))
-        .routes(routes!(health))
-        .routes(routes!(status))
-        .routes(routes!(peers))
-        .routes(routes!(openapi_json))
-        .routes(routes!(list_items, publish_item))
-        .routes(routes!(get_item, revise_item))
-        .routes(routes!(withdraw_item))
-        .routes(routes!(list_drafts))
-        .routes(routes!(save_draft, delete_draft))
-        .routes(routes!(publish_draft))
-        .routes(routes!(get_record))
-        .routes(routes!(audit_log))
-        .routes(routes!(export_bundle))
-        // A backup holds every record: import has its own, larger body limit.
-        .routes(
-            routes!(import_bundle)
-                .layer(DefaultBodyLimit::max(IMPORT_BODY_BYTES_MAX.max(body_limit))),
-        )
-        .split_for_parts();
+    let (router, openapi) = crate::api_members::routes(crate::api_find::routes(
+        OpenApiRouter::with_openapi(ApiDoc::openapi()),
+    ))
+    .routes(routes!(health))
+    .routes(routes!(status))
+    .routes(routes!(peers))
+    .routes(routes!(openapi_json))
+    .routes(routes!(list_items, publish_item))
+    .routes(routes!(get_item, revise_item))
+    .routes(routes!(withdraw_item))
+    .routes(routes!(list_drafts))
+    .routes(routes!(save_draft, delete_draft))
+    .routes(routes!(publish_draft))
+    .routes(routes!(get_record))
+    .routes(routes!(audit_log))
+    .routes(routes!(export_bundle))
+    // A backup holds every record: import has its own, larger body limit.
+    .routes(
+        routes!(import_bundle).layer(DefaultBodyLimit::max(IMPORT_BODY_BYTES_MAX.max(body_limit))),
+    )
+    .split_for_parts();
     let openapi_doc = Arc::new(openapi.clone());
     let router = router
         // Before the layers: it applies to the routes' method routers.
@@ -448,6 +455,8 @@ pub struct Status {
     pub federation: String,
     pub members: Vec<MemberView>,
     pub pending: usize,
+    /// This region's standing: member, or pending with k of n endorsements.
+    pub membership: crate::membership_ops::OwnStanding,
     /// Connected peers' ids.
     pub peers: Vec<String>,
     /// This node's network: identity, listen addresses, gossip and sync counters.
@@ -579,7 +588,16 @@ async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
                 name: m.name.clone(),
             })
             .collect(),
-        pending: membership.pending.len(),
+        pending: membership
+            .pending
+            .iter()
+            .filter(|p| !p.is_expired(system_now_ms()))
+            .count(),
+        membership: crate::membership_ops::own_standing(
+            &membership,
+            &state.service.region(),
+            system_now_ms(),
+        ),
         peers: peer_views(&state)
             .await
             .into_iter()

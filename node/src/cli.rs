@@ -184,7 +184,12 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
-    fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+    /// Whether output is JSON for scripts.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    pub(crate) fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
         if self.json {
             println!(
                 "{}",
@@ -224,7 +229,7 @@ fn title_of(item: &Value) -> String {
     String::new()
 }
 
-fn short(text: &str, max: usize) -> String {
+pub(crate) fn short(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_string()
     } else {
@@ -456,6 +461,14 @@ pub async fn status(client: &Client) -> anyhow::Result<()> {
                 short(m["region"].as_str().unwrap_or(""), 16),
                 m["name"].as_str().unwrap_or("")
             );
+        }
+        let own = &s["membership"];
+        match own["state"].as_str().unwrap_or("") {
+            "pending" => println!(
+                "standing:    pending: {} of {} endorsements",
+                own["endorsements"], own["required"]
+            ),
+            other => println!("standing:    {other}"),
         }
         println!("pending:     {}", s["pending"]);
         println!("peers:       {}", s["peers"].as_array().map_or(0, Vec::len));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kim_node::cli::{self, Client, ClientArgs, ItemCommand, SavedCommand, SearchArgs};
+use kim_node::cli_members::{self, MembersCommand};
 use kim_node::config::{Config, DataDir};
 use kim_node::{bench, node};
 
@@ -29,6 +30,33 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// Sign an invitation token for a new region (printed on stdout).
+    Invite {
+        /// Days the invitation stays valid (at most 90).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Bootstrap address to put in it, ending in /p2p/<peer id> (repeatable; default:
+        /// this node's and other members' addresses).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+    },
+    /// Ask to join a federation with an invitation (on a fresh node that is not running;
+    /// `-` reads the token from stdin). Then `kim run` waits for admission.
+    Join {
+        token: String,
+        /// A word to the members who decide on the request.
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Leave the federation.
+    Leave {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +106,19 @@ enum Command {
     Status,
     /// List the connected peers: region, addresses, round-trip time, last sync.
     Peers,
+    /// Invite a region, join with an invitation, or leave the federation.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
+    /// The federation's members and the candidates waiting for endorsements.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+    /// Endorse a pending candidate (region id or name); at the charter's threshold every node
+    /// admits it.
+    Endorse { region: String },
     /// Organisations (public profiles of SMEs, administrations, research bodies).
     Org {
         #[command(subcommand)]
@@ -289,6 +330,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status => cli::status(&client()?).await,
         Command::Peers => cli::peers(&client()?).await,
+        Command::Federation { command } => match command {
+            FederationCommand::Invite { days, bootstrap } => {
+                cli_members::invite(&client()?, days, bootstrap).await
+            }
+            FederationCommand::Join { token, message } => {
+                cli_members::join(&data, &token, &message).await
+            }
+            FederationCommand::Leave { reason } => cli_members::leave(&client()?, reason).await,
+        },
+        Command::Members { command } => cli_members::members(&client()?, command).await,
+        Command::Endorse { region } => cli_members::endorse(&client()?, &region).await,
         Command::Org { command } => cli::items(&client()?, "organisations", command).await,
         Command::Project { command } => cli::items(&client()?, "projects", command).await,
         Command::Offer { command } => cli::items(&client()?, "offers", command).await,

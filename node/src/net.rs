@@ -197,6 +197,21 @@ pub trait Records: Send + Sync + 'static {
 
     /// The bytes of the held records among `ids`, in the order asked; missing ones are skipped.
     fn get(&self, ids: &[Id]) -> anyhow::Result<Vec<Vec<u8>>>;
+
+    /// One page of the state a candidate may download over the join protocol (charter,
+    /// membership records, members' profiles) after `after`, and whether more follows.
+    /// The default serves nothing.
+    fn join_state(&self, after: Option<Id>) -> anyhow::Result<(Vec<Vec<u8>>, bool)> {
+        let _ = after;
+        Ok((Vec::new(), false))
+    }
+
+    /// Checks and stores a candidate's join request: `Ok(true)` if new here, or a refusal
+    /// code. The default refuses.
+    fn join_submit(&self, record: Vec<u8>) -> impl Future<Output = Result<bool, String>> + Send {
+        let _ = record;
+        std::future::ready(Err("join.unsupported".to_string()))
+    }
 }
 
 /// Decides whether a peer may hold a connection. Consulted when a connection is established
@@ -389,7 +404,7 @@ fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
     Ok(message)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
@@ -401,7 +416,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     }
 }
 
-fn put_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
+pub(crate) fn put_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
     put_varint(out, records.len() as u64);
     for record in records {
         put_varint(out, record.len() as u64);
@@ -409,7 +424,7 @@ fn put_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
     }
 }
 
-fn get_records(body: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
+pub(crate) fn get_records(body: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
     let mut reader = Reader(body);
     let count = reader.count(SYNC_BATCH_RECORDS_MAX)?;
     let mut records = Vec::with_capacity(count);
@@ -437,10 +452,10 @@ fn get_records(body: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
 }
 
 /// A cursor over a payload body.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -450,7 +465,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A minimal LEB128 varint of at most 64 bits.
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..10 {
             let byte = self.take(1)?[0];
@@ -470,7 +485,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint count, at most `max`.
-    fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
         let count = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
         if count > max {
             return Err(DecodeError::TooMany { count, max });
@@ -478,7 +493,7 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
-    fn finish(self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -524,7 +539,7 @@ impl SyncCodec {
     }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len: u64 = 0;
     let mut i = 0;
     loop {
@@ -554,7 +569,10 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     Ok(payload)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    payload: &[u8],
+) -> io::Result<()> {
     if payload.len() > SYNC_FRAME_BYTES_MAX {
         return Err(invalid("refusing to send a sync frame above the limit"));
     }
@@ -565,7 +583,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, payload: &[u8]) -
     io.flush().await
 }
 
-fn invalid(message: impl Into<String>) -> io::Error {
+pub(crate) fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
@@ -624,6 +642,21 @@ impl request_response::Codec for SyncCodec {
 struct Gate {
     allowed: PeerGate,
     banned: Bans,
+    /// Whether this node is a member now: only members' nodes take guests.
+    member: Arc<std::sync::atomic::AtomicBool>,
+    /// Open guest connections (peers the gate does not allow as members) and their IP.
+    guests: HashMap<ConnectionId, (PeerId, Option<std::net::IpAddr>)>,
+    guests_max: usize,
+    guests_per_ip_max: usize,
+}
+
+/// The IP address of a multiaddr, if it has one.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 /// Peers refused until the given instant for misbehaving; shared by the gate and the loop.
@@ -654,6 +687,41 @@ impl Gate {
             Err(ConnectionDenied::new(NotAllowed(peer)))
         }
     }
+
+    /// Admits a member's node, or a guest while there is room (join protocol only).
+    fn admit(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        match self.check(peer) {
+            Ok(()) => Ok(()),
+            Err(denied) => {
+                let banned = self
+                    .banned
+                    .lock()
+                    .map(|b| {
+                        b.get(&peer)
+                            .is_some_and(|until| *until > tokio::time::Instant::now())
+                    })
+                    .unwrap_or(false);
+                if banned || !self.member.load(Ordering::Relaxed) {
+                    return Err(denied);
+                }
+                let ip = ip_of(addr);
+                let from_ip = self.guests.values().filter(|(_, i)| *i == ip).count();
+                if self.guests.len() >= self.guests_max || from_ip >= self.guests_per_ip_max {
+                    tracing::debug!(peer = %peer, guests = self.guests.len(), from_ip,
+                        "guest connection denied: no room");
+                    return Err(denied);
+                }
+                tracing::debug!(peer = %peer, addr = %addr, "guest connection (join protocol only)");
+                self.guests.insert(connection, (peer, ip));
+                Ok(())
+            }
+        }
+    }
 }
 
 impl NetworkBehaviour for Gate {
@@ -662,12 +730,12 @@ impl NetworkBehaviour for Gate {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(peer)?;
+        self.admit(connection, peer, remote)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -678,25 +746,45 @@ impl NetworkBehaviour for Gate {
         _: &[Multiaddr],
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        if let Some(peer) = peer {
+        if let Some(peer) = peer
+            && !self.member.load(Ordering::Relaxed)
+        {
+            // A candidate dials only the nodes it knows as members'.
             self.check(peer)?;
+        } else if let Some(peer) = peer {
+            // A member dials members, and a banned peer never.
+            let banned = self
+                .banned
+                .lock()
+                .map(|b| {
+                    b.get(&peer)
+                        .is_some_and(|until| *until > tokio::time::Instant::now())
+                })
+                .unwrap_or(false);
+            if banned {
+                return Err(ConnectionDenied::new(NotAllowed(peer)));
+            }
         }
         Ok(vec![])
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        addr: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.check(peer)?;
+        self.admit(connection, peer, addr)?;
         Ok(dummy::ConnectionHandler)
     }
 
-    fn on_swarm_event(&mut self, _: FromSwarm) {}
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = event {
+            self.guests.remove(&closed.connection_id);
+        }
+    }
 
     fn on_connection_handler_event(
         &mut self,
@@ -717,6 +805,7 @@ struct Behaviour {
     gate: Gate,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
+    join: request_response::Behaviour<crate::join::JoinCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
@@ -810,6 +899,13 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// How long a connection without active streams stays open.
     pub idle_connection_timeout: Duration,
+    /// Whether this node's region is a member now. The node updates it when membership
+    /// changes. A member's node takes guests (join protocol only) and syncs with members; a
+    /// candidate's node polls members' join protocol for the federation's state instead.
+    pub member: Arc<std::sync::atomic::AtomicBool>,
+    /// Guest connections at once, and from one IP address.
+    pub guests_max: usize,
+    pub guests_per_ip_max: usize,
 }
 
 impl fmt::Debug for NetConfig {
@@ -842,6 +938,9 @@ impl NetConfig {
             gossip_heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(120),
+            member: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            guests_max: crate::join::GUESTS_MAX,
+            guests_per_ip_max: crate::join::GUESTS_PER_IP_MAX,
         }
     }
 }
@@ -1102,6 +1201,15 @@ enum Internal {
         points: u32,
         reason: &'static str,
     },
+    /// A join-protocol answer is ready; `gossip` is a join request to announce to members.
+    JoinRespond {
+        channel: ResponseChannel<crate::join::JoinAnswer>,
+        answer: crate::join::JoinAnswer,
+        gossip: Option<Vec<u8>>,
+    },
+    /// A candidate ingested a state page from `peer`; `next` is where the following page
+    /// starts, if there is one.
+    JoinPageDone { peer: PeerId, next: Option<Id> },
     /// A session ended.
     SessionDone {
         peer: PeerId,
@@ -1116,6 +1224,8 @@ struct PeerState {
     listen_addrs: Vec<Multiaddr>,
     rtt: Option<Duration>,
     last_sync: Option<SystemTime>,
+    /// Set while the peer is a guest (not a member's node): when its connection opened.
+    guest_since: Option<tokio::time::Instant>,
 }
 
 /// A running session with a peer and who waits for it.
@@ -1164,6 +1274,14 @@ pub fn new<R: Records>(
         [(sync_name, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
+    let join = request_response::Behaviour::with_codec(
+        crate::join::JoinCodec,
+        [(
+            crate::join::protocol_name(&config.federation)?,
+            ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(config.request_timeout),
+    );
     let identify = identify::Behaviour::new(
         identify::Config::new(
             identify_version(&config.federation),
@@ -1187,9 +1305,14 @@ pub fn new<R: Records>(
         gate: Gate {
             allowed: Arc::clone(&gate),
             banned: Arc::clone(&bans),
+            member: Arc::clone(&config.member),
+            guests: HashMap::new(),
+            guests_max: config.guests_max,
+            guests_per_ip_max: config.guests_per_ip_max,
         },
         gossipsub,
         sync,
+        join,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         kademlia,
@@ -1253,6 +1376,12 @@ pub fn new<R: Records>(
         inbound_rate: HashMap::new(),
         redial_backoff: BOOTSTRAP_REDIAL_MIN,
         redial_at: tokio::time::Instant::now() + BOOTSTRAP_REDIAL_MIN,
+        join_rate: HashMap::new(),
+        join_submits: HashMap::new(),
+        join_polls: HashMap::new(),
+        join_polling: false,
+        was_member: true,
+        upgrade_redials: HashMap::new(),
     };
     Ok((client, event_loop))
 }
@@ -1294,6 +1423,18 @@ pub struct EventLoop<R: Records> {
     /// Wait before the next bootstrap redial while isolated; doubles each time.
     redial_backoff: Duration,
     redial_at: tokio::time::Instant,
+    /// Join-protocol asks per peer in the current window.
+    join_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
+    /// Join requests submitted per IP address in the current window.
+    join_submits: HashMap<Option<std::net::IpAddr>, (tokio::time::Instant, u32)>,
+    /// State pages a candidate's node asked for, by request.
+    join_polls: HashMap<OutboundRequestId, PeerId>,
+    /// Whether a state download is under way (a candidate polls one peer at a time).
+    join_polling: bool,
+    /// Membership as last seen by the loop (to notice admission).
+    was_member: bool,
+    /// Admitted guests to dial again, as members, once their guest connection has closed.
+    upgrade_redials: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl<R: Records> fmt::Debug for EventLoop<R> {
@@ -1337,6 +1478,9 @@ impl<R: Records> EventLoop<R> {
         });
         let mut maintenance = tokio::time::interval(Duration::from_secs(1));
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut join_poll = tokio::time::interval(crate::join::JOIN_POLL_INTERVAL);
+        join_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.was_member = self.is_member();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -1347,10 +1491,270 @@ impl<R: Records> EventLoop<R> {
                 _ = maintenance.tick() => {
                     self.redial_if_isolated();
                     self.ban_graylisted();
+                    self.close_expired_guests();
                 }
+                _ = join_poll.tick() => self.poll_join_state(None),
             }
         }
         tracing::debug!(peer_id = %self.swarm.local_peer_id(), "network event loop stopped");
+    }
+
+    /// Whether this node's region is a member now.
+    fn is_member(&self) -> bool {
+        self.config.member.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connected peer is a guest (not a member's node).
+    fn is_guest(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.guest_since.is_some())
+    }
+
+    /// Closes guest connections that have had their time.
+    fn close_expired_guests(&mut self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, state)| {
+                state.guest_since.is_some_and(|since| {
+                    now.duration_since(since) >= crate::join::GUEST_CONNECTION_MAX
+                })
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            tracing::debug!(peer = %peer, "closing a guest connection that has had its time");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// A candidate's node asks a connected member's node for the federation's state (the
+    /// membership records that will, one day, admit it). Members do nothing here.
+    fn poll_join_state(&mut self, peer: Option<PeerId>) {
+        if self.is_member() || self.join_polling {
+            return;
+        }
+        let peer = match peer {
+            Some(peer) => peer,
+            None => {
+                let members: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, s)| s.guest_since.is_none())
+                    .map(|(p, _)| *p)
+                    .collect();
+                if members.is_empty() {
+                    return;
+                }
+                members[random_index(members.len())]
+            }
+        };
+        self.ask_join_page(peer, None);
+    }
+
+    fn ask_join_page(&mut self, peer: PeerId, after: Option<Id>) {
+        if !self.swarm.is_connected(&peer) {
+            self.join_polling = false;
+            return;
+        }
+        self.join_polling = true;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request(&peer, crate::join::JoinAsk::State { after });
+        self.join_polls.insert(id, peer);
+    }
+
+    fn on_join_event(
+        &mut self,
+        event: request_response::Event<crate::join::JoinAsk, crate::join::JoinAnswer>,
+    ) {
+        use crate::join::{JoinAnswer, JoinAsk};
+        match event {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                let now = tokio::time::Instant::now();
+                let window = self.join_rate.entry(peer).or_insert((now, 0));
+                if now.duration_since(window.0) >= crate::join::JOIN_RATE_WINDOW {
+                    *window = (now, 0);
+                }
+                window.1 += 1;
+                let refuse = |this: &mut Self, channel, code: &str| {
+                    let _ = this
+                        .swarm
+                        .behaviour_mut()
+                        .join
+                        .send_response(channel, JoinAnswer::Refused(code.into()));
+                };
+                if window.1 > crate::join::JOIN_ASKS_PER_WINDOW {
+                    refuse(self, channel, "join.rate_limited");
+                    self.penalise(peer, POINTS_OVER_RATE, "join asks over the per-peer rate");
+                    return;
+                }
+                if !self.is_member() {
+                    refuse(self, channel, "join.not_a_member_node");
+                    return;
+                }
+                let records = Arc::clone(&self.records);
+                let internal = self.internal_tx.clone();
+                let permits = Arc::clone(&self.inbound_permits);
+                match request {
+                    JoinAsk::State { after } => {
+                        tokio::spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            let answer = tokio::task::spawn_blocking(move || {
+                                match records.join_state(after) {
+                                    Ok((records, more)) => JoinAnswer::State { records, more },
+                                    Err(e) => {
+                                        tracing::warn!(cause = %e, "cannot read the federation state for a candidate");
+                                        JoinAnswer::Refused("join.store_failure".into())
+                                    }
+                                }
+                            })
+                            .await
+                            .unwrap_or_else(|_| JoinAnswer::Refused("join.internal".into()));
+                            let _ = internal
+                                .send(Internal::JoinRespond {
+                                    channel,
+                                    answer,
+                                    gossip: None,
+                                })
+                                .await;
+                        });
+                    }
+                    JoinAsk::Submit(record) => {
+                        let ip = self
+                            .peers
+                            .get(&peer)
+                            .and_then(|s| s.connections.get(&connection_id))
+                            .and_then(ip_of);
+                        let slot = self.join_submits.entry(ip).or_insert((now, 0));
+                        if now.duration_since(slot.0) >= crate::join::JOIN_SUBMIT_WINDOW {
+                            *slot = (now, 0);
+                        }
+                        slot.1 += 1;
+                        if slot.1 > crate::join::JOIN_SUBMITS_PER_IP {
+                            tracing::info!(peer = %peer, ip = ?ip, "join request refused: over the per-address rate");
+                            refuse(self, channel, "join.rate_limited");
+                            return;
+                        }
+                        tokio::spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            let (answer, gossip) = match records.join_submit(record.clone()).await {
+                                Ok(new) => {
+                                    tracing::info!(peer = %peer, new, "join request received");
+                                    (JoinAnswer::Submitted { new }, new.then_some(record))
+                                }
+                                Err(code) => {
+                                    tracing::info!(peer = %peer, code = %code, "join request refused");
+                                    (JoinAnswer::Refused(code), None)
+                                }
+                            };
+                            let _ = internal
+                                .send(Internal::JoinRespond {
+                                    channel,
+                                    answer,
+                                    gossip,
+                                })
+                                .await;
+                        });
+                    }
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if self.join_polls.remove(&request_id).is_none() {
+                    return;
+                }
+                match response {
+                    JoinAnswer::State { records, more } => {
+                        let next = if more {
+                            records
+                                .last()
+                                .map(|r| kim_protocol::envelope::record_id(r).0)
+                        } else {
+                            None
+                        };
+                        let store = Arc::clone(&self.records);
+                        let internal = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            let verdicts = store.ingest(records, Origin::Sync).await;
+                            let new = verdicts.iter().filter(|v| **v == Verdict::New).count();
+                            if new > 0 {
+                                tracing::info!(peer = %peer, new, "federation state: new membership records");
+                            }
+                            let _ = internal.send(Internal::JoinPageDone { peer, next }).await;
+                        });
+                    }
+                    other => {
+                        tracing::debug!(peer = %peer, answer = ?other, "state request not served");
+                        self.join_polling = false;
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if self.join_polls.remove(&request_id).is_some() {
+                    tracing::debug!(peer = %peer, cause = %error, "state request failed");
+                    self.join_polling = false;
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound join request failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized join request",
+                    );
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Notices this node's own admission (or removal) and acts on it: a newly admitted node
+    /// starts syncing with every member's node it is connected to.
+    fn check_own_membership(&mut self) {
+        let member = self.is_member();
+        if member == self.was_member {
+            return;
+        }
+        self.was_member = member;
+        if member {
+            tracing::info!("this region is now a member: syncing with the federation");
+            let peers: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, s)| s.guest_since.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            for peer in peers {
+                self.start_session(peer, None);
+            }
+        } else {
+            tracing::warn!("this region is no longer a member of the federation");
+        }
     }
 
     /// Dials the bootstrap addresses again, with backoff, while no peer is connected (the node
@@ -1416,15 +1820,36 @@ impl<R: Records> EventLoop<R> {
                 let _ = reply.send(self.counters.snapshot());
             }
             Command::RecheckGate { reply } => {
+                self.check_own_membership();
+                // Members' nodes the gate refuses now (removed, left, blocked) go; guests stay
+                // until their time is up.
                 let refused: Vec<PeerId> = self
                     .peers
-                    .keys()
-                    .filter(|peer| !(self.gate)(peer))
-                    .copied()
+                    .iter()
+                    .filter(|(peer, state)| state.guest_since.is_none() && !(self.gate)(peer))
+                    .map(|(peer, _)| *peer)
                     .collect();
                 for peer in &refused {
                     tracing::info!(peer = %peer, "disconnecting a peer the gate now refuses");
                     let _ = self.swarm.disconnect_peer_id(*peer);
+                }
+                // Guests whose region was admitted: reconnect them as members, so gossipsub,
+                // sync and kademlia start afresh with them (and the dialer's sync session
+                // brings the newcomer up to date).
+                let upgraded: Vec<(PeerId, Vec<Multiaddr>)> = self
+                    .peers
+                    .iter()
+                    .filter(|(peer, state)| state.guest_since.is_some() && (self.gate)(peer))
+                    .map(|(peer, state)| {
+                        let mut addrs = state.listen_addrs.clone();
+                        addrs.extend(state.connections.values().cloned());
+                        (*peer, addrs)
+                    })
+                    .collect();
+                for (peer, addrs) in upgraded {
+                    tracing::info!(peer = %peer, "a guest's region was admitted; reconnecting it as a member");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                    self.upgrade_redials.insert(peer, addrs);
                 }
                 let _ = reply.send(refused.len());
             }
@@ -1495,11 +1920,38 @@ impl<R: Records> EventLoop<R> {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
-                self.peers
-                    .entry(peer_id)
-                    .or_default()
+                let guest = !(self.gate)(&peer_id);
+                let state = self.peers.entry(peer_id).or_default();
+                state
                     .connections
                     .insert(connection_id, endpoint.get_remote_address().clone());
+                if guest {
+                    // A guest may use the join protocol only: gossipsub ignores it (and sends
+                    // it nothing), sync refuses it, kademlia does not learn it.
+                    state
+                        .guest_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .blacklist_peer(&peer_id);
+                    self.swarm.behaviour_mut().kademlia.remove_peer(&peer_id);
+                    return;
+                }
+                if state.guest_since.take().is_some() {
+                    // A guest's region was admitted while it was still connected as a guest.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .remove_blacklisted_peer(&peer_id);
+                }
+                if !self.is_member() {
+                    // A candidate: ask the member's node where the federation stands.
+                    if num_established.get() == 1 {
+                        self.poll_join_state(Some(peer_id));
+                    }
+                    return;
+                }
                 // The dialer starts the session; the listener answers it and is pushed to, so one
                 // session per new connection brings both sides up to date.
                 if num_established.get() == 1 && endpoint.is_dialer() && self.config.sync_on_connect
@@ -1518,9 +1970,28 @@ impl<R: Records> EventLoop<R> {
                 }
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
-                    self.peers.remove(&peer_id);
+                    if self
+                        .peers
+                        .remove(&peer_id)
+                        .is_some_and(|s| s.guest_since.is_some())
+                    {
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .remove_blacklisted_peer(&peer_id);
+                    }
                     self.responders.remove(&peer_id);
                     self.inbound_rate.remove(&peer_id);
+                    self.join_rate.remove(&peer_id);
+                    if let Some(addrs) = self.upgrade_redials.remove(&peer_id) {
+                        let opts = DialOpts::peer_id(peer_id)
+                            .addresses(addrs)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(peer = %peer_id, cause = %e, "redial of an admitted guest failed");
+                        }
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1569,10 +2040,11 @@ impl<R: Records> EventLoop<R> {
             }) => self.on_gossip(propagation_source, message_id, message.data),
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Join(event) => self.on_join_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let listen: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().take(PEER_ADDRS_MAX).collect();
-                if self.config.discovery {
+                if self.config.discovery && !self.is_guest(&peer_id) {
                     for addr in &listen {
                         self.swarm
                             .behaviour_mut()
@@ -1783,6 +2255,31 @@ impl<R: Records> EventLoop<R> {
                     .send_response(channel, response);
             }
             Internal::SessionDone { peer, result } => self.on_session_done(peer, result),
+            Internal::JoinRespond {
+                channel,
+                answer,
+                gossip,
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .join
+                    .send_response(channel, answer);
+                if let Some(record) = gossip
+                    && let Err(e) = self.publish(record)
+                {
+                    tracing::debug!(cause = %e, "join request not gossiped; sync carries it");
+                }
+            }
+            Internal::JoinPageDone { peer, next } => {
+                self.join_polling = false;
+                self.check_own_membership();
+                if let Some(after) = next
+                    && !self.is_member()
+                {
+                    self.ask_join_page(peer, Some(after));
+                }
+            }
             Internal::Misbehaved {
                 peer,
                 points,
@@ -1849,6 +2346,17 @@ impl<R: Records> EventLoop<R> {
         channel: ResponseChannel<SyncResponse>,
     ) {
         Counters::add(&self.counters.sync_requests_inbound, 1);
+        if self.is_guest(&peer) {
+            // Not a member's node (a candidate, or someone the gate no longer lets in as a
+            // member): nothing of the federation for it here, and nothing from it is taken.
+            let refusal = SyncResponse::Refused("sync.not_member".into());
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, refusal);
+            return;
+        }
         let now = tokio::time::Instant::now();
         let window = self.inbound_rate.entry(peer).or_insert((now, 0));
         if now.duration_since(window.0) >= INBOUND_RATE_WINDOW {
@@ -1941,11 +2449,16 @@ impl<R: Records> EventLoop<R> {
     // ----- sync: initiator ---------------------------------------------------------------------
 
     fn periodic_sync(&mut self) {
+        if !self.is_member() {
+            return;
+        }
         let candidates: Vec<PeerId> = self
             .peers
-            .keys()
-            .filter(|peer| !self.sessions.contains_key(peer))
-            .copied()
+            .iter()
+            .filter(|(peer, state)| {
+                state.guest_since.is_none() && !self.sessions.contains_key(peer)
+            })
+            .map(|(peer, _)| *peer)
             .collect();
         if candidates.is_empty() {
             return;
@@ -1959,6 +2472,13 @@ impl<R: Records> EventLoop<R> {
         peer: PeerId,
         waiter: Option<oneshot::Sender<Result<SyncReport, NetError>>>,
     ) {
+        if self.is_guest(&peer) {
+            // Nothing of the federation goes to a guest, whoever asks.
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(NetError::Refused("sync.not_member".into())));
+            }
+            return;
+        }
         if let Some(slot) = self.sessions.get_mut(&peer) {
             slot.rerun.extend(waiter);
             return;

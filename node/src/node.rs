@@ -59,11 +59,12 @@ pub struct InitReport {
     pub config: Config,
 }
 
-const CHARTER_META: &str = "charter";
+/// Store metadata key of the charter's exact bytes.
+pub(crate) const CHARTER_META: &str = "charter";
 
 /// Listen addresses worth publishing in the region profile: not the unspecified address and
 /// not port 0 (others cannot dial those).
-fn announceable(listen: &[String]) -> Vec<String> {
+pub(crate) fn announceable(listen: &[String]) -> Vec<String> {
     listen
         .iter()
         .filter(|a| {
@@ -464,22 +465,28 @@ impl PeerAccess {
         let mut members = HashMap::new();
         let mut addrs = HashMap::new();
         for region in membership.members.keys() {
-            let Some(entry) = ingest
+            // The region's profile; a region admitted a moment ago has none yet, and the
+            // profile in its join request stands in for it until it publishes one.
+            let id = match ingest
                 .store()
                 .item(region, Kind::RegionProfile, "profile")?
-            else {
-                continue;
+            {
+                Some(entry) if entry.tombstone => continue,
+                Some(entry) => entry.id,
+                None => match membership.join_requests.get(region) {
+                    Some(id) => *id,
+                    None => continue,
+                },
             };
-            if entry.tombstone {
-                continue;
-            }
-            let Some(bytes) = ingest.store().record(&entry.id)? else {
+            let Some(bytes) = ingest.store().record(&id)? else {
                 continue;
             };
             let record = Record::decode(bytes)
-                .map_err(|e| anyhow::anyhow!("stored profile {} does not decode: {e}", entry.id))?;
-            let Body::RegionProfile(profile) = record.content.body else {
-                continue;
+                .map_err(|e| anyhow::anyhow!("stored profile {id} does not decode: {e}"))?;
+            let profile = match record.content.body {
+                Body::RegionProfile(profile) => profile,
+                Body::JoinRequest(request) => request.profile,
+                _ => continue,
             };
             for node in profile.nodes {
                 match node.peer_id.parse::<PeerId>() {
@@ -552,6 +559,26 @@ impl Records for NodeRecords {
 
     fn get(&self, ids: &[kim_protocol::reconcile::Id]) -> anyhow::Result<Vec<Vec<u8>>> {
         Records::get(self.ingest.as_ref(), ids)
+    }
+
+    fn join_state(
+        &self,
+        after: Option<kim_protocol::reconcile::Id>,
+    ) -> anyhow::Result<(Vec<Vec<u8>>, bool)> {
+        crate::join::state_page(&self.ingest, after)
+    }
+
+    async fn join_submit(&self, record: Vec<u8>) -> Result<bool, String> {
+        let id = record_id(&record);
+        let new = crate::join::submit(&self.ingest, record, system_now_ms()).await?;
+        if new {
+            self.changed.notify_one();
+            let _ = self.arrivals.send(Arrival {
+                id,
+                origin: Origin::Sync,
+            });
+        }
+        Ok(new)
     }
 }
 
@@ -667,6 +694,11 @@ pub async fn start(
     access.refresh(&ingest)?;
     let own = keypair.public().to_peer_id();
     let mut net_config = net_config(&node.config, ingest.federation(), keypair)?;
+    let region = node.state.service.region();
+    net_config.member = Arc::new(std::sync::atomic::AtomicBool::new(
+        ingest.membership().is_member(&region),
+    ));
+    let member_flag = Arc::clone(&net_config.member);
     for addr in access.member_addrs(&own) {
         if !net_config.bootstrap_addrs.contains(&addr) {
             net_config.bootstrap_addrs.push(addr);
@@ -694,12 +726,14 @@ pub async fn start(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let network = tokio::spawn(event_loop.run(until_stopped(stopped.clone())));
+    drop(ingest);
     let announcer = tokio::spawn(announce(
         announce_rx,
         net.clone(),
-        ingest,
+        node.state.service.clone(),
         access.clone(),
         changed,
+        member_flag,
         until_stopped(stopped.clone()),
     ));
     let (app, _) = router(node.state.clone(), body_limit);
@@ -746,14 +780,17 @@ const ACCESS_REFRESH: Duration = Duration::from_secs(10);
 async fn announce(
     mut records: mpsc::Receiver<Vec<u8>>,
     net: NetClient,
-    ingest: Arc<Ingest>,
+    service: Service,
     access: PeerAccess,
     changed: Arc<Notify>,
+    member: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut timer = tokio::time::interval(ACCESS_REFRESH);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ingest = Arc::clone(service.ingest());
+    let mut last_state = ingest.membership().digest;
 
     loop {
         tokio::select! {
@@ -765,9 +802,56 @@ async fn announce(
                 }
                 changed.notify_one();
             }
-            () = changed.notified() => refresh_access(&net, &ingest, &access).await,
-            _ = timer.tick() => refresh_access(&net, &ingest, &access).await,
+            () = changed.notified() => {
+                on_membership(&service, &net, &member, &mut last_state).await;
+                refresh_access(&net, &ingest, &access).await;
+            }
+            _ = timer.tick() => {
+                on_membership(&service, &net, &member, &mut last_state).await;
+                refresh_access(&net, &ingest, &access).await;
+            }
         }
+    }
+}
+
+/// Acts on a membership change: updates whether this node is a member's (the network syncs
+/// or polls accordingly), re-signs the operator's standing decisions in the new state, and
+/// publishes the profile of a newly admitted region.
+async fn on_membership(
+    service: &Service,
+    net: &NetClient,
+    member: &std::sync::atomic::AtomicBool,
+    last_state: &mut kim_protocol::Hash32,
+) {
+    let state = service.ingest().membership();
+    if state.digest == *last_state {
+        return;
+    }
+    *last_state = state.digest;
+    let is_member = state.is_member(&service.region());
+    let was = member.swap(is_member, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(state = %state.digest, members = state.members.len(),
+        pending = state.pending.len(), "membership changed");
+    if was != is_member {
+        if is_member {
+            tracing::info!(region = %service.region(), "this region was admitted to the federation");
+        } else {
+            tracing::warn!(region = %service.region(), "this region is no longer a member");
+        }
+        if let Err(e) = net.recheck_gate().await {
+            tracing::debug!(cause = %e, "gate recheck failed");
+        }
+    }
+    if let Err(e) = service.ensure_profile().await {
+        tracing::warn!(cause = %e, "cannot publish this region's profile after admission");
+    }
+    match service.reissue_intents().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            records = n,
+            "membership decisions signed again in the new state"
+        ),
+        Err(e) => tracing::warn!(cause = %e, "cannot sign membership decisions in the new state"),
     }
 }
 

@@ -120,6 +120,12 @@ pub enum ServiceError {
     NoDraft(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The request contradicts the current state (e.g. endorsing a region that is a member).
+    #[error("{0}")]
+    Conflict(String),
+    /// What the request names does not exist (e.g. no pending join request from a region).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -298,7 +304,7 @@ impl Service {
         ))
     }
 
-    async fn sign_and_ingest(
+    pub(crate) async fn sign_and_ingest(
         &self,
         kind: Kind,
         key: &str,

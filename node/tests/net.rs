@@ -405,7 +405,8 @@ async fn the_gate_refuses_connections_both_ways() {
     let outsider_key = identity::Keypair::generate_ed25519();
     let outsider_id = outsider_key.public().to_peer_id();
     let gate: PeerGate = Arc::new(move |peer: &PeerId| *peer != outsider_id);
-    let member = spawn_node_with(|_| {}, gate).await;
+    // No room for guests (candidates using the join protocol): outsiders are refused outright.
+    let member = spawn_node_with(|c| c.guests_max = 0, gate).await;
 
     // The outsider dials the member: the member denies the connection once it knows who it is.
     let outsider_records = Arc::new(MemRecords::default());
@@ -432,6 +433,49 @@ async fn the_gate_refuses_connections_both_ways() {
         Err(NetError::Dial(_))
     ));
     assert!(member.client.peers().await.expect("peers").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_get_a_bounded_number_of_connections_per_address_and_no_sync() {
+    let gate: PeerGate = Arc::new(|_: &PeerId| false);
+    let member = spawn_node_with(|c| c.guests_per_ip_max = 2, gate).await;
+    let mut guests = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..3 {
+        let (client, event_loop) = kim_node::net::new(
+            test_config(identity::Keypair::generate_ed25519()),
+            Arc::new(MemRecords::default()),
+            allow_all(),
+        )
+        .expect("network");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(event_loop.run(async move {
+            let _ = stopped.await;
+        }));
+        let _ = client.dial(member.addr.clone()).await;
+        guests.push(client);
+        stops.push(stop);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two guests from 127.0.0.1 hold a connection; the third was refused.
+    assert_eq!(member.client.peers().await.expect("peers").len(), 2);
+    // A guest's sync request is refused, and the member never starts one with a guest.
+    let first = member.client.peers().await.expect("peers")[0].peer_id;
+    assert!(matches!(
+        member.client.sync_with(first).await,
+        Err(NetError::Refused(code)) if code == "sync.not_member"
+    ));
+    for guest in &guests {
+        if let Ok(peer) = guest.peers().await
+            && let Some(p) = peer.first()
+        {
+            let answer = guest.sync_with(p.peer_id).await;
+            assert!(
+                matches!(&answer, Err(NetError::Refused(code)) if code == "sync.not_member"),
+                "{answer:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,10 +264,20 @@ fn one_endorsement_of_two_needed_leaves_the_candidate_pending() -> TestResult {
             candidate: public_key(&cand),
             name,
             join_request: jr.id,
+            requested_at_ms: jr.content.created_at_ms,
             endorsers: vec![fed.fpk(0)],
             required: 2,
         }]
     );
+    assert_eq!(
+        state.join_requests.get(&public_key(&cand)),
+        Some(&jr.id),
+        "the candidate's first join request"
+    );
+    assert!(!state.pending[0].is_expired(jr.content.created_at_ms));
+    assert!(state.pending[0].is_expired(
+        jr.content.created_at_ms + kim_protocol::limits::JOIN_REQUEST_TTL_MS
+    ));
     assert!(state.anomalies.is_empty(), "{:?}", state.anomalies);
     Ok(())
 }

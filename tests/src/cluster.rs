@@ -356,6 +356,92 @@ impl Cluster {
         Ok(())
     }
 
+    /// Initialises a new region's node (not a founder), joins the federation with `token`
+    /// (as `kim federation join` does), and starts it as a candidate. Returns its index.
+    pub async fn add_candidate(
+        &mut self,
+        name: &str,
+        nuts: &str,
+        token: &str,
+    ) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let founder = FounderSpec::generate(name, nuts)?;
+        // Its own one-region federation first, exactly as `kim init` makes it.
+        let own = founding::found(
+            &format!("KIM federation founded by {name}"),
+            std::slice::from_ref(&founder),
+            ThresholdRule::Majority,
+            ThresholdRule::Majority,
+            kim_node::ingest::system_now_ms(),
+        )?;
+        // A fixed port, so the address in its join request is one members can dial.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data = DataDir::new(self._root.path().join(format!("node-{i}")));
+        node::init(
+            &data,
+            InitOptions {
+                region_name: name.to_string(),
+                nuts: nuts.to_string(),
+                agency: None,
+                languages: vec![],
+                api_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                p2p_listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+                bootstrap: vec![],
+                seed: Some(Seed {
+                    founder: founder.clone(),
+                    founding: own,
+                }),
+            },
+        )
+        .await
+        .with_context(|| format!("init of candidate {name}"))?;
+        kim_node::join::join(
+            &data,
+            token,
+            "We would like to join.",
+            Duration::from_secs(20),
+        )
+        .await
+        .with_context(|| format!("{name} joining"))?;
+        self.nodes.push(ClusterNode {
+            name: name.to_string(),
+            peer_id: founder.node_key.public().to_peer_id(),
+            founder,
+            data,
+            p2p_addr: None,
+            running: None,
+        });
+        self.start_node(i).await?;
+        Ok(i)
+    }
+
+    /// Waits until `check` holds for every running node among `nodes`.
+    pub async fn wait_until(
+        &self,
+        nodes: &[usize],
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&ClusterNode) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let failing: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|i| self.nodes[*i].running.is_some() && !check(&self.nodes[*i]))
+                .collect();
+            if failing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{what}: still not true on nodes {failing:?} after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops node `i` cleanly (store flushed); its data directory stays.
     pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(running) = self.nodes[i].running.take() {

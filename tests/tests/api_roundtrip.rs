@@ -725,6 +725,13 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "POST /api/v1/notifications/read",
         "GET /api/v1/federation/overview",
         "GET /api/v1/federation/potential",
+        "GET /api/v1/members",
+        "GET /api/v1/members/pending",
+        "POST /api/v1/members/{region}/endorse",
+        "POST /api/v1/members/{region}/decline",
+        "POST /api/v1/members/{region}/remove",
+        "POST /api/v1/federation/leave",
+        "POST /api/v1/federation/invitations",
     ]
     .into_iter()
     .map(String::from)
@@ -737,7 +744,8 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         let path = path
             .replace("{collection}", "offers")
             .replace("{key}", "no-such-key")
-            .replace("{id}", &"00".repeat(32));
+            .replace("{id}", &"00".repeat(32))
+            .replace("{region}", &"00".repeat(32));
         let path = path.strip_prefix("/api/v1").context("prefix")?;
         let method: Method = method.parse()?;
         let (status, body) = send(node.request(method, path).json(&json!({}))).await?;

@@ -1,0 +1,734 @@
+//! The join protocol (`/kim/<federation>/join/1`): what a node that is not (yet) a member may
+//! do on a member's node, and nothing more.
+//!
+//! A candidate's connection is a **guest** connection (see `net`): gossipsub ignores it, sync
+//! refuses it, kademlia does not learn it, and it is closed after [`GUEST_CONNECTION_MAX`].
+//! On it the candidate may
+//! - ask for the federation's **state**: the charter record, every membership record and the
+//!   current members' region profiles, in id order, a page at a time (`State`);
+//! - **submit** its own signed join request (`Submit`), which the member checks (fresh, from a
+//!   non-member, room among pending candidates), stores through the ingest pipeline and gossips
+//!   to the other members.
+//!
+//! Both are rate-limited per peer and per IP address. The same messages serve a candidate's
+//! running node (which polls `State` until it is admitted) and `kim federation join`, which
+//! uses [`JoinClient`], a one-protocol swarm of its own, before the node has a store for the
+//! federation at all.
+//!
+//! # Messages (frames as in sync: LEB128 length, then a tag byte and a body)
+//! | tag | ask | body |
+//! | --- | --- | --- |
+//! | 0 | `State` | 0, or 1 ‖ a 32-byte record id: the page starts after it |
+//! | 1 | `Submit` | varint length ≤ `RECORD_BYTES_MAX` ‖ the join request record |
+//!
+//! | tag | answer | body |
+//! | --- | --- | --- |
+//! | 0 | `State` | 1 byte `more` ‖ records as in a sync `Records` response |
+//! | 1 | `Submitted` | 1 byte: 1 if the record was new here |
+//! | 2 | `Refused` | varint length ≤ 64 ‖ an error code in ASCII (`join.*`) |
+
+use std::io;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kim_protocol::envelope::{Body, Kind, Record, record_id};
+use kim_protocol::limits::{JOIN_PENDING_MAX, JOIN_SUBMIT_AGE_MS_MAX, RECORD_BYTES_MAX};
+use kim_protocol::membership::AuthorStatus;
+use kim_protocol::reconcile::{ID_BYTES, Id};
+use kim_protocol::{FederationId, RecordId};
+use libp2p::futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
+
+use crate::ingest::{Ingest, Source};
+use crate::net::{
+    Reader, SYNC_BATCH_BYTES_MAX, SYNC_BATCH_RECORDS_MAX, get_records, invalid, put_records,
+    put_varint, read_frame, write_frame,
+};
+
+/// How long a guest (a peer that is not a member's node) may stay connected.
+pub const GUEST_CONNECTION_MAX: Duration = Duration::from_secs(120);
+/// Guest connections a member's node holds at once.
+pub const GUESTS_MAX: usize = 64;
+/// Guest connections from one IP address at once.
+pub const GUESTS_PER_IP_MAX: usize = 8;
+/// Join-protocol asks one peer may make per [`JOIN_RATE_WINDOW`].
+pub const JOIN_ASKS_PER_WINDOW: u32 = 60;
+pub const JOIN_RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Join requests one IP address may submit per [`JOIN_SUBMIT_WINDOW`] (whatever its peer ids).
+pub const JOIN_SUBMITS_PER_IP: u32 = 4;
+pub const JOIN_SUBMIT_WINDOW: Duration = Duration::from_secs(600);
+/// How often a candidate's node asks a member for the federation's state.
+pub const JOIN_POLL_INTERVAL: Duration = Duration::from_secs(3);
+/// Most records a state download may bring (charter, membership records and profiles).
+pub const JOIN_STATE_RECORDS_MAX: usize = 100_000;
+/// Longest refusal code.
+const REFUSAL_CODE_BYTES_MAX: usize = 64;
+/// Largest join frame: a state page.
+const JOIN_FRAME_BYTES_MAX: usize = SYNC_BATCH_BYTES_MAX + 64 * 1024;
+
+/// What a guest asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinAsk {
+    /// The next page of the federation's state, after the given record id.
+    State { after: Option<Id> },
+    /// The asker's signed join request.
+    Submit(Vec<u8>),
+}
+
+/// What a member answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinAnswer {
+    /// A page of state records in id order; `more` if another page follows.
+    State { records: Vec<Vec<u8>>, more: bool },
+    /// The join request was stored (`new`) or was already held.
+    Submitted { new: bool },
+    /// Not served; a stable code says why.
+    Refused(String),
+}
+
+impl JoinAsk {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            JoinAsk::State { after } => {
+                out.push(0);
+                match after {
+                    None => out.push(0),
+                    Some(id) => {
+                        out.push(1);
+                        out.extend_from_slice(id);
+                    }
+                }
+            }
+            JoinAsk::Submit(record) => {
+                out.push(1);
+                put_varint(&mut out, record.len() as u64);
+                out.extend_from_slice(record);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JoinAsk, String> {
+        let (&tag, body) = bytes.split_first().ok_or("empty join frame")?;
+        let mut reader = Reader(body);
+        let ask = match tag {
+            0 => {
+                let after = match reader.take(1).map_err(|e| e.to_string())?[0] {
+                    0 => None,
+                    1 => {
+                        let mut id = [0u8; ID_BYTES];
+                        id.copy_from_slice(reader.take(ID_BYTES).map_err(|e| e.to_string())?);
+                        Some(id)
+                    }
+                    other => return Err(format!("join state flag {other} is neither 0 nor 1")),
+                };
+                JoinAsk::State { after }
+            }
+            1 => {
+                let len = reader.count(RECORD_BYTES_MAX).map_err(|e| e.to_string())?;
+                JoinAsk::Submit(reader.take(len).map_err(|e| e.to_string())?.to_vec())
+            }
+            other => return Err(format!("join frame has unknown tag {other}")),
+        };
+        reader.finish().map_err(|e| e.to_string())?;
+        Ok(ask)
+    }
+}
+
+impl JoinAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            JoinAnswer::State { records, more } => {
+                out.push(0);
+                out.push(u8::from(*more));
+                put_records(&mut out, records);
+            }
+            JoinAnswer::Submitted { new } => {
+                out.push(1);
+                out.push(u8::from(*new));
+            }
+            JoinAnswer::Refused(code) => {
+                out.push(2);
+                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
+                put_varint(&mut out, code.len() as u64);
+                out.extend_from_slice(code);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JoinAnswer, String> {
+        let (&tag, body) = bytes.split_first().ok_or("empty join frame")?;
+        let flag = |b: u8| match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(format!("join flag {other} is neither 0 nor 1")),
+        };
+        match tag {
+            0 => {
+                let (&more, rest) = body.split_first().ok_or("join state page ends early")?;
+                Ok(JoinAnswer::State {
+                    more: flag(more)?,
+                    records: get_records(rest).map_err(|e| e.to_string())?,
+                })
+            }
+            1 => match body {
+                [new] => Ok(JoinAnswer::Submitted { new: flag(*new)? }),
+                _ => Err("join submitted answer must be one byte".into()),
+            },
+            2 => {
+                let mut reader = Reader(body);
+                let len = reader
+                    .count(REFUSAL_CODE_BYTES_MAX)
+                    .map_err(|e| e.to_string())?;
+                let code = reader.take(len).map_err(|e| e.to_string())?;
+                reader.finish().map_err(|e| e.to_string())?;
+                if !code.iter().all(|b| b.is_ascii_graphic()) {
+                    return Err("join refusal code is not short ASCII".into());
+                }
+                Ok(JoinAnswer::Refused(
+                    String::from_utf8_lossy(code).into_owned(),
+                ))
+            }
+            other => Err(format!("join frame has unknown tag {other}")),
+        }
+    }
+}
+
+/// Frames join messages on a substream.
+#[derive(Debug, Clone, Default)]
+pub struct JoinCodec;
+
+async fn read_join_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let payload = read_frame(io).await?;
+    if payload.len() > JOIN_FRAME_BYTES_MAX {
+        return Err(invalid("join frame above the limit"));
+    }
+    Ok(payload)
+}
+
+impl request_response::Codec for JoinCodec {
+    type Protocol = StreamProtocol;
+    type Request = JoinAsk;
+    type Response = JoinAnswer;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinAsk>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let payload = read_join_frame(io).await?;
+        JoinAsk::decode(&payload).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinAnswer>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let payload = read_join_frame(io).await?;
+        JoinAnswer::decode(&payload).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: JoinAsk,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &request.encode()).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: JoinAnswer,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &response.encode()).await
+    }
+}
+
+/// The join protocol's name for a federation.
+pub fn protocol_name(federation: &FederationId) -> anyhow::Result<StreamProtocol> {
+    StreamProtocol::try_from_owned(kim_protocol::names::join_protocol(federation))
+        .map_err(|e| anyhow::anyhow!("join protocol name: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The member's side: what the node serves
+// ---------------------------------------------------------------------------------------------
+
+/// One page of the state a candidate needs: the charter record, every membership record and
+/// the current members' profiles, in id order after `after`, within the sync batch budget.
+pub fn state_page(ingest: &Ingest, after: Option<Id>) -> anyhow::Result<(Vec<Vec<u8>>, bool)> {
+    let store = ingest.store();
+    let mut all: Vec<(RecordId, Vec<u8>)> = Vec::new();
+    for bytes in store.membership_records()? {
+        all.push((record_id(&bytes), bytes));
+    }
+    let membership = ingest.membership();
+    for region in membership.members.keys() {
+        if let Some(entry) = store.item(region, Kind::RegionProfile, "profile")?
+            && !entry.tombstone
+            && let Some(bytes) = store.record(&entry.id)?
+        {
+            all.push((entry.id, bytes));
+        }
+    }
+    all.sort_by_key(|(id, _)| *id);
+    all.dedup_by_key(|(id, _)| *id);
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    for (id, record) in all
+        .into_iter()
+        .filter(|(id, _)| after.is_none_or(|a| id.0 > a))
+    {
+        if page.len() == SYNC_BATCH_RECORDS_MAX || bytes + record.len() > SYNC_BATCH_BYTES_MAX {
+            more = true;
+            break;
+        }
+        let _ = id;
+        bytes += record.len();
+        page.push(record);
+    }
+    Ok((page, more))
+}
+
+/// Checks a candidate's submitted join request and stores it: `Ok(true)` if it was new here.
+/// Refusals are stable codes (`join.*`, or the pipeline's own).
+pub async fn submit(ingest: &Ingest, bytes: Vec<u8>, now_ms: u64) -> Result<bool, String> {
+    let record = Record::decode(bytes.clone()).map_err(|e| e.code().to_string())?;
+    let c = &record.content;
+    if !matches!(c.body, Body::JoinRequest(_)) {
+        return Err("join.not_a_join_request".into());
+    }
+    if c.federation != ingest.federation() {
+        return Err("record.wrong_federation".into());
+    }
+    let membership = ingest.membership();
+    match membership.author_status(&c.author, c.created_at_ms) {
+        AuthorStatus::Member(_) | AuthorStatus::RetiredKey(_) => {
+            return Err("join.already_member".into());
+        }
+        AuthorStatus::NotMember(_) | AuthorStatus::Unknown => {}
+    }
+    if c.created_at_ms.saturating_add(JOIN_SUBMIT_AGE_MS_MAX) < now_ms {
+        return Err("join.request_too_old".into());
+    }
+    let region = membership.region_of(&c.author).unwrap_or(c.author);
+    let already_pending = membership
+        .pending
+        .iter()
+        .any(|p| p.candidate == region && !p.is_expired(now_ms));
+    let pending = membership
+        .pending
+        .iter()
+        .filter(|p| !p.is_expired(now_ms))
+        .count();
+    if !already_pending && pending >= JOIN_PENDING_MAX {
+        return Err("join.too_many_pending".into());
+    }
+    match ingest.ingest_batch(vec![bytes], Source::Sync).await.pop() {
+        Some(Ok(accepted)) => Ok(accepted.is_new()),
+        Some(Err(e)) => Err(e.code().to_string()),
+        None => Err("join.internal".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The candidate's side before it has a store: a one-protocol client
+// ---------------------------------------------------------------------------------------------
+
+#[derive(NetworkBehaviour)]
+struct JoinOnly {
+    join: request_response::Behaviour<JoinCodec>,
+}
+
+/// A connection to one member's node that speaks only the join protocol.
+pub struct JoinClient {
+    swarm: libp2p::Swarm<JoinOnly>,
+    peer: PeerId,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for JoinClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinClient")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JoinClient {
+    /// Dials the addresses in turn until one member's node answers.
+    pub async fn connect(
+        keypair: identity::Keypair,
+        federation: &FederationId,
+        addrs: &[Multiaddr],
+        timeout: Duration,
+    ) -> anyhow::Result<JoinClient> {
+        let name = protocol_name(federation)?;
+        let behaviour = JoinOnly {
+            join: request_response::Behaviour::with_codec(
+                JoinCodec,
+                [(name, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(timeout),
+            ),
+        };
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|_| behaviour)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(timeout))
+            .build();
+        let mut failures = Vec::new();
+        for addr in addrs {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                failures.push(format!("{addr}: {e}"));
+                continue;
+            }
+            let outcome = tokio::time::timeout(timeout, async {
+                loop {
+                    match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                            return Ok(peer_id);
+                        }
+                        SwarmEvent::OutgoingConnectionError { error, .. } => {
+                            return Err(error.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            match outcome {
+                Ok(Ok(peer)) => {
+                    tracing::info!(peer = %peer, addr = %addr, "connected to a member's node");
+                    return Ok(JoinClient {
+                        swarm,
+                        peer,
+                        timeout,
+                    });
+                }
+                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+                Err(_) => failures.push(format!("{addr}: no answer in {timeout:?}")),
+            }
+        }
+        bail!(
+            "no bootstrap peer of the invitation could be reached ({}); check the addresses \
+             and that the member's node is running",
+            failures.join("; ")
+        )
+    }
+
+    /// The member's node this client talks to.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    async fn ask(&mut self, ask: JoinAsk) -> anyhow::Result<JoinAnswer> {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request(&self.peer, ask);
+        let peer = self.peer;
+        let wait = async {
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(JoinOnlyEvent::Join(
+                        request_response::Event::Message {
+                            message:
+                                request_response::Message::Response {
+                                    request_id,
+                                    response,
+                                },
+                            ..
+                        },
+                    )) if request_id == id => return Ok(response),
+                    SwarmEvent::Behaviour(JoinOnlyEvent::Join(
+                        request_response::Event::OutboundFailure {
+                            request_id, error, ..
+                        },
+                    )) if request_id == id => {
+                        bail!("the member's node {peer} did not answer: {error}")
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        peer_id,
+                        num_established: 0,
+                        ..
+                    } if peer_id == peer => {
+                        bail!("the member's node {peer} closed the connection")
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout * 2, wait)
+            .await
+            .map_err(|_| anyhow::anyhow!("the member's node {peer} did not answer in time"))?
+    }
+
+    /// Downloads the federation's state: charter record, membership records, members'
+    /// profiles.
+    pub async fn fetch_state(&mut self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        let mut after: Option<Id> = None;
+        loop {
+            match self.ask(JoinAsk::State { after }).await? {
+                JoinAnswer::State { records, more } => {
+                    let last = records.last().map(|r| record_id(r).0);
+                    all.extend(records);
+                    if all.len() > JOIN_STATE_RECORDS_MAX {
+                        bail!(
+                            "the member's node sent more than {JOIN_STATE_RECORDS_MAX} state records"
+                        );
+                    }
+                    match (more, last) {
+                        (true, Some(last)) if after.is_none_or(|a| last > a) => after = Some(last),
+                        (true, _) => bail!("the member's node sent an empty or repeated page"),
+                        (false, _) => return Ok(all),
+                    }
+                }
+                JoinAnswer::Refused(code) => bail!("the member's node refused: {code}"),
+                other => bail!("unexpected answer to a state request: {other:?}"),
+            }
+        }
+    }
+
+    /// Submits a signed join request; `Ok(true)` if it was new there.
+    pub async fn submit(&mut self, record: Vec<u8>) -> anyhow::Result<bool> {
+        match self
+            .ask(JoinAsk::Submit(record))
+            .await
+            .context("submitting the join request")?
+        {
+            JoinAnswer::Submitted { new } => Ok(new),
+            JoinAnswer::Refused(code) => {
+                bail!("the member's node refused the join request: {code}")
+            }
+            other => bail!("unexpected answer to a join request: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `kim federation join`: from an invitation to a candidate's data directory
+// ---------------------------------------------------------------------------------------------
+
+/// What joining did.
+#[derive(Debug, Clone)]
+pub struct JoinReport {
+    pub federation: FederationId,
+    pub federation_name: String,
+    pub inviter_name: String,
+    /// The member's node that took the request.
+    pub peer: PeerId,
+    pub members: usize,
+    /// Endorsements the request needs now.
+    pub required: usize,
+    /// Whether the member's node had not seen the request before.
+    pub new: bool,
+}
+
+/// Joins a federation with an invitation, on a fresh node that is not running: checks the
+/// token, downloads the federation's charter and membership from a bootstrap peer (checking
+/// the charter against the token's hashes and the inviter against the membership), submits
+/// this region's signed join request, and moves the node into the federation as a candidate.
+/// `kim run` then waits for the endorsements; admission needs nothing more from the operator.
+pub async fn join(
+    data: &crate::config::DataDir,
+    token: &str,
+    message: &str,
+    timeout: Duration,
+) -> anyhow::Result<JoinReport> {
+    use kim_protocol::envelope::{Content, FORMAT_VERSION};
+    use kim_protocol::invitation::SignedInvitation;
+    use kim_protocol::membership::{JoinRequest, evaluate};
+    use kim_protocol::{PublicKey, types::NodeAddress};
+
+    let now = crate::ingest::system_now_ms();
+    let signed = SignedInvitation::from_token(token, now)
+        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+    let invitation = signed.invitation;
+    let federation = invitation.federation;
+    let config = crate::config::Config::load_file(&data.root)?;
+    if config.federation == federation.to_hex() {
+        bail!(
+            "{} already belongs to federation {federation} (as a candidate or member); \
+             `kim run` keeps asking for admission",
+            data.root.display()
+        );
+    }
+    let region_key = data.load_key()?;
+    let own = PublicKey(region_key.verifying_key().to_bytes());
+    let node_key = data.load_node_key()?;
+    let peer_id = node_key.public().to_peer_id();
+    // This region's profile as `kim init` wrote it; its node entry is renewed below.
+    let mut profile = {
+        let store = crate::store::Store::open(&data.store(), config.store_cache_bytes, false)?;
+        let entry = store.item(&own, Kind::RegionProfile, "profile")?.context(
+            "this node holds no profile of its own region: initialise it with `kim init`",
+        )?;
+        let bytes = store
+            .record(&entry.id)?
+            .context("this region's profile record is missing from the store")?;
+        match Record::decode(bytes).map(|r| r.content.body) {
+            Ok(Body::RegionProfile(profile)) => profile,
+            _ => bail!("this region's profile record is damaged"),
+        }
+    };
+    profile.nodes = vec![NodeAddress {
+        peer_id: peer_id.to_string(),
+        addrs: crate::node::announceable(&config.p2p_listen),
+    }];
+    let addrs: Vec<Multiaddr> = invitation
+        .bootstrap
+        .iter()
+        .filter_map(|a| match a.parse() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                tracing::warn!(addr = %a, cause = %e, "skipping an unreadable bootstrap address");
+                None
+            }
+        })
+        .collect();
+    tracing::info!(federation = %federation, name = %invitation.federation_name,
+        inviter = %invitation.inviter_name, "invitation verified; contacting the federation");
+    let mut client = JoinClient::connect(node_key, &federation, &addrs, timeout).await?;
+    let records = client.fetch_state().await?;
+
+    // Check what came: signatures, the charter against the invitation, the inviter.
+    let mut decoded = Vec::with_capacity(records.len());
+    for bytes in &records {
+        let record = Record::decode(bytes.clone())
+            .map_err(|e| anyhow::anyhow!("the member's node sent a malformed record: {e}"))?;
+        record
+            .verify()
+            .map_err(|e| anyhow::anyhow!("the member's node sent a forged record: {e}"))?;
+        decoded.push(record);
+    }
+    let charter_bytes = decoded
+        .iter()
+        .find_map(|r| match &r.content.body {
+            Body::Charter(c) if r.content.federation == federation => Some(c.charter.clone()),
+            _ => None,
+        })
+        .context("the member's node sent no charter")?;
+    invitation
+        .check_charter(&charter_bytes)
+        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+    let charter = kim_protocol::membership::Charter::from_bytes(&charter_bytes)
+        .map_err(|e| anyhow::anyhow!("the charter is unreadable: {e}"))?;
+    let state = evaluate(&charter, federation, decoded.iter());
+    invitation
+        .check_inviter(&state)
+        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+    if state.is_member(&own) {
+        bail!(
+            "this region is already a member of {}",
+            invitation.federation_name
+        );
+    }
+
+    let content = Content {
+        format: FORMAT_VERSION,
+        federation,
+        author: own,
+        kind: Kind::JoinRequest,
+        key: format!("join-{now}"),
+        revision: 1,
+        created_at_ms: now,
+        expires_at_ms: None,
+        body: Body::JoinRequest(JoinRequest {
+            profile,
+            message: message.to_string(),
+        }),
+    };
+    let request = Record::sign(&content, &region_key)
+        .map_err(|e| anyhow::anyhow!("signing the join request: {e}"))?;
+    let new = client.submit(request.bytes.clone()).await?;
+    let peer = client.peer();
+    drop(client);
+
+    let mut start = records;
+    start.push(request.bytes);
+    let adopted = crate::node::adopt_federation(data, &charter_bytes, start).await?;
+    for (id, code) in &adopted.refused {
+        tracing::warn!(record = %id, code, "a state record was refused");
+    }
+    let mut config = crate::config::Config::load_file(&data.root)?;
+    for addr in &invitation.bootstrap {
+        if !config.bootstrap.contains(addr) {
+            config.bootstrap.push(addr.clone());
+        }
+    }
+    std::fs::write(data.config(), config.to_documented_toml())
+        .with_context(|| format!("cannot write {}", data.config().display()))?;
+    Ok(JoinReport {
+        federation,
+        federation_name: invitation.federation_name,
+        inviter_name: invitation.inviter_name,
+        peer,
+        members: state.members.len(),
+        required: charter.admission.required(state.members.len()),
+        new,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for ask in [
+            JoinAsk::State { after: None },
+            JoinAsk::State {
+                after: Some([7; 32]),
+            },
+            JoinAsk::Submit(vec![1, 2, 3]),
+        ] {
+            assert_eq!(JoinAsk::decode(&ask.encode()).unwrap(), ask);
+        }
+        for answer in [
+            JoinAnswer::State {
+                records: vec![vec![1], vec![2, 3]],
+                more: true,
+            },
+            JoinAnswer::Submitted { new: false },
+            JoinAnswer::Refused("join.rate_limited".into()),
+        ] {
+            assert_eq!(JoinAnswer::decode(&answer.encode()).unwrap(), answer);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        assert!(JoinAsk::decode(&[]).is_err());
+        assert!(JoinAsk::decode(&[9]).is_err());
+        assert!(JoinAsk::decode(&[0, 2]).is_err());
+        assert!(JoinAsk::decode(&[0, 1, 5]).is_err());
+        assert!(JoinAsk::decode(&[0, 0, 0]).is_err());
+        let mut huge = vec![1];
+        put_varint(&mut huge, (RECORD_BYTES_MAX + 1) as u64);
+        assert!(JoinAsk::decode(&huge).is_err());
+        assert!(JoinAnswer::decode(&[1, 2]).is_err());
+        assert!(JoinAnswer::decode(&[2, 1, 0x07]).is_err());
+    }
+}
