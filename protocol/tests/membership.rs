@@ -275,9 +275,10 @@ fn one_endorsement_of_two_needed_leaves_the_candidate_pending() -> TestResult {
         "the candidate's first join request"
     );
     assert!(!state.pending[0].is_expired(jr.content.created_at_ms));
-    assert!(state.pending[0].is_expired(
-        jr.content.created_at_ms + kim_protocol::limits::JOIN_REQUEST_TTL_MS
-    ));
+    assert!(
+        state.pending[0]
+            .is_expired(jr.content.created_at_ms + kim_protocol::limits::JOIN_REQUEST_TTL_MS)
+    );
     assert!(state.anomalies.is_empty(), "{:?}", state.anomalies);
     Ok(())
 }
