@@ -390,3 +390,179 @@ async fn local_only_data_never_appears_in_what_a_node_sends() {
     }));
     c.shutdown().await.unwrap();
 }
+
+/// A signed join request of a made-up region.
+fn sybil_join_request(
+    federation: FederationId,
+    key: &ed25519_dalek::SigningKey,
+    peer: PeerId,
+    n: usize,
+) -> Vec<u8> {
+    use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind};
+    use kim_protocol::membership::JoinRequest;
+    use kim_protocol::types::{NodeAddress, PublicContact, RegionProfile};
+    let now = kim_node::ingest::system_now_ms();
+    let content = Content {
+        format: FORMAT_VERSION,
+        federation,
+        author: samples::public_key(key),
+        kind: Kind::JoinRequest,
+        key: format!("join-{now}"),
+        revision: 1,
+        created_at_ms: now,
+        expires_at_ms: None,
+        body: Body::JoinRequest(JoinRequest {
+            profile: RegionProfile {
+                name: format!("Sybil region {n}"),
+                nuts: vec!["AT22".into()],
+                country: "AT".into(),
+                languages: vec!["de".into()],
+                agency: "Nobody".into(),
+                contact: PublicContact::default(),
+                nodes: vec![NodeAddress {
+                    peer_id: peer.to_string(),
+                    addrs: vec![],
+                }],
+                description: String::new(),
+            },
+            message: "let us in".into(),
+        }),
+    };
+    Record::sign(&content, key).unwrap().bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_sybils_asking_to_join_and_sending_records_get_nowhere_while_members_converge() {
+    let mut c = Cluster::start(4, ClusterOptions::default()).await.unwrap();
+    c.connect_all().await.unwrap();
+    c.wait_converged(&c.all(), CONVERGE).await.unwrap();
+    let federation = c.federation();
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let mut sybil_regions = std::collections::BTreeSet::new();
+    let mut refusals: HashMap<String, usize> = HashMap::new();
+    let mut accepted = 0usize;
+    let mut full_peers = Vec::new();
+    for n in 0..50 {
+        let region_key = samples::signing_key(&mut rng);
+        sybil_regions.insert(samples::public_key(&region_key));
+        let node_key = identity::Keypair::generate_ed25519();
+        let peer = node_key.public().to_peer_id();
+        let target = addr_of(&c, n % 4);
+        // Every fifth sybil runs a whole node that pushes its records by gossip and sync.
+        if n % 5 == 0 {
+            let mut offers = Vec::new();
+            for i in 0..20 {
+                let content = samples::synthetic_cooperation_content(
+                    &mut rng,
+                    federation,
+                    samples::public_key(&region_key),
+                    i,
+                    kim_node::ingest::system_now_ms(),
+                );
+                offers.push(Record::sign(&content, &region_key).unwrap().bytes);
+            }
+            let sybil = start_peer(
+                federation,
+                node_key.clone(),
+                Fake::holding(offers.clone()),
+                |cfg| cfg.sync_on_connect = true,
+            );
+            if let Ok(member) = sybil.client.dial(target.clone()).await {
+                let _ = sybil.client.sync_with(member).await;
+                for offer in offers {
+                    let _ = sybil.client.publish(offer).await;
+                }
+            }
+            full_peers.push(sybil);
+        }
+        // And every sybil asks to join, and slips an offer in through the join protocol.
+        let Ok(mut client) = kim_node::join::JoinClient::connect(
+            node_key,
+            &federation,
+            std::slice::from_ref(&target),
+            Duration::from_secs(5),
+        )
+        .await
+        else {
+            *refusals.entry("connection refused".into()).or_default() += 1;
+            continue;
+        };
+        let request = sybil_join_request(federation, &region_key, peer, n);
+        match client.submit(request).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                let text = format!("{e:#}");
+                let code = text.rsplit(": ").next().unwrap_or("?").to_string();
+                *refusals.entry(code).or_default() += 1;
+            }
+        }
+        let content = samples::synthetic_cooperation_content(
+            &mut rng,
+            federation,
+            samples::public_key(&region_key),
+            999,
+            kim_node::ingest::system_now_ms(),
+        );
+        let offer = Record::sign(&content, &region_key).unwrap().bytes;
+        let answer = client.submit(offer).await;
+        assert!(
+            answer.is_err(),
+            "an offer went in through the join protocol"
+        );
+    }
+    eprintln!("sybil join requests: {accepted} taken, refusals {refusals:?}");
+    // Per address (all sybils share 127.0.0.1), each member takes at most a few requests.
+    assert!(
+        accepted <= 4 * kim_node::join::JOIN_SUBMITS_PER_IP as usize,
+        "{accepted}"
+    );
+    assert!(
+        refusals.get("join.rate_limited").copied().unwrap_or(0) > 0,
+        "{refusals:?}"
+    );
+
+    // The members keep working and converging meanwhile.
+    for i in 0..4 {
+        c.publish(
+            i,
+            "offers",
+            sample_input("offers", &format!("honest-{i}"), 30 + i as u64),
+        )
+        .await
+        .unwrap();
+    }
+    c.wait_converged(&c.all(), CONVERGE).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.wait_converged(&c.all(), CONVERGE).await.unwrap();
+    for i in 0..4 {
+        let ingest = c.node(i).service().unwrap().ingest();
+        let membership = ingest.membership();
+        assert_eq!(membership.members.len(), 4, "node {i}");
+        assert!(
+            sybil_regions.iter().all(|r| !membership.is_member(r)),
+            "node {i} admitted a sybil"
+        );
+        assert!(membership.pending.len() <= kim_protocol::limits::JOIN_PENDING_MAX);
+        // Nothing but (bounded) join requests of theirs is held anywhere.
+        for record in ingest.store().records() {
+            let (_, bytes) = record.unwrap();
+            let record = Record::decode(bytes).unwrap();
+            if sybil_regions.contains(&record.content.author) {
+                assert_eq!(
+                    record.content.kind,
+                    kim_protocol::Kind::JoinRequest,
+                    "node {i} stored a sybil's {}",
+                    record.content.kind
+                );
+            }
+        }
+        // And nothing of theirs was forwarded: honest peers are not penalised by each other.
+        for p in c.node(i).running().unwrap().net.peers().await.unwrap() {
+            if (0..4).any(|j| c.node(j).peer_id == p.peer_id) {
+                assert!(p.gossip_score.unwrap_or(0.0) >= 0.0, "node {i}: {p:?}");
+            }
+        }
+    }
+    drop(full_peers);
+    c.shutdown().await.unwrap();
+}
