@@ -497,6 +497,8 @@ pub struct PeerView {
     pub gossip_score: Option<f64>,
     /// Whether records we accept are forwarded to the peer at once.
     pub gossip_mesh: bool,
+    /// A guest: a node that is not a member's (a candidate), limited to the join protocol.
+    pub guest: bool,
 }
 
 /// Connected peers: region, addresses, round-trip time, last sync.
@@ -532,6 +534,7 @@ async fn peer_views(state: &AppState) -> Vec<PeerView> {
                 }),
                 gossip_score: p.gossip_score,
                 gossip_mesh: p.gossip_mesh,
+                guest: p.guest,
             }
         })
         .collect();

@@ -433,7 +433,13 @@ pub async fn peers(client: &Client) -> anyhow::Result<()> {
             println!(
                 "{:<22} {:<24} {:>8} {:>10}  {}",
                 short(p["peer_id"].as_str().unwrap_or(""), 20),
-                p["region_name"].as_str().unwrap_or("(not a member)"),
+                p["region_name"]
+                    .as_str()
+                    .unwrap_or(if p["guest"].as_bool() == Some(true) {
+                        "(guest: join only)"
+                    } else {
+                        "(not a member)"
+                    }),
                 rtt,
                 last,
                 p["addrs"][0].as_str().unwrap_or("")

@@ -959,6 +959,8 @@ pub struct PeerInfo {
     pub gossip_score: Option<f64>,
     /// Whether the peer is in our gossip mesh: records we accept are forwarded to it at once.
     pub gossip_mesh: bool,
+    /// Whether the peer is a guest (not a member's node): it may use the join protocol only.
+    pub guest: bool,
 }
 
 /// What one sync session did.
@@ -1900,6 +1902,7 @@ impl<R: Records> EventLoop<R> {
                     last_sync: state.last_sync,
                     gossip_score: gossipsub.peer_score(peer_id),
                     gossip_mesh: mesh.contains(peer_id),
+                    guest: state.guest_since.is_some(),
                 }
             })
             .collect();
