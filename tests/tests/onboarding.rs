@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use kim_node::ingest::Source;
 use kim_protocol::RegionId;
 use kim_tests::cluster::{Cluster, ClusterOptions};
@@ -313,7 +315,7 @@ async fn admission_removal_and_leaving_give_one_member_set_whatever_the_arrival_
     // it depends on arrives again later, as sync makes it), give the same member set and the
     // same sync set.
     let store = cluster.node(0).service()?.ingest().store().clone();
-    let charter_bytes = store.meta("charter")?.expect("charter");
+    let charter_bytes = store.meta("charter")?.context("no charter")?;
     let charter = kim_protocol::membership::Charter::from_bytes(&charter_bytes)?;
     let records: Vec<Vec<u8>> = store
         .records()
