@@ -5,6 +5,12 @@
 //! own region; they replicate to the others by sync and gossip. The demo prints each node's
 //! API address and token, reports when every node holds the same records, and stops every
 //! node cleanly on Ctrl-C. Run again, it restarts the same federation from its directory.
+//!
+//! Then a fifth region, Kärnten (AT21), joins live the way a real one would: its node is
+//! initialised on its own, Steiermark invites it, it asks to join with the invitation (as a
+//! guest, limited to the join protocol), three members endorse it (the charter's majority of
+//! four), every node admits it on its own, and it catches up on everything by sync. The demo
+//! prints each step and the time from the last endorsement to convergence.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +38,9 @@ pub const DEMO_REGIONS: [(&str, &str, &[&str]); 4] = [
     ("Friuli-Venezia Giulia", "ITH4", &["it", "en"]),
     ("Jadranska Hrvatska", "HR03", &["hr", "en"]),
 ];
+
+/// The region that joins the demo federation live: name, NUTS code, languages.
+pub const DEMO_NEWCOMER: (&str, &str, &[&str]) = ("Kärnten", "AT21", &["de", "sl", "en"]);
 
 /// What `kim demo` is asked to do.
 #[derive(Debug, Clone)]
@@ -217,19 +226,53 @@ pub async fn run(
         });
         nodes.push(running);
     }
+    let newcomer = data_dir(&options, DEMO_NEWCOMER.1);
+    let newcomer_exists = newcomer.config().exists();
+    if newcomer_exists {
+        // It joined in an earlier run: it starts with the others.
+        let config = Config::load(&newcomer.root)?;
+        let listener = TcpListener::bind(config.api_listen).await?;
+        let running = node::start(&newcomer, config, listener).await?;
+        shown.push(DemoNode {
+            name: DEMO_NEWCOMER.0.to_string(),
+            nuts: DEMO_NEWCOMER.1.to_string(),
+            api: running.api_addr,
+            token: newcomer.load_token()?,
+            data_dir: newcomer.root.clone(),
+        });
+        nodes.push(running);
+    }
     print_nodes(&shown);
     let started = Instant::now();
+    let mut joining = if newcomer_exists {
+        None
+    } else {
+        Some(Box::pin(join_live(&options, &nodes)))
+    };
+    let mut joined: Option<node::Running> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut reported = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            outcome = async { match joining.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                joining = None;
+                match outcome {
+                    Ok(running) => joined = Some(running),
+                    Err(e) => println!("the fifth region could not join: {e:#}"),
+                }
+            }
             () = tokio::time::sleep(Duration::from_millis(200)) => {
-                let digests: Vec<_> = nodes.iter().map(|n| n.state.service.ingest().digest()).collect();
+                let digests: Vec<_> = nodes
+                    .iter()
+                    .chain(joined.iter())
+                    .map(|n| n.state.service.ingest().digest())
+                    .collect();
                 let same = digests.windows(2).all(|w| w[0] == w[1]);
-                if same && reported != Some(digests[0]) {
+                if same && reported != Some(digests[0]) && (joining.is_none() || reported.is_none()) {
                     println!(
-                        "converged: every node holds the same {} records (digest {}) after {:.1} s",
+                        "converged: every node ({}) holds the same {} records (digest {}) after {:.1} s",
+                        digests.len(),
                         digests[0].count(),
                         &digests[0].hash().to_hex()[..16],
                         started.elapsed().as_secs_f64()
@@ -239,12 +282,167 @@ pub async fn run(
             }
         }
     }
+    drop(joining);
+    nodes.extend(joined);
     println!("stopping {} nodes…", nodes.len());
     for running in nodes {
         running.stop().await?;
     }
     println!("stopped; stores flushed");
     Ok(())
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+async fn wait(timeout: Duration, what: &str, check: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what}: not after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The fifth region joins: init, invitation, join request, endorsements, admission, catch-up.
+/// Returns its running node.
+async fn join_live(
+    options: &DemoOptions,
+    members: &[node::Running],
+) -> anyhow::Result<node::Running> {
+    let (name, nuts, languages) = DEMO_NEWCOMER;
+    let index = DEMO_REGIONS.len();
+    // Let the founders settle first, so the steps read in order.
+    let founders_converged = || {
+        let digests: Vec<_> = members
+            .iter()
+            .map(|n| n.state.service.ingest().digest())
+            .collect();
+        digests.windows(2).all(|w| w[0] == w[1])
+    };
+    wait(
+        Duration::from_secs(60),
+        "founders converged",
+        founders_converged,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let data = data_dir(options, nuts);
+    node::init(
+        &data,
+        InitOptions {
+            region_name: name.to_string(),
+            nuts: nuts.to_string(),
+            agency: None,
+            languages: languages.iter().map(|l| l.to_string()).collect(),
+            api_listen: Some(api_addr(options.base_port, index)),
+            p2p_listen: vec![p2p_addr(options.base_port, index)],
+            bootstrap: vec![],
+            seed: None,
+        },
+    )
+    .await?;
+    let inviter = &members[0];
+    let mut bootstrap = inviter
+        .net
+        .listen_addrs()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .into_iter()
+        .next()
+        .context("Steiermark's node listens nowhere")?;
+    bootstrap.push(libp2p::multiaddr::Protocol::P2p(inviter.peer_id()));
+    let token = inviter
+        .state
+        .service
+        .invite(vec![bootstrap.to_string()], 86_400_000)?;
+    println!();
+    println!(
+        "{} invites {name} ({nuts}): kim federation invite",
+        DEMO_REGIONS[0].0
+    );
+    let report = crate::join::join(
+        &data,
+        &token,
+        "Kärnten would like to co-operate with the Alps–Adriatic regions.",
+        Duration::from_secs(20),
+    )
+    .await?;
+    println!(
+        "{name} asks to join: kim federation join <token> (pending: 0 of {} endorsements)",
+        report.required
+    );
+    let config = Config::load(&data.root)?;
+    let listener = TcpListener::bind(config.api_listen).await?;
+    let running = node::start(&data, config, listener).await?;
+    let region = running.state.service.region();
+    wait(
+        Duration::from_secs(60),
+        "join request seen by every member",
+        || {
+            members.iter().all(|m| {
+                m.state
+                    .service
+                    .ingest()
+                    .membership()
+                    .pending
+                    .iter()
+                    .any(|p| p.candidate == region)
+            })
+        },
+    )
+    .await?;
+    let mut last = Instant::now();
+    for (k, member) in members.iter().enumerate().skip(1).take(report.required) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        member.state.service.endorse(region).await?;
+        last = Instant::now();
+        println!(
+            "{} endorses {name} ({} of {}): kim endorse {}",
+            DEMO_REGIONS[k].0,
+            k,
+            report.required,
+            &region.to_hex()[..16]
+        );
+    }
+    let everyone = || {
+        members
+            .iter()
+            .chain(std::iter::once(&running))
+            .all(|m| m.state.service.ingest().membership().is_member(&region))
+    };
+    wait(Duration::from_secs(60), "admitted everywhere", everyone).await?;
+    let seeded = seed(&running.state.service, index, options.records_per_node).await?;
+    let converged = || {
+        let own = running.state.service.ingest().digest();
+        members
+            .iter()
+            .all(|m| m.state.service.ingest().digest() == own)
+    };
+    // Its own records go out by sync with every member it is connected to.
+    let push = async {
+        loop {
+            for peer in running.net.peers().await.unwrap_or_default() {
+                if !peer.guest {
+                    let _ = running.net.sync_with(peer.peer_id).await;
+                }
+            }
+            if converged() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), push)
+        .await
+        .context("the newcomer did not converge with the members")?;
+    println!(
+        "admitted: {name} is a member on every node, caught up and published {seeded} records; \
+         converged {:.2} s after the last endorsement",
+        last.elapsed().as_secs_f64()
+    );
+    Ok(running)
 }
 
 fn print_nodes(nodes: &[DemoNode]) {

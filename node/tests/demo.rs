@@ -1,5 +1,6 @@
-//! `kim demo` as a user runs it: four regional nodes start, replicate each other's seeded
-//! records, answer the CLI, and stop cleanly on Ctrl-C (SIGINT); a second run reuses them.
+//! `kim demo` as a user runs it: four regional nodes start and replicate each other's seeded
+//! records, a fifth region joins live by invitation and endorsements, every node answers the
+//! CLI, and all stop cleanly on Ctrl-C (SIGINT); a second run reuses them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,14 +24,14 @@ fn free_base() -> u16 {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u64(attempt);
         let base = 10_000 + (hasher.finish() % 22_000) as u16;
-        let free = (0..4)
-            .chain(10..14)
+        let free = (0..5)
+            .chain(10..15)
             .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;
         }
     }
-    panic!("no 14-port range between 10000 and 32000 is free on 127.0.0.1");
+    panic!("no 15-port range between 10000 and 32000 is free on 127.0.0.1");
 }
 
 struct Demo {
@@ -97,7 +98,7 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // A failed assertion must not leave four nodes running.
+        // A failed assertion must not leave the nodes running.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -112,14 +113,35 @@ fn command_kill(signal: &str, pid: u32) -> bool {
 }
 
 #[test]
-fn four_regions_replicate_answer_the_cli_and_stop_cleanly() {
+fn four_regions_replicate_a_fifth_joins_live_and_all_stop_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let base = free_base();
     let mut demo = Demo::start(&dir, base);
+    // The founders converge first: 4 founders' profiles, the charter and 36 records per region.
     let converged = demo.wait_for("converged:");
-    // 4 founders' profiles, the charter and 36 records per region.
-    assert!(converged.contains("same 149 records"), "{converged}");
+    assert!(
+        converged.contains("(4) holds the same 149 records"),
+        "{converged}"
+    );
+    // Then Kärnten joins live: invitation, request, three endorsements, admission, catch-up.
+    let admitted = demo.wait_for("admitted:");
+    assert!(
+        admitted.contains("Kärnten is a member on every node"),
+        "{admitted}"
+    );
+    for step in ["asks to join", "endorses Kärnten (3 of 3)"] {
+        assert!(
+            demo.seen.iter().any(|l| l.contains(step)),
+            "{step} not shown"
+        );
+    }
+    // + its join request, 3 endorsements, its profile and its 36 records.
+    let converged = demo.wait_for("converged:");
+    assert!(
+        converged.contains("(5) holds the same 190 records"),
+        "{converged}"
+    );
     for line in ["Steiermark (AT22)", "Vzhodna Slovenija (SI03)"] {
         assert!(
             demo.seen.iter().any(|l| l.contains(line)),
@@ -130,16 +152,14 @@ fn four_regions_replicate_answer_the_cli_and_stop_cleanly() {
 
     // Every node is a full member with the other three connected, and holds the others'
     // offers.
-    for nuts in ["at22", "si03", "ith4", "hr03"] {
+    for nuts in ["at22", "si03", "ith4", "hr03", "at21"] {
         let status = kim(&dir.join(nuts), &["status", "--json"]).ok().json();
-        assert_eq!(status["members"].as_array().unwrap().len(), 4, "{nuts}");
-        assert_eq!(
-            status["peers"].as_array().unwrap().len(),
-            3,
-            "{nuts}: {status}"
-        );
-        assert_eq!(status["sync_set"], 149, "{nuts}");
+        assert_eq!(status["members"].as_array().unwrap().len(), 5, "{nuts}");
+        assert_eq!(status["membership"]["state"], "member", "{nuts}");
+        assert_eq!(status["sync_set"], 190, "{nuts}");
     }
+    let members = kim(&dir.join("si03"), &["members", "list"]).ok();
+    assert!(members.stdout.contains("Kärnten"), "{}", members.stdout);
     let si03 = kim(&dir.join("si03"), &["status", "--json"]).ok().json();
     let own = si03["region"].as_str().unwrap().to_string();
     let offers = kim(
@@ -166,6 +186,9 @@ fn four_regions_replicate_answer_the_cli_and_stop_cleanly() {
     // Again on the same directory: the same federation comes back, nothing re-seeded.
     let mut again = Demo::start(&dir, base);
     let converged = again.wait_for("converged:");
-    assert!(converged.contains("same 149 records"), "{converged}");
+    assert!(
+        converged.contains("(5) holds the same 190 records"),
+        "{converged}"
+    );
     again.interrupt();
 }
