@@ -29,6 +29,33 @@ fn is_pending(node: &kim_tests::cluster::ClusterNode, region: &RegionId) -> bool
         .unwrap_or(false)
 }
 
+/// An endorsement signed by `key`.
+fn endorsement(
+    key: &ed25519_dalek::SigningKey,
+    federation: kim_protocol::FederationId,
+    state: kim_protocol::Hash32,
+    candidate: RegionId,
+    join_request: kim_protocol::RecordId,
+) -> anyhow::Result<Vec<u8>> {
+    use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind, Record};
+    let content = Content {
+        format: FORMAT_VERSION,
+        federation,
+        author: kim_protocol::PublicKey(key.verifying_key().to_bytes()),
+        kind: Kind::Endorsement,
+        key: "endorse-test".into(),
+        revision: 1,
+        created_at_ms: kim_node::ingest::system_now_ms(),
+        expires_at_ms: None,
+        body: Body::Endorsement(kim_protocol::membership::Endorsement {
+            state,
+            candidate,
+            join_request,
+        }),
+    };
+    Ok(Record::sign(&content, key)?.bytes)
+}
+
 /// How many live offers node `i` holds.
 fn offers(cluster: &Cluster, i: usize) -> u64 {
     cluster
@@ -97,6 +124,37 @@ async fn four_founders_admit_a_newcomer_that_catches_up_on_10000_records() -> an
         "a candidate must not get items"
     );
     assert!(!is_member(cluster.node(0), &region));
+
+    // Endorsements that must not count are refused before they are stored: by an outsider,
+    // for another federation, and by the candidate for itself.
+    let pending = cluster.node(0).service()?.ingest().membership();
+    let jr = pending
+        .pending
+        .iter()
+        .find(|p| p.candidate == region)
+        .map(|p| p.join_request)
+        .context("pending")?;
+    let outsider = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let candidate_key = cluster.node(newcomer).data.load_key()?;
+    let other_federation = kim_protocol::FederationId([7; 32]);
+    for (key, federation, code) in [
+        (&outsider, cluster.federation(), "auth.unknown_author"),
+        (
+            &cluster.node(1).founder.region_key,
+            other_federation,
+            "record.wrong_federation",
+        ),
+        (&candidate_key, cluster.federation(), "field.bad_value"),
+    ] {
+        let record = endorsement(key, federation, pending.digest, region, jr)?;
+        let result = cluster
+            .node(0)
+            .service()?
+            .ingest()
+            .ingest_batch(vec![record], Source::Sync)
+            .await;
+        assert_eq!(result[0].as_ref().err().map(|e| e.code()), Some(code));
+    }
 
     // Two endorsements are not enough (majority of 4 is 3).
     cluster.node(1).service()?.endorse(region).await?;
