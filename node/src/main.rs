@@ -161,11 +161,28 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         threshold: u8,
     },
+    /// Found a federation with other regions: founder cards, charter draft, consents, adopt.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
+    /// The region's signing key: rotate it on the running node.
+    Keys {
+        #[command(subcommand)]
+        command: kim_node::cli_keys::KeysCommand,
+    },
     /// Measure and print throughput figures.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+}
+
+/// `kim federation …`: each group of subcommands lives in its own module.
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    #[command(flatten)]
+    Founding(kim_node::cli_founding::FoundingCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -316,6 +333,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => cli::notifications(&client()?, unread, limit, read, read_all).await,
         Command::Overview => cli::overview(&client()?).await,
         Command::Potential { threshold } => cli::potential(&client()?, threshold).await,
+        Command::Federation { command } => match command {
+            FederationCommand::Founding(command) => {
+                kim_node::cli_founding::run(&data, command).await
+            }
+        },
+        Command::Keys { command } => kim_node::cli_keys::run(&client()?, command).await,
         Command::Bench { what } => bench::run(what).await,
     }
 }
