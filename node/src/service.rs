@@ -136,6 +136,9 @@ pub struct Service {
     key: Arc<std::sync::RwLock<Arc<SigningKey>>>,
     /// The data directory's key files, for key rotation (absent in tools without one).
     key_files: Option<Arc<crate::keys::KeyFiles>>,
+    /// Latest created-at this service signed: a key rotation is dated after it, so no record
+    /// the old key signed counts as made after the handover (peers would refuse it).
+    last_signed_ms: Arc<std::sync::atomic::AtomicU64>,
     region: RegionId,
     offer_validity_days: u32,
     /// Held from reading an item's current revision until its next one is stored, so two
@@ -265,6 +268,7 @@ impl Service {
             ingest,
             key: Arc::new(std::sync::RwLock::new(Arc::new(key))),
             key_files: None,
+            last_signed_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             region,
             offer_validity_days,
             authoring: Arc::new(tokio::sync::Mutex::new(())),
@@ -336,7 +340,13 @@ impl Service {
         files
             .write_next(&new)
             .map_err(|e| ServiceError::KeyFiles(format!("nothing was rotated: {e:#}")))?;
-        let now = system_now_ms();
+        // Strictly after every record this service signed with the old key, even if the clock
+        // stepped back, so all of them stay valid on every node.
+        let now = system_now_ms().max(
+            self.last_signed_ms
+                .load(std::sync::atomic::Ordering::Acquire)
+                .saturating_add(1),
+        );
         let federation = self.ingest.federation();
         let content = Content {
             format: FORMAT_VERSION,
@@ -429,6 +439,8 @@ impl Service {
         expires_at_ms: Option<u64>,
     ) -> Result<Record, ServiceError> {
         let now = system_now_ms();
+        self.last_signed_ms
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
         let expires_at_ms = match (expires_at_ms, kind, &body) {
             (Some(e), _, _) => Some(e),
             (None, Kind::Cooperation, Body::Cooperation(_)) => {

@@ -1,6 +1,6 @@
 //! Key rotation across whole nodes: a region hands over to a new key through the HTTP API
-//! (as `kim keys rotate` does); every node follows the handover, the region's new records and
-//! revisions of its older items count for the same region everywhere, and a record the old key
+//! (as `kim keys rotate` does); every node follows the handover, the region's new records, and
+//! revisions and withdrawals of its older items, count for the same region everywhere, and a record the old key
 //! signs after the handover is refused by every node, on every path, and stored nowhere.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -58,6 +58,9 @@ async fn a_rotated_key_is_followed_everywhere_and_the_old_key_is_refused_after_t
     let old_key = c.node(0).founder.region_key.clone();
     let before = c
         .publish(0, "offers", sample_input("offers", "before-rotation", 1))
+        .await?;
+    let doomed = c
+        .publish(0, "offers", sample_input("offers", "withdrawn-later", 5))
         .await?;
     c.wait_converged(&c.all(), CONVERGE).await?;
 
@@ -159,6 +162,32 @@ async fn a_rotated_key_is_followed_everywhere_and_the_old_key_is_refused_after_t
                 .service()?
                 .get(Collection::Offers, &region, "before-rotation")?;
             if seen.id != revised.id {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+
+    // And another one is withdrawn with the new key: erased on every node.
+    let tombstone = c
+        .node(0)
+        .service()?
+        .withdraw(
+            Collection::Offers,
+            "withdrawn-later",
+            "Programme closed".into(),
+        )
+        .await?;
+    assert_eq!(tombstone.revision, doomed.revision + 1);
+    assert_eq!(tombstone.author, new_key);
+    wait_until("the withdrawal wins on every node", CONVERGE, || {
+        for i in c.all() {
+            let seen = c
+                .node(i)
+                .service()?
+                .get(Collection::Offers, &region, "withdrawn-later")?;
+            if seen.status != "withdrawn" || seen.id != tombstone.id {
                 return Ok(false);
             }
         }
