@@ -1,7 +1,7 @@
 //! Founding a federation of three regions with the real `kim` binary, the way operators do it:
 //! three `kim init` nodes, `federation profile` → `create` → `sign` ×3 → `adopt` ×3, then
 //! `kim run` on each; every node reports the same federation and three members, and an offer
-//! published on one reaches the others. Along the way, the refusals: an altered card, an edited
+//! published on one reaches the others, also after `kim keys rotate`. Along the way, the refusals: an altered card, an edited
 //! card, duplicate founders, an impossible threshold, a signer who is not a founder, a missing,
 //! a duplicated and two kinds of tampered consent, and adopting on a node that is not fresh.
 
@@ -436,6 +436,46 @@ fn three_regions_found_a_federation_with_files_and_replicate() {
         );
         assert_eq!(seen["id"], published["id"], "node {i}");
     }
+
+    // 10. `kim keys rotate` on a founder's node: every node follows the new key, and the
+    //     region's next offer, signed with it, reaches the others.
+    let rotated = nodes[1]
+        .kim(&["keys", "rotate", "--reason", "test", "--json"])
+        .ok()
+        .json();
+    assert_eq!(rotated["region"], json!(regions[1]));
+    assert_eq!(rotated["old_key"], json!(regions[1]));
+    let new_key = rotated["new_key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, regions[1]);
+    let offer_file = root.join("rotated-offer.json");
+    write_json(&offer_file, &offer_input("after-rotation", 3));
+    let published = nodes[1]
+        .kim(&["offer", "publish", "--file", &arg(&offer_file), "--json"])
+        .ok()
+        .json();
+    assert_eq!(published["author"], json!(new_key));
+    assert_eq!(published["region"], json!(regions[1]));
+    for i in [0, 2] {
+        let seen = wait_for(
+            &format!("node {i} holds the offer signed with the new key"),
+            Duration::from_secs(60),
+            || {
+                let out = nodes[i].kim(&[
+                    "offer",
+                    "show",
+                    "after-rotation",
+                    "--region",
+                    &regions[1],
+                    "--json",
+                ]);
+                out.status.success().then(|| out.json())
+            },
+        );
+        assert_eq!(seen["author"], json!(new_key), "node {i}");
+    }
+    let out = nodes[1].kim(&["keys", "rotate"]).ok();
+    assert!(out.stdout.contains("region key rotated"), "{}", out.stdout);
+
     for node in &mut nodes {
         assert!(node.stop_with("TERM").success());
     }

@@ -273,8 +273,18 @@ async fn a_rotated_key_is_followed_everywhere_and_the_old_key_is_refused_after_t
         );
     }
 
-    // After a restart node 0 signs with the new key (read from region.key) for the same region.
+    // A rotation interrupted before its record was stored leaves region.key.next behind: the
+    // restarted node deletes it and keeps signing with region.key. After the restart node 0
+    // signs with the new key (read from region.key) for the same region.
+    c.stop(0).await?;
+    let stray = kim_node::founding::FounderSpec::generate("Stray", "AT22")?.region_key;
+    kim_node::keys::KeyFiles::new(&c.node(0).data).write_next(&stray)?;
     c.restart(0).await?;
+    assert!(!c.node(0).data.root.join("region.key.next").exists());
+    assert_eq!(
+        c.node(0).data.load_key()?.verifying_key().to_bytes(),
+        new_key.0
+    );
     assert_eq!(c.node(0).service()?.author_key(), new_key);
     assert_eq!(c.node(0).service()?.region(), region);
     c.wait_gossip_mesh(1, CONVERGE).await?;
