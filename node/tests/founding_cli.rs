@@ -1,9 +1,10 @@
 //! Founding a federation of three regions with the real `kim` binary, the way operators do it:
 //! three `kim init` nodes, `federation profile` → `create` → `sign` ×3 → `adopt` ×3, then
 //! `kim run` on each; every node reports the same federation and three members, and an offer
-//! published on one reaches the others, also after `kim keys rotate`. Along the way, the refusals: an altered card, an edited
-//! card, duplicate founders, an impossible threshold, a signer who is not a founder, a missing,
-//! a duplicated and two kinds of tampered consent, and adopting on a node that is not fresh.
+//! published on one reaches the others, also after `kim keys rotate`. Along the way, the
+//! refusals: an altered card, an edited card, duplicate founders, an impossible threshold, a
+//! signer who is not a founder, a missing, a duplicated and two kinds of tampered consent, and
+//! adopting on a node that is not fresh.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
