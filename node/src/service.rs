@@ -395,13 +395,11 @@ impl Service {
         self.announce(&record);
         let retired_file = files.install_next(now).map_err(|e| {
             tracing::error!(cause = %e, "the rotation is in effect but the key files were not moved");
-            ServiceError::Store(crate::store::StoreError::Damaged {
-                dir: self.ingest.store().dir().to_path_buf(),
-                cause: format!(
-                    "the key rotation {} is stored and in effect, but moving region.key.next to                      region.key failed ({e:#}); the node finishes it at its next start",
-                    record.id
-                ),
-            })
+            ServiceError::KeyFiles(format!(
+                "the key rotation {} is stored and in effect, but moving region.key.next to \
+                 region.key failed ({e:#}); the node finishes it at its next start",
+                record.id
+            ))
         })?;
         tracing::info!(
             region = %self.region,
