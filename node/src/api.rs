@@ -163,6 +163,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Missing(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "membership.not_found", message)
             }
+            ServiceError::KeyFiles(_) => {
+                tracing::error!(cause = %message, "key file failure in a request");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keys.files", message)
+            }
         }
     }
 }
@@ -395,6 +399,7 @@ pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::open
     .routes(routes!(publish_draft))
     .routes(routes!(get_record))
     .routes(routes!(audit_log))
+    .routes(routes!(rotate_key))
     .routes(routes!(export_bundle))
     // A backup holds every record: import has its own, larger body limit.
     .routes(
@@ -1228,4 +1233,67 @@ fn authorise_bundle(state: &AppState, all: &[Record]) -> Result<(), (usize, Reje
         verdict.map_err(|e| (position, e))?;
     }
     Ok(())
+}
+
+/// What `POST /api/v1/keys/rotate` takes.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyInput {
+    /// Why the key is rotated; kept in this node's audit log, not published.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What a key rotation did.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyRotationView {
+    pub region: RegionId,
+    /// The retired key: records it signs from `created_at_ms` on are refused everywhere.
+    pub old_key: kim_protocol::PublicKey,
+    /// The key the node signs with from now on.
+    pub new_key: kim_protocol::PublicKey,
+    /// The key rotation record (signed by the old key).
+    pub record: RecordId,
+    pub created_at_ms: u64,
+    /// Where the node keeps the old key (`region.key.retired-<ms>`).
+    pub retired_key_file: String,
+}
+
+/// Rotate the region's signing key: the old key signs a handover to a new one, which every
+/// node follows; records the old key signs after it are refused.
+#[utoipa::path(post, path = "/api/v1/keys/rotate", tag = "node", request_body = RotateKeyInput,
+    responses((status = 200, body = KeyRotationView), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 500, body = ErrorBody)))]
+async fn rotate_key(
+    State(state): State<AppState>,
+    body: Result<JsonBody<RotateKeyInput>, ApiError>,
+) -> Result<axum::Json<KeyRotationView>, ApiError> {
+    let target = match &body {
+        Ok(JsonBody(input)) if !input.reason.is_empty() => {
+            format!(
+                "region key ({})",
+                input.reason.chars().take(200).collect::<String>()
+            )
+        }
+        _ => "region key".to_string(),
+    };
+    let outcome = async {
+        body?;
+        let rotated = state.service.rotate_key().await?;
+        Ok(KeyRotationView {
+            region: rotated.region,
+            old_key: rotated.old_key,
+            new_key: rotated.new_key,
+            record: rotated.record,
+            created_at_ms: rotated.created_at_ms,
+            retired_key_file: rotated.retired_file.display().to_string(),
+        })
+    }
+    .await;
+    let view = state
+        .audited("keys.rotate", &target, outcome, |v| {
+            format!("ok {} new key {}", v.record, v.new_key)
+        })
+        .await?;
+    Ok(axum::Json(view))
 }

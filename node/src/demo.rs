@@ -162,7 +162,7 @@ async fn seed(service: &Service, index: usize, count: usize) -> anyhow::Result<u
             &item,
             now - (n as u64) * 3_600_000,
         );
-        records.push(Record::sign(&content, key)?.bytes);
+        records.push(Record::sign(&content, &key)?.bytes);
     }
     let mut stored = 0;
     for (n, result) in ingest

@@ -32,7 +32,26 @@ enum Job {
         commit: bool,
         done: Option<oneshot::Sender<()>>,
     },
+    /// Whole items to drop (their region is no longer a member).
+    Remove {
+        items: Vec<Slot>,
+        generation: String,
+    },
     Flush(oneshot::Sender<()>),
+}
+
+fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) {
+    let result = (|| -> Result<(), SearchError> {
+        for (region, kind, key) in items {
+            index.remove(*region, *kind, key)?;
+        }
+        index.set_generation(generation);
+        Ok(())
+    })();
+    if let Err(err) = result {
+        tracing::error!(cause = %err, "search index removal failed; it will be rebuilt at the next start");
+        let _ = index.rollback();
+    }
 }
 
 /// The handle the pipeline holds. Dropping it commits what is pending and waits for the thread
@@ -61,6 +80,10 @@ impl std::fmt::Debug for Job {
                 .debug_struct("Update")
                 .field("docs", &docs.len())
                 .field("commit", commit)
+                .finish(),
+            Job::Remove { items, .. } => f
+                .debug_struct("Remove")
+                .field("items", &items.len())
                 .finish(),
             Job::Flush(_) => f.write_str("Flush"),
         }
@@ -122,6 +145,18 @@ impl Indexer {
         wait
     }
 
+    /// Queues the removal of whole items (their region is no longer a member) and the
+    /// generation that brings the index to.
+    pub fn remove(&self, items: Vec<Slot>, generation: String) {
+        if let Some(jobs) = &self.jobs
+            && jobs.send(Job::Remove { items, generation }).is_err()
+        {
+            tracing::error!(
+                "the search indexer has stopped; the index is rebuilt at the next start"
+            );
+        }
+    }
+
     /// Commits everything queued so far; completes when it is searchable.
     pub fn flush(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
@@ -180,6 +215,10 @@ fn run(index: &SearchIndex, store: &Store, clock: fn() -> u64, jobs: &mpsc::Rece
                 commit_now = commit;
                 waiting.extend(done);
             }
+            Ok(Job::Remove { items, generation }) => {
+                remove_items(index, &items, &generation);
+                dirty = true;
+            }
             Ok(Job::Flush(done)) => {
                 waiting.push(done);
                 commit_now = true;
@@ -207,6 +246,9 @@ fn run(index: &SearchIndex, store: &Store, clock: fn() -> u64, jobs: &mpsc::Rece
                         apply(index, &docs, &generation);
                         fresh.extend(items);
                         waiting.extend(done);
+                    }
+                    Job::Remove { items, generation } => {
+                        remove_items(index, &items, &generation);
                     }
                     Job::Flush(done) => waiting.push(done),
                 }

@@ -296,6 +296,9 @@ impl RecentWrites {
     }
 }
 
+/// Store metadata: the membership digest the items of non-members were last purged for.
+const PURGED_META: &str = "purged_for_state";
+
 /// The pipeline and the state it owns: membership, digest and rejection counters.
 #[derive(Debug)]
 pub struct Ingest {
@@ -348,6 +351,7 @@ impl Ingest {
             indexer: None,
         };
         ingest.reevaluate_membership()?;
+        ingest.purge_if_stale()?;
         Ok(ingest)
     }
 
@@ -468,6 +472,75 @@ impl Ingest {
         }
         tracing::debug!(?source, code, cause = %err, "record rejected");
         err
+    }
+
+    /// Drops every item of regions that are no longer members (removed or left): their
+    /// winners, superseded evidence and index entries leave the store, the digest and the
+    /// search index. Their membership records stay (the member set is computed from them).
+    /// Records of a region that is not a member are refused on arrival, so every node ends up
+    /// with the same sync set whether an item arrived before or after the region went.
+    /// Called under the writer lock (from `write`) or before the pipeline is shared (`open`).
+    fn purge_regions(&self, gone: &[kim_protocol::RegionId]) -> Result<usize, StoreError> {
+        let mut writes = WriteSet::default();
+        let mut digest = self.digest();
+        let mut slots: Vec<Slot> = Vec::new();
+        for entry in self.store.item_entries() {
+            let entry = entry?;
+            if !gone.contains(&entry.region) {
+                continue;
+            }
+            writes.remove_record(&entry.id);
+            digest.remove(&entry.id);
+            for id in self
+                .store
+                .equivocations(&entry.region, entry.kind, &entry.key)?
+            {
+                writes.remove_record(&id);
+                digest.remove(&id);
+                writes.unmark_equivocation(&entry.region, entry.kind, &entry.key, &id);
+            }
+            writes.remove_item(&entry);
+            slots.push((entry.region, entry.kind, entry.key.clone()));
+        }
+        writes.set_digest(&digest);
+        self.store.apply(writes)?;
+        if let Ok(mut d) = self.digest.lock() {
+            *d = digest;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let purged = slots.len();
+        if purged > 0 {
+            tracing::info!(
+                regions = gone.len(),
+                items = purged,
+                "dropped the items of regions that are no longer members"
+            );
+            if let Some(indexer) = &self.indexer {
+                indexer.remove(slots, digest.hash().to_hex());
+            }
+        }
+        self.store
+            .set_meta(PURGED_META, &self.membership().digest.0)?;
+        Ok(purged)
+    }
+
+    /// Purges the items of non-members if the last purge was for another membership state
+    /// (a crash between a membership change and its purge, or a store written before purging
+    /// existed).
+    fn purge_if_stale(&self) -> Result<(), StoreError> {
+        let state = self.membership();
+        if self.store.meta(PURGED_META)?.as_deref() == Some(&state.digest.0[..]) {
+            return Ok(());
+        }
+        let mut gone: Vec<kim_protocol::RegionId> = Vec::new();
+        for entry in self.store.item_entries() {
+            let entry = entry?;
+            if !state.is_member(&entry.region) && !gone.contains(&entry.region) {
+                gone.push(entry.region);
+            }
+        }
+        self.purge_regions(&gone)?;
+        Ok(())
     }
 
     fn reevaluate_membership(&self) -> Result<(), StoreError> {
@@ -814,6 +887,16 @@ impl Ingest {
         }
         if membership_changed {
             self.reevaluate_membership()?;
+            let after = self.membership();
+            let gone: Vec<kim_protocol::RegionId> = membership
+                .members
+                .keys()
+                .filter(|region| !after.is_member(region))
+                .copied()
+                .collect();
+            if !gone.is_empty() {
+                self.purge_regions(&gone)?;
+            }
         }
         let applied = std::time::Instant::now();
         self.store.flush().await?;

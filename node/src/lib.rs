@@ -17,7 +17,10 @@
 //! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI; [`api_find`] adds search,
 //!   matches, saved searches, notifications and the federation overview.
 //! - [`node`]: `init` and `run`.
-//! - [`cli`]: the client subcommands that talk to a running node.
+//! - [`cli`]: the client subcommands that talk to a running node; [`cli_founding`]: `kim
+//!   federation profile|create|sign|adopt` (founding with several regions, offline);
+//!   [`cli_keys`]: `kim keys rotate`.
+//! - [`keys`]: the region key files: rotation hand-over on disk and its crash recovery.
 //! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy;
 //!   [`bench_search`]: `kim bench search`; [`bench_net`]: `kim bench propagation|catchup`.
 //! - [`founding`], [`demo`], [`indexer`]: founding records, `kim demo`, the search indexer.
@@ -32,6 +35,8 @@ pub mod bench_net;
 pub mod bench_reconcile;
 pub mod bench_search;
 pub mod cli;
+pub mod cli_founding;
+pub mod cli_keys;
 pub mod cli_members;
 pub mod config;
 pub mod demo;
@@ -39,6 +44,7 @@ pub mod founding;
 pub mod indexer;
 pub mod ingest;
 pub mod join;
+pub mod keys;
 pub mod matches;
 pub mod membership_ops;
 pub mod net;

@@ -32,8 +32,11 @@ enum LogFormat {
     Json,
 }
 
+/// `kim federation …`: founding by files (`cli_founding`), and invite, join, leave.
 #[derive(Debug, Subcommand)]
 enum FederationCommand {
+    #[command(flatten)]
+    Founding(kim_node::cli_founding::FoundingCommand),
     /// Sign an invitation token for a new region (printed on stdout).
     Invite {
         /// Days the invitation stays valid (at most 90).
@@ -106,7 +109,8 @@ enum Command {
     Status,
     /// List the connected peers: region, addresses, round-trip time, last sync.
     Peers,
-    /// Invite a region, join with an invitation, or leave the federation.
+    /// Found a federation with other regions (profile, create, sign, adopt), invite a region,
+    /// join with an invitation, or leave.
     Federation {
         #[command(subcommand)]
         command: FederationCommand,
@@ -201,6 +205,11 @@ enum Command {
     Potential {
         #[arg(long, default_value_t = 50)]
         threshold: u8,
+    },
+    /// The region's signing key: rotate it on the running node.
+    Keys {
+        #[command(subcommand)]
+        command: kim_node::cli_keys::KeysCommand,
     },
     /// Measure and print throughput figures.
     Bench {
@@ -338,6 +347,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 cli_members::join(&data, &token, &message).await
             }
             FederationCommand::Leave { reason } => cli_members::leave(&client()?, reason).await,
+            FederationCommand::Founding(command) => {
+                kim_node::cli_founding::run(&data, command).await
+            }
         },
         Command::Members { command } => cli_members::members(&client()?, command).await,
         Command::Endorse { region } => cli_members::endorse(&client()?, &region).await,
@@ -368,6 +380,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => cli::notifications(&client()?, unread, limit, read, read_all).await,
         Command::Overview => cli::overview(&client()?).await,
         Command::Potential { threshold } => cli::potential(&client()?, threshold).await,
+        Command::Keys { command } => kim_node::cli_keys::run(&client()?, command).await,
         Command::Bench { what } => bench::run(what).await,
     }
 }

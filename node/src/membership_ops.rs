@@ -249,6 +249,7 @@ impl Service {
     /// Endorses a pending candidate in the current state, and keeps endorsing it in later
     /// states until it is admitted or its request expires.
     pub async fn endorse(&self, candidate: RegionId) -> Result<Record, ServiceError> {
+        let _authoring = self.lock_authoring().await;
         let state = self.ingest().membership();
         self.require_member(&state)?;
         let now = system_now_ms();
@@ -335,6 +336,7 @@ impl Service {
         target: RegionId,
         reason: String,
     ) -> Result<Record, ServiceError> {
+        let _authoring = self.lock_authoring().await;
         let state = self.ingest().membership();
         self.require_member(&state)?;
         if target == self.region() {
@@ -381,6 +383,7 @@ impl Service {
 
     /// Leaves the federation of this region's own accord.
     pub async fn leave(&self, reason: String) -> Result<Record, ServiceError> {
+        let _authoring = self.lock_authoring().await;
         let state = self.ingest().membership();
         self.require_member(&state)?;
         self.ingest()
@@ -408,6 +411,7 @@ impl Service {
     /// been made there yet, and drops the ones that are settled. Returns how many records it
     /// signed. Runs whenever membership changes.
     pub async fn reissue_intents(&self) -> Result<usize, ServiceError> {
+        let _authoring = self.lock_authoring().await;
         let state = self.ingest().membership();
         let store = self.ingest().store();
         let own = self.region();
@@ -488,6 +492,7 @@ impl Service {
     /// Publishes this region's profile if it is a member without one (a newly admitted
     /// region: until now its join request's profile stood in for it). Returns whether it did.
     pub async fn ensure_profile(&self) -> Result<bool, ServiceError> {
+        let _authoring = self.lock_authoring().await;
         let state = self.ingest().membership();
         let own = self.region();
         if !state.is_member(&own) {
@@ -544,12 +549,13 @@ impl Service {
             .ok_or_else(|| ServiceError::Conflict("the store holds no charter".into()))?;
         let now = system_now_ms();
         let own = self.region();
+        let key = self.signing_key();
         let invitation = Invitation {
             federation: state.federation,
             charter_hash: Invitation::hash_charter(&charter_bytes),
             federation_name: state.charter.name.clone(),
             bootstrap,
-            inviter: self.author_key(),
+            inviter: kim_protocol::PublicKey(key.verifying_key().to_bytes()),
             inviter_name: state
                 .members
                 .get(&own)
@@ -559,7 +565,7 @@ impl Service {
             expires_at_ms: now.saturating_add(valid_ms),
         };
         let signed: SignedInvitation = invitation
-            .sign(self.signing_key())
+            .sign(&key)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         signed
             .to_token()

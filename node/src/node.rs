@@ -64,7 +64,7 @@ pub(crate) const CHARTER_META: &str = "charter";
 
 /// Listen addresses worth publishing in the region profile: not the unspecified address and
 /// not port 0 (others cannot dial those).
-pub(crate) fn announceable(listen: &[String]) -> Vec<String> {
+pub fn announceable(listen: &[String]) -> Vec<String> {
     listen
         .iter()
         .filter(|a| {
@@ -328,6 +328,8 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
         );
     }
     let ingest = Ingest::open(store.clone(), federation, charter)?;
+    // A key rotation a crash interrupted is completed or undone before the key is read.
+    crate::keys::recover(data, &ingest.membership(), system_now_ms())?;
     let index = Arc::new(
         crate::search::SearchIndex::open(&data.search()).map_err(|e| {
             anyhow::anyhow!(
@@ -340,7 +342,8 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
     let ingest = Arc::new(ingest.with_search(index));
     let key = data.load_key()?;
     let token = data.load_token()?;
-    let service = Service::new(ingest, key, config.offer_validity_days);
+    let service = Service::new(ingest, key, config.offer_validity_days)
+        .with_key_files(crate::keys::KeyFiles::new(data));
     let state = AppState {
         service,
         token: Arc::new(token),

@@ -128,13 +128,23 @@ pub enum ServiceError {
     Missing(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The region key files could not be written or moved (key rotation).
+    #[error("{0}")]
+    KeyFiles(String),
 }
 
 /// The operations staff perform, bound to the region's key.
 #[derive(Debug, Clone)]
 pub struct Service {
     ingest: Arc<Ingest>,
-    key: Arc<SigningKey>,
+    /// The key records are signed with now; replaced whole by a key rotation (every clone of
+    /// the service shares the cell). Read once per record signed, under `authoring`.
+    key: Arc<std::sync::RwLock<Arc<SigningKey>>>,
+    /// The data directory's key files, for key rotation (absent in tools without one).
+    key_files: Option<Arc<crate::keys::KeyFiles>>,
+    /// Latest created-at this service signed: a key rotation is dated after it, so no record
+    /// the old key signed counts as made after the handover (peers would refuse it).
+    last_signed_ms: Arc<std::sync::atomic::AtomicU64>,
     region: RegionId,
     offer_validity_days: u32,
     /// Held from reading an item's current revision until its next one is stored, so two
@@ -142,6 +152,20 @@ pub struct Service {
     authoring: Arc<tokio::sync::Mutex<()>>,
     /// Where records this node signs go to be gossiped (set when the network runs).
     announce: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The key rotation record.
+    pub record: RecordId,
+    pub region: RegionId,
+    pub old_key: PublicKey,
+    pub new_key: PublicKey,
+    /// The handover time: records by the old key dated from then on are refused.
+    pub created_at_ms: u64,
+    /// Where the old key is kept.
+    pub retired_file: std::path::PathBuf,
 }
 
 /// One item as the API shows it.
@@ -248,12 +272,20 @@ impl Service {
         let region = ingest.membership().region_of(&author).unwrap_or(author);
         Service {
             ingest,
-            key: Arc::new(key),
+            key: Arc::new(std::sync::RwLock::new(Arc::new(key))),
+            key_files: None,
+            last_signed_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             region,
             offer_validity_days,
             authoring: Arc::new(tokio::sync::Mutex::new(())),
             announce: None,
         }
+    }
+
+    /// Lets the service rotate the region key in these key files.
+    pub fn with_key_files(mut self, files: crate::keys::KeyFiles) -> Service {
+        self.key_files = Some(Arc::new(files));
+        self
     }
 
     /// Hands every record this service signs and stores to `announce` (the gossip queue).
@@ -281,7 +313,7 @@ impl Service {
     }
 
     fn author(&self) -> PublicKey {
-        PublicKey(self.key.verifying_key().to_bytes())
+        PublicKey(self.signing_key().verifying_key().to_bytes())
     }
 
     /// The key this node signs its region's records with.
@@ -289,9 +321,107 @@ impl Service {
         self.author()
     }
 
-    /// The region's signing key (for tools that sign records in bulk, e.g. `kim demo`).
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.key
+    /// The region's signing key now (for tools that sign records in bulk, e.g. `kim demo`).
+    pub fn signing_key(&self) -> Arc<SigningKey> {
+        let cell = self.key.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&cell)
+    }
+
+    /// Hands the region over to a new key: the new key is written to `region.key.next`, the
+    /// old key signs the key rotation, which is stored and announced like a publish; then the
+    /// new key becomes `region.key` (the old one is kept as `region.key.retired-<ms>`) and
+    /// every record from now on is signed with it. Holds the authoring lock throughout, so no
+    /// record is signed with the old key after the handover (every node would refuse it).
+    pub async fn rotate_key(&self) -> Result<Rotated, ServiceError> {
+        let files = self.key_files.clone().ok_or_else(|| {
+            ServiceError::BadRequest("this node has no key files to rotate".into())
+        })?;
+        let _authoring = self.authoring.lock().await;
+        let old = self.signing_key();
+        let old_key = PublicKey(old.verifying_key().to_bytes());
+        let new = SigningKey::from_bytes(
+            &crate::config::random_bytes().map_err(|e| ServiceError::BadRequest(e.to_string()))?,
+        );
+        let new_key = PublicKey(new.verifying_key().to_bytes());
+        files
+            .write_next(&new)
+            .map_err(|e| ServiceError::KeyFiles(format!("nothing was rotated: {e:#}")))?;
+        // Strictly after every record this service signed with the old key, even if the clock
+        // stepped back, so all of them stay valid on every node.
+        let now = system_now_ms().max(
+            self.last_signed_ms
+                .load(std::sync::atomic::Ordering::Acquire)
+                .saturating_add(1),
+        );
+        let federation = self.ingest.federation();
+        let content = Content {
+            format: FORMAT_VERSION,
+            federation,
+            author: old_key,
+            kind: Kind::KeyRotation,
+            key: "rotation".to_string(),
+            revision: 1,
+            created_at_ms: now,
+            expires_at_ms: None,
+            body: Body::KeyRotation(kim_protocol::membership::KeyRotation::new(
+                &federation,
+                &old_key,
+                &new,
+            )),
+        };
+        let stored = match Record::sign(&content, &old) {
+            Ok(record) => self
+                .ingest
+                .ingest_one(record.bytes.clone(), Source::Api)
+                .await
+                .map(|accepted| (record, accepted))
+                .map_err(ServiceError::from),
+            Err(e) => Err(ServiceError::from(Rejected::from(e))),
+        };
+        let record = match stored {
+            Ok((record, Accepted::Stored { .. })) => record,
+            other => {
+                // Nothing was stored: nobody will ever hear of the new key.
+                if let Err(e) = files.discard_next() {
+                    tracing::warn!(cause = %e, "could not delete the unused region.key.next");
+                }
+                return Err(match other {
+                    Err(e) => e,
+                    Ok(_) => ServiceError::BadRequest(
+                        "the key rotation was not stored as a new record; try again".into(),
+                    ),
+                });
+            }
+        };
+        // From here on the old key is retired everywhere the record reaches.
+        match self.key.write() {
+            Ok(mut cell) => *cell = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        self.announce(&record);
+        let retired_file = files.install_next(now).map_err(|e| {
+            tracing::error!(cause = %e, "the rotation is in effect but the key files were not moved");
+            ServiceError::KeyFiles(format!(
+                "the key rotation {} is stored and in effect, but moving region.key.next to \
+                 region.key failed ({e:#}); the node finishes it at its next start",
+                record.id
+            ))
+        })?;
+        tracing::info!(
+            region = %self.region,
+            old_key = %old_key,
+            new_key = %new_key,
+            record = %record.id,
+            "region key rotated"
+        );
+        Ok(Rotated {
+            record: record.id,
+            region: self.region,
+            old_key,
+            new_key,
+            created_at_ms: now,
+            retired_file,
+        })
     }
 
     fn new_key(kind: Kind) -> Result<String, ServiceError> {
@@ -304,6 +434,12 @@ impl Service {
         ))
     }
 
+    /// Held while signing, so no record is signed in the middle of a key rotation and no two
+    /// calls sign the same revision.
+    pub(crate) async fn lock_authoring(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.authoring.lock().await
+    }
+
     pub(crate) async fn sign_and_ingest(
         &self,
         kind: Kind,
@@ -313,6 +449,8 @@ impl Service {
         expires_at_ms: Option<u64>,
     ) -> Result<Record, ServiceError> {
         let now = system_now_ms();
+        self.last_signed_ms
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
         let expires_at_ms = match (expires_at_ms, kind, &body) {
             (Some(e), _, _) => Some(e),
             (None, Kind::Cooperation, Body::Cooperation(_)) => {
@@ -331,7 +469,7 @@ impl Service {
             expires_at_ms,
             body,
         };
-        let record = Record::sign(&content, &self.key).map_err(Rejected::from)?;
+        let record = Record::sign(&content, &self.signing_key()).map_err(Rejected::from)?;
         match self
             .ingest
             .ingest_one(record.bytes.clone(), Source::Api)

@@ -171,6 +171,15 @@ impl WriteSet {
             .insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
     }
 
+    /// Drops an item altogether: its winner entry and its index entry (the region that owns
+    /// it is no longer a member).
+    pub fn remove_item(&mut self, entry: &ItemEntry) {
+        self.batch
+            .remove(kind_index(entry.kind, entry.created_at_ms, &entry.id));
+        self.batch
+            .remove(item_key(&entry.region, entry.kind, &entry.key));
+    }
+
     /// Stores a directly delivered record (expression of interest) outside the sync set.
     pub fn put_direct(&mut self, id: &RecordId, bytes: &[u8]) {
         self.batch.insert(&prefixed(b'n', id)[..], bytes);

@@ -714,6 +714,7 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "POST /api/v1/drafts/{collection}/{key}/publish",
         "GET /api/v1/records/{id}",
         "GET /api/v1/audit",
+        "POST /api/v1/keys/rotate",
         "GET /api/v1/export",
         "POST /api/v1/import",
         "GET /api/v1/search",
