@@ -8,14 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kim_protocol::samples;
-use kim_protocol::types::Date;
-use rand_chacha::ChaCha8Rng;
-use rand_core::SeedableRng;
 use serde_json::{Value, json};
 
 mod support {
@@ -23,64 +18,6 @@ mod support {
 }
 
 use support::binary::*;
-
-/// A p2p port free right now, below the kernel's ephemeral range (where the other tests'
-/// connections take their ports), so it is still free when the node starts.
-fn free_p2p_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    for attempt in 0..500u64 {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(attempt);
-        let port = 10_000 + (hasher.finish() % 22_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 10000 and 32000 on 127.0.0.1");
-}
-
-/// `kim init` of one region in `root/dir`, with a dialable p2p address.
-fn init_region(root: &Path, dir: &str, name: &str, nuts: &str, language: &str) -> Node {
-    let data = root.join(dir);
-    let port = free_port();
-    kim(
-        &data,
-        &[
-            "init",
-            "--region-name",
-            name,
-            "--nuts",
-            nuts,
-            "--language",
-            language,
-            "--agency",
-            &format!("Development agency of {name}"),
-            "--api-listen",
-            &format!("127.0.0.1:{port}"),
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{}", free_p2p_port()),
-        ],
-    )
-    .ok();
-    Node {
-        data,
-        port,
-        log: root.join(format!("{dir}.log")),
-        child: None,
-    }
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).expect("read")).expect("JSON file")
-}
-
-fn write_json(path: &Path, value: &Value) {
-    std::fs::write(path, serde_json::to_vec_pretty(value).expect("JSON")).expect("write");
-}
-
-fn arg(path: &Path) -> String {
-    path.display().to_string()
-}
 
 /// Runs a `kim` command that needs no data directory (a throwaway one is named).
 fn kim_anywhere(root: &Path, args: &[&str]) -> Out {
@@ -101,33 +38,6 @@ fn flip_hex(value: &mut Value) {
     let digit = text.as_bytes()[at];
     let flipped = if digit == b'0' { '1' } else { '0' };
     *value = json!(format!("{}{}{}", &text[..at], flipped, &text[at + 1..]));
-}
-
-/// A valid offer input for `kim offer publish --file`.
-fn offer_input(key: &str, seed: u64) -> Value {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut offer = samples::cooperation(
-        &mut rng,
-        Date {
-            year: 2026,
-            month: 1,
-            day: 15,
-        },
-    );
-    offer.eoi_deadline = None;
-    json!({"key": key, "body": serde_json::to_value(offer).expect("offer JSON")})
-}
-
-/// Polls `check` until it returns something or `timeout` passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
-use serde_json::Value;
+use kim_protocol::samples;
+use kim_protocol::types::Date;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde_json::{Value, json};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -217,4 +221,89 @@ pub fn health(port: u16) -> bool {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
+
+/// A p2p port free right now, below the kernel's ephemeral range (where the other tests'
+/// connections take their ports), so it is still free when the node starts.
+pub fn free_p2p_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0..500u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let port = 10_000 + (hasher.finish() % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 10000 and 32000 on 127.0.0.1");
+}
+
+/// `kim init` of one region in `root/dir`, with a dialable p2p address.
+pub fn init_region(root: &Path, dir: &str, name: &str, nuts: &str, language: &str) -> Node {
+    let data = root.join(dir);
+    let port = free_port();
+    kim(
+        &data,
+        &[
+            "init",
+            "--region-name",
+            name,
+            "--nuts",
+            nuts,
+            "--language",
+            language,
+            "--agency",
+            &format!("Development agency of {name}"),
+            "--api-listen",
+            &format!("127.0.0.1:{port}"),
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", free_p2p_port()),
+        ],
+    )
+    .ok();
+    Node {
+        data,
+        port,
+        log: root.join(format!("{dir}.log")),
+        child: None,
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("read")).expect("JSON file")
+}
+
+pub fn write_json(path: &Path, value: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(value).expect("JSON")).expect("write");
+}
+
+pub fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A valid offer input for `kim offer publish --file`.
+pub fn offer_input(key: &str, seed: u64) -> Value {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut offer = samples::cooperation(
+        &mut rng,
+        Date {
+            year: 2026,
+            month: 1,
+            day: 15,
+        },
+    );
+    offer.eoi_deadline = None;
+    json!({"key": key, "body": serde_json::to_value(offer).expect("offer JSON")})
+}
+
+/// Polls `check` until it returns something or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
