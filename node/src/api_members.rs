@@ -286,7 +286,8 @@ async fn make_invitation(state: &AppState, input: InviteInput) -> Result<Invitat
         if let Some(access) = &state.access {
             bootstrap.extend(access.member_addrs(&own).iter().map(ToString::to_string));
         }
-        bootstrap.dedup();
+        let mut seen = std::collections::HashSet::new();
+        bootstrap.retain(|a| seen.insert(a.clone()));
         bootstrap.truncate(DEFAULT_BOOTSTRAP_MAX);
     }
     if bootstrap.is_empty() {

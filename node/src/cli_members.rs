@@ -45,30 +45,51 @@ pub enum MembersCommand {
     },
 }
 
-/// Finds a region id by hex id, unique hex prefix (8+ characters) or name (case-insensitive)
-/// among members and pending candidates.
+/// Finds a region id by hex id or unique hex prefix (8+ characters) among members and pending
+/// candidates, or by name among members. Candidates choose their own names, so a candidate is
+/// only ever named by its id (as `kim members pending` shows it): a look-alike name cannot
+/// collect the endorsements meant for another region.
 async fn resolve_region(client: &Client, text: &str) -> anyhow::Result<String> {
     let view = client.get("/members").await?;
-    let mut known: Vec<(String, String)> = Vec::new();
-    for list in ["members", "pending"] {
-        for entry in view[list].as_array().cloned().unwrap_or_default() {
-            known.push((
-                entry["region"].as_str().unwrap_or_default().to_string(),
-                entry["name"].as_str().unwrap_or_default().to_string(),
-            ));
-        }
-    }
+    let entries = |list: &str| -> Vec<(String, String)> {
+        view[list]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                (
+                    e["region"].as_str().unwrap_or_default().to_string(),
+                    e["name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let members = entries("members");
+    let pending = entries("pending");
     let wanted = text.trim().to_lowercase();
-    let hits: Vec<&(String, String)> = known
-        .iter()
-        .filter(|(id, name)| {
-            *id == wanted
-                || (wanted.len() >= 8 && id.starts_with(&wanted))
-                || name.to_lowercase() == wanted
-        })
-        .collect();
+    let by_id = |(id, _): &&(String, String)| {
+        *id == wanted || (wanted.len() >= 8 && id.starts_with(&wanted))
+    };
+    let mut hits: Vec<&(String, String)> =
+        members.iter().chain(pending.iter()).filter(by_id).collect();
+    if hits.is_empty() {
+        hits = members
+            .iter()
+            .filter(|(_, name)| name.to_lowercase() == wanted)
+            .collect();
+    }
     match hits.as_slice() {
         [(id, _)] => Ok(id.clone()),
+        [] if pending
+            .iter()
+            .any(|(_, name)| name.to_lowercase() == wanted) =>
+        {
+            bail!(
+                "{text:?} is the name a candidate gave itself; name candidates by their region id, \
+             as `kim members pending` shows it"
+            )
+        }
         [] => bail!(
             "no member or pending candidate is called {text:?}; see `kim members list` and \
              `kim members pending`"

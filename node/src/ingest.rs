@@ -298,6 +298,11 @@ impl RecentWrites {
 
 /// Store metadata: the membership digest the items of non-members were last purged for.
 const PURGED_META: &str = "purged_for_state";
+/// Store metadata: this node's own region id (written at init), whose items are never purged:
+/// a region that leaves or is removed keeps what it published on its own node (nobody else
+/// will hold it any more, and it cannot be signed again), so it comes back if the region is
+/// admitted again.
+pub const OWN_REGION_META: &str = "own_region";
 
 /// The pipeline and the state it owns: membership, digest and rejection counters.
 #[derive(Debug)]
@@ -481,12 +486,17 @@ impl Ingest {
     /// with the same sync set whether an item arrived before or after the region went.
     /// Called under the writer lock (from `write`) or before the pipeline is shared (`open`).
     fn purge_regions(&self, gone: &[kim_protocol::RegionId]) -> Result<usize, StoreError> {
+        let own = self
+            .store
+            .meta(OWN_REGION_META)?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(kim_protocol::PublicKey);
         let mut writes = WriteSet::default();
         let mut digest = self.digest();
         let mut slots: Vec<Slot> = Vec::new();
         for entry in self.store.item_entries() {
             let entry = entry?;
-            if !gone.contains(&entry.region) {
+            if !gone.contains(&entry.region) || Some(entry.region) == own {
                 continue;
             }
             writes.remove_record(&entry.id);
@@ -532,10 +542,18 @@ impl Ingest {
         if self.store.meta(PURGED_META)?.as_deref() == Some(&state.digest.0[..]) {
             return Ok(());
         }
+        let own = self
+            .store
+            .meta(OWN_REGION_META)?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(kim_protocol::PublicKey);
         let mut gone: Vec<kim_protocol::RegionId> = Vec::new();
         for entry in self.store.item_entries() {
             let entry = entry?;
-            if !state.is_member(&entry.region) && !gone.contains(&entry.region) {
+            if !state.is_member(&entry.region)
+                && Some(entry.region) != own
+                && !gone.contains(&entry.region)
+            {
                 gone.push(entry.region);
             }
         }
@@ -599,6 +617,7 @@ impl Ingest {
         let len = batch.len();
         let store = self.store.clone();
         let membership = self.membership();
+        let checked_state = membership.digest;
         let ctx = Context {
             federation: self.federation,
             now_ms: (self.clock)(),
@@ -635,10 +654,10 @@ impl Ingest {
         let checked_at = started.elapsed();
         let count = passed.len();
         if !passed.is_empty() {
-            match self.write(&passed, generation, source).await {
+            match self.write(&passed, generation, checked_state, source).await {
                 Ok((outcomes, searchable)) => {
                     for ((i, _), outcome) in passed.iter().zip(outcomes) {
-                        results[*i] = Some(Ok(outcome));
+                        results[*i] = Some(outcome.map_err(|err| self.reject(err, source)));
                     }
                     // Outside the writer lock: other batches proceed while the index commits.
                     if let Some(searchable) = searchable {
@@ -733,12 +752,24 @@ impl Ingest {
     /// Resolves and writes checked records atomically, then flushes. `generation` is the write
     /// count the batch's held check saw: if another batch was written since, each record is
     /// checked again here, under the lock, so nothing is stored or counted in the digest twice.
+    ///
+    /// Authorisation was judged against the membership of `checked_state`; if membership moved
+    /// on before the lock was taken (a removal written by another batch meanwhile), each item
+    /// record is judged again here, so a region's items cannot slip in after its purge.
+    #[allow(clippy::type_complexity)]
     async fn write(
         &self,
         checked: &[(usize, Record)],
         generation: u64,
+        checked_state: kim_protocol::Hash32,
         source: Source,
-    ) -> Result<(Vec<Accepted>, Option<tokio::sync::oneshot::Receiver<()>>), StoreError> {
+    ) -> Result<
+        (
+            Vec<Result<Accepted, Rejected>>,
+            Option<tokio::sync::oneshot::Receiver<()>>,
+        ),
+        StoreError,
+    > {
         let mut recent = self.writer.lock().await;
         let now = self.generation.load(Ordering::Acquire);
         // What was written since this batch's held check: the remembered id sets of those
@@ -764,13 +795,20 @@ impl Ingest {
                 Some(None) => self.store.holds(&record.id, c.kind.is_replicated())?,
             };
             if held || !seen_in_batch.insert(record.id) {
-                outcomes.push(Accepted::Duplicate { id: record.id });
+                outcomes.push(Ok(Accepted::Duplicate { id: record.id }));
+                continue;
+            }
+            if membership.digest != checked_state
+                && !c.kind.is_membership()
+                && let Err(refused) = authorise(&membership, record, source)
+            {
+                outcomes.push(Err(refused));
                 continue;
             }
             if !c.kind.is_replicated() {
                 // Expressions of interest go to one region only: kept, never synced or gossiped.
                 writes.put_direct(&record.id, &record.bytes);
-                outcomes.push(Accepted::Stored { id: record.id });
+                outcomes.push(Ok(Accepted::Stored { id: record.id }));
                 continue;
             }
             if c.kind.is_membership() || !c.kind.withdrawable() {
@@ -780,7 +818,7 @@ impl Ingest {
                     writes.mark_membership(&record.id);
                     membership_changed = true;
                 }
-                outcomes.push(Accepted::Stored { id: record.id });
+                outcomes.push(Ok(Accepted::Stored { id: record.id }));
                 continue;
             }
             let region = membership.region_of(&c.author).unwrap_or(c.author);
@@ -867,7 +905,7 @@ impl Ingest {
             {
                 changed.push((region, position));
             }
-            outcomes.push(outcome);
+            outcomes.push(Ok(outcome));
         }
         writes.set_digest(&digest);
         let resolved = std::time::Instant::now();
@@ -875,7 +913,7 @@ impl Ingest {
         // The in-memory state follows the applied write set at once, with no await in between:
         // a caller that gives up during the flush cannot leave the digest or membership behind
         // the store.
-        for outcome in &outcomes {
+        for outcome in outcomes.iter().flatten() {
             if outcome.is_new() {
                 stored_ids.insert(outcome.id());
             }
@@ -961,6 +999,113 @@ mod tests {
         Record::sign(&content, key)
     }
 
+    /// Three founders; the third is voted out (majority of the two others).
+    fn three_founders(
+        dir: &std::path::Path,
+    ) -> Result<(Ingest, Vec<ed25519_dalek::SigningKey>), Box<dyn std::error::Error>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let keys: Vec<_> = (0..3).map(|_| samples::signing_key(&mut rng)).collect();
+        let charter = Charter {
+            name: "test".into(),
+            founders: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Founder {
+                    key: samples::public_key(k),
+                    name: format!("region {i}"),
+                    nuts: vec!["AT22".into()],
+                })
+                .collect(),
+            admission: ThresholdRule::Majority,
+            removal: ThresholdRule::Majority,
+            created_at_ms: 0,
+        };
+        let federation = federation_id(&charter.to_bytes()?);
+        let store = Store::open(dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
+        Ok((Ingest::open(store, federation, charter)?, keys))
+    }
+
+    fn removal_vote(
+        ingest: &Ingest,
+        voter: &ed25519_dalek::SigningKey,
+        target: &ed25519_dalek::SigningKey,
+    ) -> Result<Vec<u8>, kim_protocol::Error> {
+        let content = kim_protocol::Content {
+            format: kim_protocol::envelope::FORMAT_VERSION,
+            federation: ingest.federation(),
+            author: samples::public_key(voter),
+            kind: Kind::RemovalVote,
+            key: "remove".into(),
+            revision: 1,
+            created_at_ms: system_now_ms() - 1_000,
+            expires_at_ms: None,
+            body: Body::RemovalVote(kim_protocol::membership::RemovalVote {
+                state: ingest.membership().digest,
+                target: samples::public_key(target),
+                reason: "gone".into(),
+            }),
+        };
+        Ok(Record::sign(&content, voter)?.bytes)
+    }
+
+    /// A removed region's items leave the store with it, and an item checked while the region
+    /// was still a member but written after the removal is refused under the writer lock, so
+    /// no node keeps what the others dropped.
+    #[tokio::test]
+    async fn a_removed_regions_items_are_purged_and_a_late_batch_cannot_bring_them_back()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, keys) = three_founders(dir.path())?;
+        let target = samples::public_key(&keys[2]);
+        let early = offer(&ingest, &keys[2], 1, "early")?;
+        let kept = offer(&ingest, &keys[0], 2, "kept")?;
+        for r in ingest
+            .ingest_batch(vec![early.bytes.clone(), kept.bytes.clone()], Source::Sync)
+            .await
+        {
+            assert!(r?.is_new());
+        }
+        // Checked now, while region 2 is a member; written after the removal.
+        let state_at_check = ingest.membership().digest;
+        let generation = ingest.generation.load(Ordering::Acquire);
+        let late = offer(&ingest, &keys[2], 3, "late")?;
+        let votes = vec![
+            removal_vote(&ingest, &keys[0], &keys[2])?,
+            removal_vote(&ingest, &keys[1], &keys[2])?,
+        ];
+        for r in ingest.ingest_batch(votes, Source::Sync).await {
+            assert!(r?.is_new());
+        }
+        assert!(!ingest.membership().is_member(&target));
+        assert!(
+            ingest
+                .store()
+                .item(&target, Kind::Cooperation, "early")?
+                .is_none()
+        );
+        assert!(!ingest.store().has_record(&early.id)?);
+        assert!(
+            ingest
+                .store()
+                .item(&samples::public_key(&keys[0]), Kind::Cooperation, "kept")?
+                .is_some()
+        );
+        let passed = vec![(0usize, late.clone())];
+        let (outcomes, _) = ingest
+            .write(&passed, generation, state_at_check, Source::Sync)
+            .await?;
+        assert_eq!(
+            outcomes[0].as_ref().err().map(Rejected::code),
+            Some("auth.not_member")
+        );
+        assert!(!ingest.store().has_record(&late.id)?);
+        // The store's digest matches what it holds, and a reopened pipeline purges nothing more.
+        let held = ingest.store().record_ids().count() as u64;
+        assert_eq!(ingest.digest().count(), held);
+        assert_eq!(ingest.store().digest()?, ingest.digest());
+        Ok(())
+    }
+
     /// A batch whose held check ran before another batch stored the same records (two sources
     /// delivering the same records at once) must change nothing when it reaches the writer:
     /// not even equivocation evidence, which resolution alone would store and count again.
@@ -995,11 +1140,14 @@ mod tests {
             if forget {
                 ingest.writer.lock().await.sets.clear();
             }
-            let (outcomes, _) = ingest.write(&passed, generation_seen, Source::Sync).await?;
+            let state = ingest.membership().digest;
+            let (outcomes, _) = ingest
+                .write(&passed, generation_seen, state, Source::Sync)
+                .await?;
             assert!(
                 outcomes
                     .iter()
-                    .all(|o| matches!(o, Accepted::Duplicate { .. })),
+                    .all(|o| matches!(o, Ok(Accepted::Duplicate { .. }))),
                 "{outcomes:?}"
             );
             assert_eq!(ingest.digest(), digest);

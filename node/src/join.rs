@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kim_protocol::envelope::{Body, Kind, Record, record_id};
-use kim_protocol::limits::{JOIN_PENDING_MAX, JOIN_SUBMIT_AGE_MS_MAX, RECORD_BYTES_MAX};
+use kim_protocol::limits::{
+    INVITATION_TOKEN_CHARS_MAX, JOIN_PENDING_MAX, JOIN_PENDING_PER_INVITER, JOIN_SUBMIT_AGE_MS_MAX,
+    RECORD_BYTES_MAX,
+};
 use kim_protocol::membership::AuthorStatus;
 use kim_protocol::reconcile::{ID_BYTES, Id};
 use kim_protocol::{FederationId, RecordId};
@@ -73,8 +76,8 @@ const JOIN_FRAME_BYTES_MAX: usize = SYNC_BATCH_BYTES_MAX + 64 * 1024;
 pub enum JoinAsk {
     /// The next page of the federation's state, after the given record id.
     State { after: Option<Id> },
-    /// The asker's signed join request.
-    Submit(Vec<u8>),
+    /// The asker's signed join request, with the invitation it was given (the token text).
+    Submit { record: Vec<u8>, invitation: String },
 }
 
 /// What a member answers.
@@ -102,10 +105,12 @@ impl JoinAsk {
                     }
                 }
             }
-            JoinAsk::Submit(record) => {
+            JoinAsk::Submit { record, invitation } => {
                 out.push(1);
                 put_varint(&mut out, record.len() as u64);
                 out.extend_from_slice(record);
+                put_varint(&mut out, invitation.len() as u64);
+                out.extend_from_slice(invitation.as_bytes());
             }
         }
         out
@@ -129,7 +134,18 @@ impl JoinAsk {
             }
             1 => {
                 let len = reader.count(RECORD_BYTES_MAX).map_err(|e| e.to_string())?;
-                JoinAsk::Submit(reader.take(len).map_err(|e| e.to_string())?.to_vec())
+                let record = reader.take(len).map_err(|e| e.to_string())?.to_vec();
+                let len = reader
+                    .count(INVITATION_TOKEN_CHARS_MAX)
+                    .map_err(|e| e.to_string())?;
+                let token = reader.take(len).map_err(|e| e.to_string())?;
+                if !token.is_ascii() {
+                    return Err("join invitation is not ASCII".into());
+                }
+                JoinAsk::Submit {
+                    record,
+                    invitation: String::from_utf8_lossy(token).into_owned(),
+                }
             }
             other => return Err(format!("join frame has unknown tag {other}")),
         };
@@ -304,9 +320,26 @@ pub fn state_page(ingest: &Ingest, after: Option<Id>) -> anyhow::Result<(Vec<Vec
     Ok((page, more))
 }
 
-/// Checks a candidate's submitted join request and stores it: `Ok(true)` if it was new here.
-/// Refusals are stable codes (`join.*`, or the pipeline's own).
-pub async fn submit(ingest: &Ingest, bytes: Vec<u8>, now_ms: u64) -> Result<bool, String> {
+/// Local data key of an invitation used at this node: which candidate used it, invited by whom.
+const INVITATION_USE: &str = "join-invitation/";
+
+/// Checks a candidate's submitted join request and the invitation it came with, and stores
+/// the request: `Ok(true)` if it was new here. Refusals are stable codes (`join.*`,
+/// `invitation.*`, or the pipeline's own).
+///
+/// A request is taken only with a valid, unexpired invitation signed by a current member. At
+/// this node an invitation serves one candidate, a member's invitations hold at most
+/// [`JOIN_PENDING_PER_INVITER`] pending candidates, and all candidates at most
+/// [`JOIN_PENDING_MAX`]; a region already pending keeps its request (asking again is answered
+/// as known). So outsiders without an invitation cannot fill the pending list, and one leaked
+/// invitation fills at most a few places.
+pub async fn submit(
+    ingest: &Ingest,
+    bytes: Vec<u8>,
+    invitation: &str,
+    now_ms: u64,
+) -> Result<bool, String> {
+    use kim_protocol::invitation::SignedInvitation;
     let record = Record::decode(bytes.clone()).map_err(|e| e.code().to_string())?;
     let c = &record.content;
     if !matches!(c.body, Body::JoinRequest(_)) {
@@ -315,7 +348,16 @@ pub async fn submit(ingest: &Ingest, bytes: Vec<u8>, now_ms: u64) -> Result<bool
     if c.federation != ingest.federation() {
         return Err("record.wrong_federation".into());
     }
+    let signed =
+        SignedInvitation::from_token(invitation, now_ms).map_err(|e| e.code().to_string())?;
     let membership = ingest.membership();
+    if signed.invitation.federation != ingest.federation() {
+        return Err("invitation.wrong_federation".into());
+    }
+    signed
+        .invitation
+        .check_inviter(&membership)
+        .map_err(|e| e.code().to_string())?;
     match membership.author_status(&c.author, c.created_at_ms) {
         AuthorStatus::Member(_) | AuthorStatus::RetiredKey(_) => {
             return Err("join.already_member".into());
@@ -326,20 +368,61 @@ pub async fn submit(ingest: &Ingest, bytes: Vec<u8>, now_ms: u64) -> Result<bool
         return Err("join.request_too_old".into());
     }
     let region = membership.region_of(&c.author).unwrap_or(c.author);
-    let already_pending = membership
-        .pending
-        .iter()
-        .any(|p| p.candidate == region && !p.is_expired(now_ms));
-    let pending = membership
+    let live: Vec<&kim_protocol::membership::Pending> = membership
         .pending
         .iter()
         .filter(|p| !p.is_expired(now_ms))
-        .count();
-    if !already_pending && pending >= JOIN_PENDING_MAX {
+        .collect();
+    if live.iter().any(|p| p.candidate == region) {
+        // Its request stands; a second one would only grow every member's store.
+        return Ok(false);
+    }
+    let store = ingest.store();
+    let use_key = format!(
+        "{INVITATION_USE}{}",
+        kim_protocol::bytes::to_hex(blake3::hash(invitation.trim().as_bytes()).as_bytes())
+    );
+    if let Some(used) = store.local_get(&use_key).map_err(|e| e.to_string())?
+        && used.get("candidate").and_then(|v| v.as_str()) != Some(region.to_hex().as_str())
+    {
+        return Err("join.invitation_used".into());
+    }
+    let inviter = signed.invitation.inviter.to_hex();
+    let mut by_inviter = 0usize;
+    for (_, used) in store
+        .local_scan(INVITATION_USE)
+        .map_err(|e| e.to_string())?
+    {
+        let same_inviter = used.get("inviter").and_then(|v| v.as_str()) == Some(inviter.as_str());
+        let still_pending = used
+            .get("candidate")
+            .and_then(|v| v.as_str())
+            .and_then(kim_protocol::RegionId::from_hex)
+            .is_some_and(|cand| live.iter().any(|p| p.candidate == cand));
+        if same_inviter && still_pending {
+            by_inviter += 1;
+        }
+    }
+    if by_inviter >= JOIN_PENDING_PER_INVITER {
+        return Err("join.inviter_limit".into());
+    }
+    if live.len() >= JOIN_PENDING_MAX {
         return Err("join.too_many_pending".into());
     }
     match ingest.ingest_batch(vec![bytes], Source::Sync).await.pop() {
-        Some(Ok(accepted)) => Ok(accepted.is_new()),
+        Some(Ok(accepted)) => {
+            store
+                .local_put(
+                    &use_key,
+                    &serde_json::json!({
+                        "candidate": region.to_hex(),
+                        "inviter": inviter,
+                        "at_ms": now_ms,
+                    }),
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(accepted.is_new())
+        }
         Some(Err(e)) => Err(e.code().to_string()),
         None => Err("join.internal".into()),
     }
@@ -510,10 +593,13 @@ impl JoinClient {
         }
     }
 
-    /// Submits a signed join request; `Ok(true)` if it was new there.
-    pub async fn submit(&mut self, record: Vec<u8>) -> anyhow::Result<bool> {
+    /// Submits a signed join request with the invitation; `Ok(true)` if it was new there.
+    pub async fn submit(&mut self, record: Vec<u8>, invitation: &str) -> anyhow::Result<bool> {
         match self
-            .ask(JoinAsk::Submit(record))
+            .ask(JoinAsk::Submit {
+                record,
+                invitation: invitation.trim().to_string(),
+            })
             .await
             .context("submitting the join request")?
         {
@@ -545,11 +631,16 @@ pub struct JoinReport {
     pub new: bool,
 }
 
-/// Joins a federation with an invitation, on a fresh node that is not running: checks the
-/// token, downloads the federation's charter and membership from a bootstrap peer (checking
-/// the charter against the token's hashes and the inviter against the membership), submits
-/// this region's signed join request, and moves the node into the federation as a candidate.
-/// `kim run` then waits for the endorsements; admission needs nothing more from the operator.
+/// Joins a federation with an invitation, on a node that is not running: checks the token,
+/// downloads the federation's charter and membership from a bootstrap peer (checking the
+/// charter against the token's hashes and the inviter against the membership), submits this
+/// region's signed join request with the invitation, and moves the node into the federation as
+/// a candidate. `kim run` then waits for the endorsements; admission needs nothing more from
+/// the operator.
+///
+/// The node must be fresh (what `kim init` made, checked before anything is sent), or already
+/// a candidate of this federation whose request expired: then it asks again, with a new
+/// request. A candidate whose request is still pending is told so and nothing is sent.
 pub async fn join(
     data: &crate::config::DataDir,
     token: &str,
@@ -567,28 +658,43 @@ pub async fn join(
     let invitation = signed.invitation;
     let federation = invitation.federation;
     let config = crate::config::Config::load_file(&data.root)?;
-    if config.federation == federation.to_hex() {
-        bail!(
-            "{} already belongs to federation {federation} (as a candidate or member); \
-             `kim run` keeps asking for admission",
-            data.root.display()
-        );
+    // Asking again as a candidate of this federation, or joining from a fresh node.
+    let again = config.federation == federation.to_hex();
+    if !again {
+        crate::node::check_fresh(data)?;
     }
     let region_key = data.load_key()?;
     let own = PublicKey(region_key.verifying_key().to_bytes());
     let node_key = data.load_node_key()?;
     let peer_id = node_key.public().to_peer_id();
-    // This region's profile as `kim init` wrote it; its node entry is renewed below.
+    // This region's profile: as `kim init` wrote it, or as its last join request carried it;
+    // its node entry is renewed below.
     let mut profile = {
         let store = crate::store::Store::open(&data.store(), config.store_cache_bytes, false)?;
-        let entry = store.item(&own, Kind::RegionProfile, "profile")?.context(
-            "this node holds no profile of its own region: initialise it with `kim init`",
-        )?;
-        let bytes = store
-            .record(&entry.id)?
-            .context("this region's profile record is missing from the store")?;
+        let id = match store.item(&own, Kind::RegionProfile, "profile")? {
+            Some(entry) => Some(entry.id),
+            None => {
+                let mut latest: Option<(u64, RecordId)> = None;
+                for bytes in store.membership_records()? {
+                    if let Ok(r) = Record::decode(bytes)
+                        && r.content.author == own
+                        && matches!(r.content.body, Body::JoinRequest(_))
+                        && latest.is_none_or(|(t, _)| r.content.created_at_ms > t)
+                    {
+                        latest = Some((r.content.created_at_ms, r.id));
+                    }
+                }
+                latest.map(|(_, id)| id)
+            }
+        };
+        let bytes = match id {
+            Some(id) => store.record(&id)?,
+            None => None,
+        }
+        .context("this node holds no profile of its own region: initialise it with `kim init`")?;
         match Record::decode(bytes).map(|r| r.content.body) {
             Ok(Body::RegionProfile(profile)) => profile,
+            Ok(Body::JoinRequest(request)) => request.profile,
             _ => bail!("this region's profile record is damaged"),
         }
     };
@@ -638,10 +744,34 @@ pub async fn join(
     invitation
         .check_inviter(&state)
         .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+    let required = charter.admission.required(state.members.len());
+    let report = |peer, new| JoinReport {
+        federation,
+        federation_name: invitation.federation_name.clone(),
+        inviter_name: invitation.inviter_name.clone(),
+        peer,
+        members: state.members.len(),
+        required,
+        new,
+    };
     if state.is_member(&own) {
         bail!(
             "this region is already a member of {}",
             invitation.federation_name
+        );
+    }
+    if again
+        && let Some(p) = state
+            .pending
+            .iter()
+            .find(|p| p.candidate == own && !p.is_expired(now))
+    {
+        bail!(
+            "this region's request to join {} is pending ({} of {} endorsements); `kim run` \
+             waits for admission",
+            invitation.federation_name,
+            p.endorsers.len(),
+            p.required
         );
     }
 
@@ -661,15 +791,30 @@ pub async fn join(
     };
     let request = Record::sign(&content, &region_key)
         .map_err(|e| anyhow::anyhow!("signing the join request: {e}"))?;
-    let new = client.submit(request.bytes.clone()).await?;
+    let new = client.submit(request.bytes.clone(), token).await?;
     let peer = client.peer();
     drop(client);
 
     let mut start = records;
     start.push(request.bytes);
-    let adopted = crate::node::adopt_federation(data, &charter_bytes, start).await?;
-    for (id, code) in &adopted.refused {
-        tracing::warn!(record = %id, code, "a state record was refused");
+    if again {
+        // Already in the federation's store: add what came and the new request.
+        let store = crate::store::Store::open(&data.store(), config.store_cache_bytes, false)?;
+        let ingest = crate::ingest::Ingest::open(store.clone(), federation, charter)?;
+        for (bytes, result) in start
+            .iter()
+            .zip(ingest.ingest_batch(start.clone(), Source::Sync).await)
+        {
+            if let Err(e) = result {
+                tracing::debug!(record = %record_id(bytes), code = e.code(), "state record not stored");
+            }
+        }
+        store.flush().await?;
+    } else {
+        let adopted = crate::node::adopt_federation(data, &charter_bytes, start).await?;
+        for (id, code) in &adopted.refused {
+            tracing::warn!(record = %id, code, "a state record was refused");
+        }
     }
     let mut config = crate::config::Config::load_file(&data.root)?;
     for addr in &invitation.bootstrap {
@@ -679,15 +824,7 @@ pub async fn join(
     }
     std::fs::write(data.config(), config.to_documented_toml())
         .with_context(|| format!("cannot write {}", data.config().display()))?;
-    Ok(JoinReport {
-        federation,
-        federation_name: invitation.federation_name,
-        inviter_name: invitation.inviter_name,
-        peer,
-        members: state.members.len(),
-        required: charter.admission.required(state.members.len()),
-        new,
-    })
+    Ok(report(peer, new))
 }
 
 #[cfg(test)]
@@ -702,7 +839,10 @@ mod tests {
             JoinAsk::State {
                 after: Some([7; 32]),
             },
-            JoinAsk::Submit(vec![1, 2, 3]),
+            JoinAsk::Submit {
+                record: vec![1, 2, 3],
+                invitation: "kim-invite-1.abc".into(),
+            },
         ] {
             assert_eq!(JoinAsk::decode(&ask.encode()).unwrap(), ask);
         }

@@ -122,6 +122,8 @@ const COMMAND_QUEUE_LEN: usize = 64;
 const INTERNAL_QUEUE_LEN: usize = 256;
 /// Inbound sync requests worked on at once (snapshots, reconciliation steps, store reads).
 const INBOUND_SYNC_TASKS_MAX: usize = 4;
+/// Join-protocol requests worked on at once; more are refused with `join.busy`.
+const JOIN_TASKS_MAX: usize = 2;
 /// Immediate re-runs of a session that stored records but had some rejected.
 const SYNC_FOLLOWUPS_MAX: u32 = 2;
 /// Listen addresses remembered per peer (from identify).
@@ -173,8 +175,13 @@ pub enum Verdict {
     New,
     /// Valid but changes nothing: already held, or an older revision (not forwarded, no penalty).
     Known,
-    /// Refused: malformed, forged, oversized, unauthorised (not forwarded, the sender penalised).
+    /// Refused: malformed, forged, oversized, invalid (not forwarded, the sender penalised).
     Invalid,
+    /// Well-formed and signed, but its author is not a member as this node sees membership
+    /// now (unknown, not admitted yet, removed, retired key): not stored, not forwarded, and
+    /// nobody penalised, since an honest peer may hold it while membership spreads (sync
+    /// brings it again once it is acceptable, or it is dropped everywhere).
+    Unauthorised,
     /// A local failure, e.g. the store (not forwarded, nobody penalised).
     Failed,
 }
@@ -208,8 +215,12 @@ pub trait Records: Send + Sync + 'static {
 
     /// Checks and stores a candidate's join request: `Ok(true)` if new here, or a refusal
     /// code. The default refuses.
-    fn join_submit(&self, record: Vec<u8>) -> impl Future<Output = Result<bool, String>> + Send {
-        let _ = record;
+    fn join_submit(
+        &self,
+        record: Vec<u8>,
+        invitation: String,
+    ) -> impl Future<Output = Result<bool, String>> + Send {
+        let _ = (record, invitation);
         std::future::ready(Err("join.unsupported".to_string()))
     }
 }
@@ -978,6 +989,8 @@ pub struct SyncReport {
     pub received_known: usize,
     /// Fetched records ingest refused, or that were not what we asked for.
     pub rejected: usize,
+    /// Fetched records whose author is not a member as this node sees membership now.
+    pub unauthorised: usize,
     /// Records the peer stored from our push.
     pub pushed_new: usize,
     /// Wall time of the session.
@@ -1364,6 +1377,7 @@ pub fn new<R: Records>(
         internal_tx,
         counters,
         inbound_permits: Arc::new(Semaphore::new(INBOUND_SYNC_TASKS_MAX)),
+        join_permits: Arc::new(Semaphore::new(JOIN_TASKS_MAX)),
         peers: HashMap::new(),
         listen_addrs: Vec::new(),
         listen_waiters: Vec::new(),
@@ -1402,6 +1416,8 @@ pub struct EventLoop<R: Records> {
     counters: Arc<Counters>,
     /// Bounds inbound sync work running at once.
     inbound_permits: Arc<Semaphore>,
+    /// Bounds join-protocol work running at once (separate from members' sync).
+    join_permits: Arc<Semaphore>,
     peers: HashMap<PeerId, PeerState>,
     listen_addrs: Vec<Multiaddr>,
     /// `listen_addrs()` callers waiting for the first address.
@@ -1608,11 +1624,16 @@ impl<R: Records> EventLoop<R> {
                 }
                 let records = Arc::clone(&self.records);
                 let internal = self.internal_tx.clone();
-                let permits = Arc::clone(&self.inbound_permits);
+                // Guests get their own small budget, never members' sync permits; when it is
+                // used up they are told to come back later.
+                let Ok(permit) = Arc::clone(&self.join_permits).try_acquire_owned() else {
+                    refuse(self, channel, "join.busy");
+                    return;
+                };
                 match request {
                     JoinAsk::State { after } => {
                         tokio::spawn(async move {
-                            let _permit = permits.acquire_owned().await;
+                            let _permit = permit;
                             let answer = tokio::task::spawn_blocking(move || {
                                 match records.join_state(after) {
                                     Ok((records, more)) => JoinAnswer::State { records, more },
@@ -1633,12 +1654,25 @@ impl<R: Records> EventLoop<R> {
                                 .await;
                         });
                     }
-                    JoinAsk::Submit(record) => {
+                    JoinAsk::Submit { record, invitation } => {
+                        // Per address; IPv6 per /64, which one host can fill with addresses.
                         let ip = self
                             .peers
                             .get(&peer)
                             .and_then(|s| s.connections.get(&connection_id))
-                            .and_then(ip_of);
+                            .and_then(ip_of)
+                            .map(|ip| match ip {
+                                std::net::IpAddr::V6(v6) => {
+                                    let s = v6.segments();
+                                    std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                                    ))
+                                }
+                                v4 => v4,
+                            });
+                        self.join_submits.retain(|_, (since, _)| {
+                            now.duration_since(*since) < crate::join::JOIN_SUBMIT_WINDOW
+                        });
                         let slot = self.join_submits.entry(ip).or_insert((now, 0));
                         if now.duration_since(slot.0) >= crate::join::JOIN_SUBMIT_WINDOW {
                             *slot = (now, 0);
@@ -1650,8 +1684,11 @@ impl<R: Records> EventLoop<R> {
                             return;
                         }
                         tokio::spawn(async move {
-                            let _permit = permits.acquire_owned().await;
-                            let (answer, gossip) = match records.join_submit(record.clone()).await {
+                            let _permit = permit;
+                            let (answer, gossip) = match records
+                                .join_submit(record.clone(), invitation)
+                                .await
+                            {
                                 Ok(new) => {
                                     tracing::info!(peer = %peer, new, "join request received");
                                     (JoinAnswer::Submitted { new }, new.then_some(record))
@@ -1763,7 +1800,8 @@ impl<R: Records> EventLoop<R> {
     /// started before its peers, or lost them all).
     fn redial_if_isolated(&mut self) {
         let now = tokio::time::Instant::now();
-        if !self.peers.is_empty() {
+        // Guests do not count: a member's node with only candidates connected is cut off.
+        if self.peers.values().any(|s| s.guest_since.is_none()) {
             self.redial_backoff = BOOTSTRAP_REDIAL_MIN;
             self.redial_at = now + BOOTSTRAP_REDIAL_MIN;
             return;
@@ -1941,12 +1979,15 @@ impl<R: Records> EventLoop<R> {
                     self.swarm.behaviour_mut().kademlia.remove_peer(&peer_id);
                     return;
                 }
-                if state.guest_since.take().is_some() {
-                    // A guest's region was admitted while it was still connected as a guest.
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .remove_blacklisted_peer(&peer_id);
+                if state.guest_since.is_some() {
+                    // A guest's region was admitted while its guest connection was still open:
+                    // start afresh as a member (gossipsub never took its subscriptions, and the
+                    // dialer's session on a new connection brings it up to date).
+                    let mut addrs = state.listen_addrs.clone();
+                    addrs.extend(state.connections.values().cloned());
+                    self.upgrade_redials.insert(peer_id, addrs);
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
                 }
                 if !self.is_member() {
                     // A candidate: ask the member's node where the federation stands.
@@ -2203,7 +2244,7 @@ impl<R: Records> EventLoop<R> {
                     gossipsub::MessageAcceptance::Accept,
                     &self.counters.gossip_accepted,
                 ),
-                Verdict::Known | Verdict::Failed => (
+                Verdict::Known | Verdict::Failed | Verdict::Unauthorised => (
                     gossipsub::MessageAcceptance::Ignore,
                     &self.counters.gossip_ignored,
                 ),
@@ -2525,7 +2566,7 @@ impl<R: Records> EventLoop<R> {
                 tracing::info!(
                     peer = %peer, rounds = report.rounds, missing = report.missing,
                     offered = report.offered, received = report.received_new,
-                    rejected = report.rejected, pushed = report.pushed_new,
+                    rejected = report.rejected, unauthorised = report.unauthorised, pushed = report.pushed_new,
                     ms = report.elapsed.as_millis() as u64, "sync session done"
                 );
             }
@@ -2537,7 +2578,7 @@ impl<R: Records> EventLoop<R> {
         for waiter in slot.waiters {
             let _ = waiter.send(result.clone());
         }
-        let followup = matches!(&result, Ok(r) if r.rejected > 0 && r.received_new > 0)
+        let followup = matches!(&result, Ok(r) if (r.rejected > 0 || r.unauthorised > 0) && r.received_new > 0)
             && slot.followups < SYNC_FOLLOWUPS_MAX;
         let connected = self.swarm.is_connected(&peer);
         if !slot.rerun.is_empty() || (followup && connected) {
@@ -2740,6 +2781,7 @@ async fn fetch<R: Records>(
                 Verdict::New => report.received_new += 1,
                 Verdict::Known => report.received_known += 1,
                 Verdict::Invalid => report.rejected += 1,
+                Verdict::Unauthorised => report.unauthorised += 1,
                 Verdict::Failed => {
                     return Err(NetError::Store("ingest failed for fetched records".into()));
                 }
@@ -2777,6 +2819,7 @@ fn tally(verdicts: Vec<Verdict>, report: &mut SyncReport) -> Result<(), NetError
             Verdict::New => report.received_new += 1,
             Verdict::Known => report.received_known += 1,
             Verdict::Invalid => report.rejected += 1,
+            Verdict::Unauthorised => report.unauthorised += 1,
             Verdict::Failed => {
                 return Err(NetError::Store("ingest failed for fetched records".into()));
             }
@@ -3019,6 +3062,9 @@ mod ingest_adapter {
                         Ok(_) => Verdict::Known,
                         // Our store failed: not the sender's fault, do not penalise.
                         Err(Rejected::Store(_)) => Verdict::Failed,
+                        Err(
+                            Rejected::NotMember | Rejected::RetiredKey | Rejected::UnknownAuthor,
+                        ) => Verdict::Unauthorised,
                         Err(_) => Verdict::Invalid,
                     })
                     .collect()

@@ -166,6 +166,7 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
     };
     let store = Store::open(&data.store(), config.store_cache_bytes, true)?;
     store.set_meta(CHARTER_META, &seed.founding.charter_bytes)?;
+    store.set_meta(crate::ingest::OWN_REGION_META, &founder.region().0)?;
     let ingest = Ingest::open(store.clone(), federation, charter)?;
     for (record, result) in seed.founding.records.iter().zip(
         ingest
@@ -189,6 +190,42 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
         peer_id: founder.node_key.public().to_peer_id(),
         config,
     })
+}
+
+/// Refuses unless the node holds nothing but what `kim init` created (its own charter and
+/// profile, no local data): only such a node may found or join another federation, because
+/// anything else is signed for the old one and would be lost. The node must be stopped.
+pub fn check_fresh(data: &DataDir) -> anyhow::Result<()> {
+    let config = Config::load_file(&data.root)?;
+    let key = data.load_key()?;
+    let own = PublicKey(key.verifying_key().to_bytes());
+    let store = Store::open(&data.store(), config.store_cache_bytes, false)?;
+    let mut held = 0usize;
+    for entry in store.item_entries() {
+        let entry = entry?;
+        held += 1;
+        let own_founding =
+            entry.region == own && matches!(entry.kind, Kind::Charter | Kind::RegionProfile);
+        if !own_founding || held > 2 {
+            bail!(
+                "{} is not a fresh node: it holds {} {:?} of region {}. Only a node that \
+                 holds nothing but what `kim init` created can found or join another \
+                 federation; initialise a new data directory for it",
+                data.root.display(),
+                entry.kind,
+                entry.key,
+                entry.region
+            );
+        }
+    }
+    if !store.local_scan("")?.is_empty() {
+        bail!(
+            "{} is not a fresh node: it holds local data (drafts, private fields or saved \
+             searches); initialise a new data directory to found or join another federation",
+            data.root.display()
+        );
+    }
+    Ok(())
 }
 
 /// What [`adopt_federation`] did.
@@ -227,34 +264,7 @@ pub async fn adopt_federation(
             data.root.display()
         );
     }
-    {
-        let store = Store::open(&data.store(), config.store_cache_bytes, false)?;
-        let mut held = 0usize;
-        for entry in store.item_entries() {
-            let entry = entry?;
-            held += 1;
-            let own_founding =
-                entry.region == own && matches!(entry.kind, Kind::Charter | Kind::RegionProfile);
-            if !own_founding || held > 2 {
-                bail!(
-                    "{} is not a fresh node: it holds {} {:?} of region {}. Only a node that \
-                     holds nothing but what `kim init` created can found or join another \
-                     federation; initialise a new data directory for it",
-                    data.root.display(),
-                    entry.kind,
-                    entry.key,
-                    entry.region
-                );
-            }
-        }
-        if !store.local_scan("")?.is_empty() {
-            bail!(
-                "{} is not a fresh node: it holds local data (drafts, private fields or saved \
-                 searches); initialise a new data directory to found or join another federation",
-                data.root.display()
-            );
-        }
-    }
+    check_fresh(data)?;
     // Build the new store beside the old one.
     let staging = data.root.join("store.new");
     if staging.exists() {
@@ -264,6 +274,7 @@ pub async fn adopt_federation(
     let (stored, refused) = {
         let store = Store::open(&staging, config.store_cache_bytes, true)?;
         store.set_meta(CHARTER_META, charter_bytes)?;
+        store.set_meta(crate::ingest::OWN_REGION_META, &own.0)?;
         let ingest = Ingest::open(store.clone(), federation, charter)?;
         let ids: Vec<RecordId> = records.iter().map(|r| record_id(r)).collect();
         let results = ingest.ingest_batch(records, Source::Sync).await;
@@ -571,9 +582,9 @@ impl Records for NodeRecords {
         crate::join::state_page(&self.ingest, after)
     }
 
-    async fn join_submit(&self, record: Vec<u8>) -> Result<bool, String> {
+    async fn join_submit(&self, record: Vec<u8>, invitation: String) -> Result<bool, String> {
         let id = record_id(&record);
-        let new = crate::join::submit(&self.ingest, record, system_now_ms()).await?;
+        let new = crate::join::submit(&self.ingest, record, &invitation, system_now_ms()).await?;
         if new {
             self.changed.notify_one();
             let _ = self.arrivals.send(Arrival {
@@ -793,7 +804,9 @@ async fn announce(
     let mut timer = tokio::time::interval(ACCESS_REFRESH);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ingest = Arc::clone(service.ingest());
-    let mut last_state = ingest.membership().digest;
+    // Nothing handled yet: the first pass (at start) signs whatever decisions a restart left
+    // unsigned in the current state.
+    let mut last_state = kim_protocol::Hash32([0; 32]);
 
     loop {
         tokio::select! {
@@ -830,11 +843,10 @@ async fn on_membership(
     if state.digest == *last_state {
         return;
     }
-    *last_state = state.digest;
     let is_member = state.is_member(&service.region());
     let was = member.swap(is_member, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(state = %state.digest, members = state.members.len(),
-        pending = state.pending.len(), "membership changed");
+    tracing::debug!(state = %state.digest, members = state.members.len(),
+        pending = state.pending.len(), "membership state");
     if was != is_member {
         if is_member {
             tracing::info!(region = %service.region(), "this region was admitted to the federation");
@@ -845,8 +857,11 @@ async fn on_membership(
             tracing::debug!(cause = %e, "gate recheck failed");
         }
     }
+    // Marked done only when both succeed, so a failure is retried at the next tick.
+    let mut done = true;
     if let Err(e) = service.ensure_profile().await {
-        tracing::warn!(cause = %e, "cannot publish this region's profile after admission");
+        done = false;
+        tracing::warn!(cause = %e, "cannot publish this region's profile after admission; will retry");
     }
     match service.reissue_intents().await {
         Ok(0) => {}
@@ -854,7 +869,13 @@ async fn on_membership(
             records = n,
             "membership decisions signed again in the new state"
         ),
-        Err(e) => tracing::warn!(cause = %e, "cannot sign membership decisions in the new state"),
+        Err(e) => {
+            done = false;
+            tracing::warn!(cause = %e, "cannot sign membership decisions in the new state; will retry");
+        }
+    }
+    if done {
+        *last_state = state.digest;
     }
 }
 

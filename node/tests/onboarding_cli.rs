@@ -1,7 +1,7 @@
 //! Onboarding with the real `kim` binary, one process per node, driven by the CLI the way
 //! operators work: four regions found a federation by files, a fifth initialises its own node,
 //! gets an invitation, joins, waits as a candidate ("pending: 0 of 3 endorsements"), is
-//! endorsed by three members by name, is admitted on every node and catches up; then it
+//! endorsed by three members by region id, is admitted on every node and catches up; then it
 //! publishes, a member is voted out and another leaves. Along the way the refusals an operator
 //! meets: a tampered token, a join on a node that is not fresh, endorsing an unknown region, and
 //! membership actions by a node that is not a member.
@@ -171,7 +171,7 @@ fn four_founders_admit_a_fifth_region_through_the_cli() {
     let out = newcomer.kim(&["endorse", &region]).fails();
     assert!(out.stderr.contains("not a member"), "{}", out.stderr);
 
-    // Members read the request and endorse by name; an unknown region is refused.
+    // Members read the request and endorse; an unknown region is refused.
     let pending = wait_for(
         "the request reaches every member",
         Duration::from_secs(60),
@@ -201,8 +201,11 @@ fn four_founders_admit_a_fifth_region_through_the_cli() {
         "{}",
         out.stderr
     );
+    // A candidate's name is its own choice: it is refused, the id (or a prefix) is taken.
+    let out = founders[1].kim(&["endorse", "Kärnten"]).fails();
+    assert!(out.stderr.contains("region id"), "{}", out.stderr);
     for founder in &founders[1..] {
-        founder.kim(&["endorse", "Kärnten"]).ok();
+        founder.kim(&["endorse", &region[..12]]).ok();
     }
 
     // Admitted on every node; the newcomer catches up.

@@ -62,3 +62,5 @@ pub const JOIN_SUBMIT_AGE_MS_MAX: u64 = 60 * 60 * 1000;
 /// Unexpired join requests a node holds pending at once; past it, new candidates are refused
 /// at the join protocol until some are admitted or expire.
 pub const JOIN_PENDING_MAX: usize = 32;
+/// Unexpired pending candidates one member's invitations may hold at a node.
+pub const JOIN_PENDING_PER_INVITER: usize = 4;

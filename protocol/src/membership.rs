@@ -400,7 +400,7 @@ pub struct MembershipState {
     /// Regions that were members and are not now, with the change that took them out.
     pub former: BTreeMap<RegionId, Change>,
     pub pending: Vec<Pending>,
-    /// Every region that asked to join (members included), with its first join request.
+    /// Every region that asked to join (members included), with its newest join request.
     pub join_requests: BTreeMap<RegionId, RecordId>,
     pub history: Vec<Transition>,
     pub anomalies: Vec<Anomaly>,
@@ -606,13 +606,25 @@ pub fn evaluate<'a>(
     }
     anomalies.dedup();
 
-    // Join requests by region (a former member may ask again with its current key).
-    let mut requests_by_region: BTreeMap<RegionId, RecordId> = BTreeMap::new();
+    // Each region's newest join request (latest created-at, then highest id): a candidate
+    // whose request expired asks again, and a former member may ask again with its current key.
+    let mut requests_by_region: BTreeMap<RegionId, (u64, RecordId)> = BTreeMap::new();
     for (author, ids) in &join_requests {
-        if let (Some(info), Some(first)) = (keys.get(author), ids.first()) {
-            requests_by_region.entry(info.region).or_insert(*first);
+        let Some(info) = keys.get(author) else {
+            continue;
+        };
+        for id in ids {
+            let made = by_id.get(id).map_or(0, |r| r.content.created_at_ms);
+            let entry = requests_by_region.entry(info.region).or_insert((made, *id));
+            if (made, *id) > *entry {
+                *entry = (made, *id);
+            }
         }
     }
+    let requests_by_region: BTreeMap<RegionId, RecordId> = requests_by_region
+        .into_iter()
+        .map(|(region, (_, id))| (region, id))
+        .collect();
     let all_requests: BTreeSet<(RegionId, RecordId)> = join_requests
         .iter()
         .filter_map(|(author, ids)| keys.get(author).map(|info| (info.region, ids)))

@@ -283,6 +283,35 @@ fn one_endorsement_of_two_needed_leaves_the_candidate_pending() -> TestResult {
     Ok(())
 }
 
+/// A candidate that asks again (its first request expired) is pending with its newest
+/// request, whatever the record ids; an endorsement of the older one still counts.
+#[test]
+fn a_candidate_that_asks_again_is_pending_with_its_newest_request() -> TestResult {
+    let mut fed = Fed::new(2, 4, ThresholdRule::Fixed(2), ThresholdRule::Majority)?;
+    let cand = fed.new_key();
+    let first = fed.join(&cand, 6)?;
+    let second = fed.join(&cand, 6)?;
+    assert!(second.content.created_at_ms > first.content.created_at_ms);
+    for order in [
+        vec![first.clone(), second.clone()],
+        vec![second.clone(), first.clone()],
+    ] {
+        let state = fed.eval(&order);
+        assert_eq!(state.pending.len(), 1);
+        assert_eq!(state.pending[0].join_request, second.id);
+        assert_eq!(
+            state.join_requests.get(&public_key(&cand)),
+            Some(&second.id)
+        );
+    }
+    let g = fed.genesis();
+    let old = fed.endorse(&fed.founder(0), g, &first)?;
+    let new = fed.endorse(&fed.founder(1), g, &second)?;
+    let state = fed.eval(&[first, second, old, new]);
+    assert!(state.is_member(&public_key(&cand)));
+    Ok(())
+}
+
 #[test]
 fn two_endorsements_naming_the_current_digest_admit_the_candidate() -> TestResult {
     let mut fed = Fed::new(2, 4, ThresholdRule::Fixed(2), ThresholdRule::Majority)?;

@@ -57,6 +57,7 @@ fn limits() -> Vec<(&'static str, u128)> {
         JOIN_REQUEST_TTL_MS,
         JOIN_SUBMIT_AGE_MS_MAX,
         JOIN_PENDING_MAX,
+        JOIN_PENDING_PER_INVITER,
         // defined beside the code that enforces them
         PartnershipType::COUNT,
         TRANSITION_SUBSETS_CHANGES_MAX,

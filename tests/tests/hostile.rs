@@ -438,6 +438,13 @@ async fn fifty_sybils_asking_to_join_and_sending_records_get_nowhere_while_membe
     c.wait_converged(&c.all(), CONVERGE).await.unwrap();
     let federation = c.federation();
     let mut rng = ChaCha8Rng::seed_from_u64(50);
+    // One real invitation has leaked to them; the others sign their own.
+    let leaked = c
+        .node(0)
+        .service()
+        .unwrap()
+        .invite(vec![addr_of(&c, 0).to_string()], 86_400_000)
+        .unwrap();
     let mut sybil_regions = std::collections::BTreeSet::new();
     let mut refusals: HashMap<String, usize> = HashMap::new();
     let mut accepted = 0usize;
@@ -488,7 +495,26 @@ async fn fifty_sybils_asking_to_join_and_sending_records_get_nowhere_while_membe
             continue;
         };
         let request = sybil_join_request(federation, &region_key, peer, n);
-        match client.submit(request).await {
+        let token = if n % 2 == 0 {
+            leaked.clone()
+        } else {
+            let now = kim_node::ingest::system_now_ms();
+            kim_protocol::invitation::Invitation {
+                federation,
+                charter_hash: kim_protocol::Hash32([0; 32]),
+                federation_name: "Test federation".into(),
+                bootstrap: vec![target.to_string()],
+                inviter: samples::public_key(&region_key),
+                inviter_name: "a sybil".into(),
+                created_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+            }
+            .sign(&region_key)
+            .unwrap()
+            .to_token()
+            .unwrap()
+        };
+        match client.submit(request, &token).await {
             Ok(_) => accepted += 1,
             Err(e) => {
                 let text = format!("{e:#}");
@@ -504,20 +530,19 @@ async fn fifty_sybils_asking_to_join_and_sending_records_get_nowhere_while_membe
             kim_node::ingest::system_now_ms(),
         );
         let offer = Record::sign(&content, &region_key).unwrap().bytes;
-        let answer = client.submit(offer).await;
+        let answer = client.submit(offer, &leaked).await;
         assert!(
             answer.is_err(),
             "an offer went in through the join protocol"
         );
     }
     eprintln!("sybil join requests: {accepted} taken, refusals {refusals:?}");
-    // Per address (all sybils share 127.0.0.1), each member takes at most a few requests.
+    // An invitation serves one candidate at each member's node; self-made ones serve none.
+    assert!(accepted <= 4, "{accepted} taken: {refusals:?}");
+    let refused = |code: &str| refusals.get(code).copied().unwrap_or(0);
+    assert!(refused("invitation.inviter_not_member") > 0, "{refusals:?}");
     assert!(
-        accepted <= 4 * kim_node::join::JOIN_SUBMITS_PER_IP as usize,
-        "{accepted}"
-    );
-    assert!(
-        refusals.get("join.rate_limited").copied().unwrap_or(0) > 0,
+        refused("join.invitation_used") + refused("join.rate_limited") > 0,
         "{refusals:?}"
     );
 

@@ -367,6 +367,13 @@ async fn admission_removal_and_leaving_give_one_member_set_whatever_the_arrival_
         .await?;
     let reference = cluster.node(0).service()?.ingest().membership();
     assert_eq!(reference.members.len(), 3);
+    // A region that left keeps what it published on its own node (nobody else holds it now).
+    let own = cluster.node(2).service()?.ingest().store().clone();
+    assert!(
+        own.item(&leaver, kim_protocol::Kind::RegionProfile, "profile")?
+            .is_some(),
+        "the leaving region lost its own profile"
+    );
     // The items of the regions that went are gone everywhere (their profiles among them), so
     // a node that joins later, which refuses them, holds the same set.
     for i in [0, 1, newcomer] {
