@@ -122,6 +122,8 @@ const COMMAND_QUEUE_LEN: usize = 64;
 const INTERNAL_QUEUE_LEN: usize = 256;
 /// Inbound sync requests worked on at once (snapshots, reconciliation steps, store reads).
 const INBOUND_SYNC_TASKS_MAX: usize = 4;
+/// Direct messages one peer may send per [`INBOUND_RATE_WINDOW`].
+const DIRECT_MESSAGES_PER_WINDOW: u32 = 60;
 /// Join-protocol requests worked on at once; more are refused with `join.busy`.
 const JOIN_TASKS_MAX: usize = 2;
 /// Immediate re-runs of a session that stored records but had some rejected.
@@ -211,6 +213,17 @@ pub trait Records: Send + Sync + 'static {
     fn join_state(&self, after: Option<Id>) -> anyhow::Result<(Vec<Vec<u8>>, bool)> {
         let _ = after;
         Ok((Vec::new(), false))
+    }
+
+    /// Takes a direct message (expression of interest, answer, contact release) a member's
+    /// node sent to this one: `Ok(true)` if new here, or a refusal code. The default refuses.
+    fn direct(
+        &self,
+        from: PeerId,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, String>> + Send {
+        let _ = (from, message);
+        std::future::ready(Err("direct.unsupported".to_string()))
     }
 
     /// Checks and stores a candidate's join request: `Ok(true)` if new here, or a refusal
@@ -817,6 +830,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
     join: request_response::Behaviour<crate::join::JoinCodec>,
+    direct: request_response::Behaviour<crate::direct::DirectCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
@@ -1019,6 +1033,8 @@ pub struct NetStats {
     /// Sync frame bytes received and sent (length prefix and payload).
     pub sync_bytes_in: u64,
     pub sync_bytes_out: u64,
+    /// Direct messages (expressions of interest and answers) received from peers.
+    pub direct_inbound: u64,
 }
 
 #[derive(Debug, Default)]
@@ -1036,6 +1052,7 @@ struct Counters {
     peers_banned: AtomicU64,
     sync_bytes_in: AtomicU64,
     sync_bytes_out: AtomicU64,
+    direct_inbound: AtomicU64,
 }
 
 impl Counters {
@@ -1059,6 +1076,7 @@ impl Counters {
             peers_banned: get(&self.peers_banned),
             sync_bytes_in: get(&self.sync_bytes_in),
             sync_bytes_out: get(&self.sync_bytes_out),
+            direct_inbound: get(&self.direct_inbound),
         }
     }
 }
@@ -1122,6 +1140,11 @@ pub enum Command {
     RecheckGate {
         reply: oneshot::Sender<usize>,
     },
+    Direct {
+        peer: PeerId,
+        message: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
 }
 
 /// The handle the rest of the node uses. Cheap to clone.
@@ -1181,6 +1204,17 @@ impl NetClient {
         self.call(|reply| Command::Stats { reply }).await
     }
 
+    /// Sends a direct message to a connected member's node and waits for its answer:
+    /// `Ok(true)` if it was new there; a refusal is [`NetError::Refused`] with its code.
+    pub async fn direct(&self, peer: PeerId, message: Vec<u8>) -> Result<bool, NetError> {
+        self.call(|reply| Command::Direct {
+            peer,
+            message,
+            reply,
+        })
+        .await?
+    }
+
     /// Asks the gate again about every connected peer and disconnects those it now refuses
     /// (after a membership change); returns how many were disconnected.
     pub async fn recheck_gate(&self) -> Result<usize, NetError> {
@@ -1221,6 +1255,11 @@ enum Internal {
         channel: ResponseChannel<crate::join::JoinAnswer>,
         answer: crate::join::JoinAnswer,
         gossip: Option<Vec<u8>>,
+    },
+    /// A direct message's answer is ready.
+    DirectRespond {
+        channel: ResponseChannel<crate::direct::DirectResponse>,
+        response: crate::direct::DirectResponse,
     },
     /// A candidate ingested a state page from `peer`; `next` is where the following page
     /// starts, if there is one.
@@ -1297,6 +1336,14 @@ pub fn new<R: Records>(
         )],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
+    let direct = request_response::Behaviour::with_codec(
+        crate::direct::DirectCodec,
+        [(
+            crate::direct::protocol_name(&config.federation)?,
+            ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(config.request_timeout),
+    );
     let identify = identify::Behaviour::new(
         identify::Config::new(
             identify_version(&config.federation),
@@ -1328,6 +1375,7 @@ pub fn new<R: Records>(
         gossipsub,
         sync,
         join,
+        direct,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         kademlia,
@@ -1398,6 +1446,8 @@ pub fn new<R: Records>(
         join_polling: false,
         was_member: true,
         upgrade_redials: HashMap::new(),
+        pending_direct: HashMap::new(),
+        direct_rate: HashMap::new(),
     };
     Ok((client, event_loop))
 }
@@ -1453,6 +1503,10 @@ pub struct EventLoop<R: Records> {
     was_member: bool,
     /// Admitted guests to dial again, as members, once their guest connection has closed.
     upgrade_redials: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Direct messages sent, waiting for their answer.
+    pending_direct: HashMap<OutboundRequestId, oneshot::Sender<Result<bool, NetError>>>,
+    /// Direct messages per peer in the current window.
+    direct_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
 }
 
 impl<R: Records> fmt::Debug for EventLoop<R> {
@@ -1772,6 +1826,104 @@ impl<R: Records> EventLoop<R> {
         }
     }
 
+    fn on_direct_event(
+        &mut self,
+        event: request_response::Event<crate::direct::DirectRequest, crate::direct::DirectResponse>,
+    ) {
+        use crate::direct::DirectResponse;
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                Counters::add(&self.counters.direct_inbound, 1);
+                let refuse = |this: &mut Self, channel, code: &str| {
+                    let _ = this
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, DirectResponse::Refused(code.into()));
+                };
+                if self.is_guest(&peer) {
+                    refuse(self, channel, "direct.not_member");
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let window = self.direct_rate.entry(peer).or_insert((now, 0));
+                if now.duration_since(window.0) >= INBOUND_RATE_WINDOW {
+                    *window = (now, 0);
+                }
+                window.1 += 1;
+                if window.1 > DIRECT_MESSAGES_PER_WINDOW {
+                    refuse(self, channel, "direct.rate_limited");
+                    self.penalise(
+                        peer,
+                        POINTS_OVER_RATE,
+                        "direct messages over the per-peer rate",
+                    );
+                    return;
+                }
+                let records = Arc::clone(&self.records);
+                let internal = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let response = match records.direct(peer, request.0).await {
+                        Ok(new) => DirectResponse::Taken { new },
+                        Err(code) => {
+                            tracing::info!(peer = %peer, code = %code, "direct message refused");
+                            DirectResponse::Refused(code)
+                        }
+                    };
+                    let _ = internal
+                        .send(Internal::DirectRespond { channel, response })
+                        .await;
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_direct.remove(&request_id) {
+                    let _ = reply.send(match response {
+                        DirectResponse::Taken { new } => Ok(new),
+                        DirectResponse::Refused(code) => Err(NetError::Refused(code)),
+                    });
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_direct.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        cause: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound direct message failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized direct message",
+                    );
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     /// Notices this node's own admission (or removal) and acts on it: a newly admitted node
     /// starts syncing with every member's node it is connected to.
     fn check_own_membership(&mut self) {
@@ -1858,6 +2010,24 @@ impl<R: Records> EventLoop<R> {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.counters.snapshot());
+            }
+            Command::Direct {
+                peer,
+                message,
+                reply,
+            } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                } else if self.is_guest(&peer) {
+                    let _ = reply.send(Err(NetError::Refused("direct.not_member".into())));
+                } else {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_request(&peer, crate::direct::DirectRequest(message));
+                    self.pending_direct.insert(id, reply);
+                }
             }
             Command::RecheckGate { reply } => {
                 self.check_own_membership();
@@ -2027,6 +2197,7 @@ impl<R: Records> EventLoop<R> {
                     self.responders.remove(&peer_id);
                     self.inbound_rate.remove(&peer_id);
                     self.join_rate.remove(&peer_id);
+                    self.direct_rate.remove(&peer_id);
                     if let Some(addrs) = self.upgrade_redials.remove(&peer_id) {
                         let opts = DialOpts::peer_id(peer_id)
                             .addresses(addrs)
@@ -2085,6 +2256,7 @@ impl<R: Records> EventLoop<R> {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Join(event) => self.on_join_event(event),
+            BehaviourEvent::Direct(event) => self.on_direct_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let listen: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().take(PEER_ADDRS_MAX).collect();
@@ -2314,6 +2486,13 @@ impl<R: Records> EventLoop<R> {
                 {
                     tracing::debug!(cause = %e, "join request not gossiped; sync carries it");
                 }
+            }
+            Internal::DirectRespond { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_response(channel, response);
             }
             Internal::JoinPageDone { peer, next } => {
                 self.join_polling = false;

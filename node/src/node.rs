@@ -437,6 +437,19 @@ impl PeerAccess {
             .and_then(|a| a.members.get(peer).copied())
     }
 
+    /// The nodes a member region lists in its profile, with their published addresses.
+    pub fn peers_of(&self, region: &RegionId) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let Ok(access) = self.inner.read() else {
+            return Vec::new();
+        };
+        access
+            .members
+            .iter()
+            .filter(|(peer, r)| *r == region && !access.blocked.contains(*peer))
+            .map(|(peer, _)| (*peer, access.addrs.get(peer).cloned().unwrap_or_default()))
+            .collect()
+    }
+
     /// Member nodes' published addresses (with `/p2p/<id>`), except `own`.
     pub fn member_addrs(&self, own: &PeerId) -> Vec<Multiaddr> {
         let Ok(access) = self.inner.read() else {
@@ -534,6 +547,8 @@ impl PeerAccess {
 #[derive(Debug)]
 struct NodeRecords {
     ingest: Arc<Ingest>,
+    /// Takes direct messages (expressions of interest and their answers).
+    service: Service,
     changed: Arc<Notify>,
     arrivals: broadcast::Sender<Arrival>,
 }
@@ -582,6 +597,10 @@ impl Records for NodeRecords {
         crate::join::state_page(&self.ingest, after)
     }
 
+    async fn direct(&self, _from: PeerId, message: Vec<u8>) -> Result<bool, String> {
+        self.service.receive_direct(message).await
+    }
+
     async fn join_submit(&self, record: Vec<u8>, invitation: String) -> Result<bool, String> {
         let id = record_id(&record);
         let new = crate::join::submit(&self.ingest, record, &invitation, system_now_ms()).await?;
@@ -610,6 +629,7 @@ pub struct Running {
     server_outcome: Option<anyhow::Result<()>>,
     network: Option<JoinHandle<()>>,
     announcer: Option<JoinHandle<()>>,
+    outbox: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -648,9 +668,13 @@ impl Running {
         if let Some(server) = self.server.take() {
             result = server.await.context("HTTP server task failed")?;
         }
-        for task in [self.network.take(), self.announcer.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.network.take(),
+            self.announcer.take(),
+            self.outbox.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Err(e) = task.await {
                 tracing::warn!(cause = %e, "network task ended abnormally");
@@ -722,6 +746,7 @@ pub async fn start(
     let (arrivals, _) = broadcast::channel(ARRIVALS_QUEUE_LEN);
     let records = Arc::new(NodeRecords {
         ingest: Arc::clone(&ingest),
+        service: node.state.service.clone(),
         changed: Arc::clone(&changed),
         arrivals: arrivals.clone(),
     });
@@ -741,6 +766,25 @@ pub async fn start(
     };
     let network = tokio::spawn(event_loop.run(until_stopped(stopped.clone())));
     drop(ingest);
+    let outbox = tokio::spawn({
+        let service = node.state.service.clone();
+        let net = net.clone();
+        let access = access.clone();
+        let stop = until_stopped(stopped.clone());
+        async move {
+            let mut stop = std::pin::pin!(stop);
+            let mut tick = tokio::time::interval(crate::interest::OUTBOX_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    _ = tick.tick() => {
+                        crate::interest::deliver_outbox(&service, &net, &access).await;
+                    }
+                }
+            }
+        }
+    });
     let announcer = tokio::spawn(announce(
         announce_rx,
         net.clone(),
@@ -780,6 +824,7 @@ pub async fn start(
         server_outcome: None,
         network: Some(network),
         announcer: Some(announcer),
+        outbox: Some(outbox),
     })
 }
 

@@ -296,6 +296,10 @@ impl Service {
     }
 
     fn announce(&self, record: &Record) {
+        // Expressions of interest go to one region only, by the direct protocol: never gossip.
+        if !record.content.kind.is_replicated() {
+            return;
+        }
         if let Some(tx) = &self.announce
             && tx.try_send(record.bytes.clone()).is_err()
         {

@@ -18,12 +18,14 @@
 
 //! - [`reconcile`]: range-based set reconciliation messages and driver-free step functions.
 //! - [`invitation`]: signed invitation tokens a member hands to a region that wants to join.
+//! - [`direct`]: signed answers and contact releases between two regions' nodes.
 //! - [`names`]: libp2p protocol ids and gossip topics.
 //! - [`error`]: the one error enum with stable codes.
 
 pub mod bytes;
 pub mod codes;
 pub mod digest;
+pub mod direct;
 pub mod envelope;
 pub mod error;
 pub mod invitation;
