@@ -157,12 +157,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::BadRequest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "request.bad_parameter", message)
             }
-            ServiceError::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "membership.conflict", message)
-            }
-            ServiceError::Missing(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "membership.not_found", message)
-            }
+            ServiceError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            ServiceError::Missing(code, _) => ApiError::new(StatusCode::NOT_FOUND, code, message),
             ServiceError::KeyFiles(_) => {
                 tracing::error!(cause = %message, "key file failure in a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keys.files", message)
@@ -384,8 +380,8 @@ impl utoipa::Modify for BearerAuth {
 
 /// Builds the router and the OpenAPI document from the same route table.
 pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, openapi) = crate::api_members::routes(crate::api_find::routes(
-        OpenApiRouter::with_openapi(ApiDoc::openapi()),
+    let (router, openapi) = crate::api_interest::routes(crate::api_members::routes(
+        crate::api_find::routes(OpenApiRouter::with_openapi(ApiDoc::openapi())),
     ))
     .routes(routes!(health))
     .routes(routes!(status))

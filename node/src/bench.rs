@@ -69,6 +69,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         degree: usize,
     },
+    /// Expressions of interest from one node to another over loopback: delivery latency p50/p99
+    /// and the rate of a burst.
+    Interest {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
     /// A node that lacks N records syncs them from a peer: records/s end to end and wire bytes.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -127,6 +133,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             degree,
         } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
         BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
+        BenchCommand::Interest { count } => crate::bench_net::interest(count).await,
         BenchCommand::Search {
             records,
             queries,

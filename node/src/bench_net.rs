@@ -606,3 +606,106 @@ pub async fn catchup(records: usize) -> anyhow::Result<()> {
     federation.stop().await?;
     Ok(())
 }
+
+/// `kim bench interest`: expressions of interest from node B to an offer of node A over
+/// loopback, one at a time: from the call that signs and queues it on B until A's node holds it
+/// (delivery latency, p50/p99), and the rate of a burst queued at once.
+pub async fn interest(count: usize) -> anyhow::Result<()> {
+    let scratch = Scratch::new("interest")?;
+    let federation = start_federation(&scratch.0, 2, |c| c.sync_interval_secs = 2).await?;
+    let (a, b) = (&federation.nodes[0], &federation.nodes[1]);
+    b.net
+        .dial(federation.addrs[0].clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let content = samples::content(
+        &mut rng,
+        federation.founding.federation,
+        federation.founders[0].region(),
+        kim_protocol::Kind::Cooperation,
+        "bench-offer",
+        system_now_ms() - 60_000,
+    );
+    let offer = Record::sign(&content, &federation.founders[0].region_key)?;
+    a.state
+        .service
+        .ingest()
+        .ingest_batch(vec![offer.bytes.clone()], Source::Api)
+        .await;
+    b.state
+        .service
+        .ingest()
+        .ingest_batch(vec![offer.bytes], Source::Sync)
+        .await;
+    let a_region = federation.founders[0].region();
+    let input = || crate::interest::InterestInput {
+        message: "We would like to co-operate on this.".into(),
+        ..crate::interest::InterestInput::default()
+    };
+    let held = |id: &str| {
+        a.state
+            .service
+            .interest(id)
+            .is_ok_and(|v| v.direction == "incoming")
+    };
+    println!(
+        "expression of interest: B → A over TCP loopback, {count} one at a time, then {count} at once ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let sent = b
+            .state
+            .service
+            .express_interest(a_region, "bench-offer", input())
+            .await?;
+        while !held(&sent.id) {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "an expression of interest was not delivered in 30 s"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "  delivery latency (sign, store, queue, deliver, verify, store at A): p50 {:.2} ms, p99 {:.2} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    // A's node takes at most 300 direct messages per peer in 10 s (beyond, the outbox backs
+    // off): let the window pass so the burst measures delivery, not the limit.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(
+            b.state
+                .service
+                .express_interest(a_region, "bench-offer", input())
+                .await?
+                .id,
+        );
+    }
+    // Checked every 5 ms, only those not yet seen, so the polling does not compete with the
+    // nodes for the two cores.
+    while !ids.is_empty() {
+        ids.retain(|id| !held(id));
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "a burst of expressions of interest was not delivered in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "  burst: {count} queued at once, all held by A after {:.1} ms ({:.0} per second)",
+        secs * 1e3,
+        count as f64 / secs
+    );
+    federation.stop().await
+}

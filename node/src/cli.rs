@@ -910,8 +910,19 @@ pub async fn overview(client: &Client) -> anyhow::Result<()> {
             show(&format!("{name} ({id})"), &r["counts"]);
         }
         show("federation", &o["totals"]);
-        if o["outcomes"].is_null() {
-            println!("outcomes: not recorded yet (expressions of interest come later)");
+        let outcomes = &o["outcomes"];
+        if outcomes.is_null() {
+            println!("outcomes: none recorded yet");
+        } else {
+            println!(
+                "outcomes: {} co-operations, {} jobs created",
+                outcomes["total"], outcomes["jobs_created"]
+            );
+            if let Some(by) = outcomes["by_agreement"].as_object() {
+                for (agreement, n) in by {
+                    println!("  {agreement:<24} {n}");
+                }
+            }
         }
     });
     Ok(())

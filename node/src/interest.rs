@@ -109,6 +109,10 @@ pub struct InterestView {
 
 static OUTBOX_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Wakes the outbox loops as soon as something is queued (process-wide: with several nodes in
+/// one process each loop just finds its own outbox empty).
+pub static OUTBOX_WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn outbox_key(due_ms: u64) -> String {
     format!(
         "{OUTBOX}{due_ms:020}-{:010}",
@@ -185,6 +189,7 @@ impl Service {
                 "attempts": 0,
             }),
         )?;
+        OUTBOX_WAKE.notify_waiters();
         Ok(())
     }
 
@@ -199,7 +204,10 @@ impl Service {
         let own = self.region();
         let membership = self.ingest().membership();
         if !membership.is_member(&own) {
-            return Err(ServiceError::Conflict("this region is not a member".into()));
+            return Err(ServiceError::Conflict(
+                "interest.conflict",
+                "this region is not a member".into(),
+            ));
         }
         if region == own {
             return Err(bad(
@@ -207,9 +215,10 @@ impl Service {
             ));
         }
         if !membership.is_member(&region) {
-            return Err(ServiceError::Missing(format!(
-                "{region} is not a member region"
-            )));
+            return Err(ServiceError::Missing(
+                "interest.not_found",
+                format!("{region} is not a member region"),
+            ));
         }
         input
             .contact
@@ -301,9 +310,10 @@ impl Service {
                 return view(direction, &value).ok_or_else(|| bad("damaged interest entry"));
             }
         }
-        Err(ServiceError::Missing(format!(
-            "no expression of interest {id}"
-        )))
+        Err(ServiceError::Missing(
+            "interest.not_found",
+            format!("no expression of interest {id}"),
+        ))
     }
 
     /// Answers an incoming expression of interest; an acceptance releases `contact` to the
@@ -317,16 +327,22 @@ impl Service {
         let store = self.ingest().store();
         let key = format!("{IN}{id}");
         let mut value = store.local_get(&key)?.ok_or_else(|| {
-            ServiceError::Missing(format!("no incoming expression of interest {id}"))
+            ServiceError::Missing(
+                "interest.not_found",
+                format!("no incoming expression of interest {id}"),
+            )
         })?;
         if value.get("status").and_then(Value::as_str) != Some("new") {
-            return Err(ServiceError::Conflict(format!(
-                "expression of interest {id} is already {}",
-                value
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("answered")
-            )));
+            return Err(ServiceError::Conflict(
+                "interest.conflict",
+                format!(
+                    "expression of interest {id} is already {}",
+                    value
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("answered")
+                ),
+            ));
         }
         let interest = RecordId::from_hex(id).ok_or_else(|| bad("the id is not a record id"))?;
         let from = value
@@ -365,10 +381,14 @@ impl Service {
         let store = self.ingest().store();
         let key = format!("{IN}{id}");
         let mut value = store.local_get(&key)?.ok_or_else(|| {
-            ServiceError::Missing(format!("no incoming expression of interest {id}"))
+            ServiceError::Missing(
+                "interest.not_found",
+                format!("no incoming expression of interest {id}"),
+            )
         })?;
         if value.get("status").and_then(Value::as_str) != Some("accepted") {
             return Err(ServiceError::Conflict(
+                "interest.conflict",
                 "an outcome is recorded for an accepted expression of interest".into(),
             ));
         }

@@ -29,6 +29,7 @@ pub use libp2p;
 
 pub mod api;
 pub mod api_find;
+pub mod api_interest;
 pub mod api_members;
 pub mod bench;
 pub mod bench_net;
@@ -36,6 +37,7 @@ pub mod bench_reconcile;
 pub mod bench_search;
 pub mod cli;
 pub mod cli_founding;
+pub mod cli_interest;
 pub mod cli_keys;
 pub mod cli_members;
 pub mod config;

@@ -120,6 +120,11 @@ enum Command {
         #[command(subcommand)]
         command: MembersCommand,
     },
+    /// Expressions of interest: respond to an offer, accept or decline, record an outcome.
+    Interest {
+        #[command(subcommand)]
+        command: kim_node::cli_interest::InterestCommand,
+    },
     /// Endorse a pending candidate (region id or name); at the charter's threshold every node
     /// admits it.
     Endorse { region: String },
@@ -353,6 +358,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Members { command } => cli_members::members(&client()?, command).await,
         Command::Endorse { region } => cli_members::endorse(&client()?, &region).await,
+        Command::Interest { command } => {
+            kim_node::cli_interest::interest(&client()?, command).await
+        }
         Command::Org { command } => cli::items(&client()?, "organisations", command).await,
         Command::Project { command } => cli::items(&client()?, "projects", command).await,
         Command::Offer { command } => cli::items(&client()?, "offers", command).await,

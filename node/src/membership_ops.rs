@@ -240,6 +240,7 @@ impl Service {
             Ok(())
         } else {
             Err(ServiceError::Conflict(
+                "membership.conflict",
                 "this region is not a member of the federation: only members decide on membership"
                     .into(),
             ))
@@ -259,17 +260,24 @@ impl Service {
             .find(|p| p.candidate == candidate)
             .ok_or_else(|| {
                 if state.is_member(&candidate) {
-                    ServiceError::Conflict(format!("{candidate} is already a member"))
+                    ServiceError::Conflict(
+                        "membership.conflict",
+                        format!("{candidate} is already a member"),
+                    )
                 } else {
-                    ServiceError::Missing(format!(
-                        "no pending join request from {candidate}; see `kim members pending`"
-                    ))
+                    ServiceError::Missing(
+                        "membership.not_found",
+                        format!(
+                            "no pending join request from {candidate}; see `kim members pending`"
+                        ),
+                    )
                 }
             })?;
         if pending.is_expired(now) {
-            return Err(ServiceError::Conflict(format!(
-                "the join request of {candidate} expired; the candidate must ask again"
-            )));
+            return Err(ServiceError::Conflict(
+                "membership.conflict",
+                format!("the join request of {candidate} expired; the candidate must ask again"),
+            ));
         }
         let store = self.ingest().store();
         store.local_delete(&declined_key(&candidate))?;
@@ -310,17 +318,21 @@ impl Service {
         let state = self.ingest().membership();
         self.require_member(&state)?;
         if !state.pending.iter().any(|p| p.candidate == candidate) {
-            return Err(ServiceError::Missing(format!(
-                "no pending join request from {candidate}"
-            )));
+            return Err(ServiceError::Missing(
+                "membership.not_found",
+                format!("no pending join request from {candidate}"),
+            ));
         }
         let store = self.ingest().store();
         if store.local_get(&intent_endorse_key(&candidate))?.is_some() {
-            return Err(ServiceError::Conflict(format!(
-                "this region already endorsed {candidate} in state {}; an endorsement cannot be \
+            return Err(ServiceError::Conflict(
+                "membership.conflict",
+                format!(
+                    "this region already endorsed {candidate} in state {}; an endorsement cannot be \
                  taken back (it stops counting if the state changes)",
-                state.digest
-            )));
+                    state.digest
+                ),
+            ));
         }
         store.local_put(
             &declined_key(&candidate),
@@ -345,9 +357,10 @@ impl Service {
             ));
         }
         if !state.is_member(&target) {
-            return Err(ServiceError::Missing(format!(
-                "{target} is not a member of the federation"
-            )));
+            return Err(ServiceError::Missing(
+                "membership.not_found",
+                format!("{target} is not a member of the federation"),
+            ));
         }
         if reason.trim().is_empty() {
             return Err(ServiceError::BadRequest(
@@ -546,7 +559,9 @@ impl Service {
             .ingest()
             .store()
             .meta(crate::node::CHARTER_META)?
-            .ok_or_else(|| ServiceError::Conflict("the store holds no charter".into()))?;
+            .ok_or_else(|| {
+                ServiceError::Conflict("membership.conflict", "the store holds no charter".into())
+            })?;
         let now = system_now_ms();
         let own = self.region();
         let key = self.signing_key();

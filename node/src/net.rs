@@ -122,8 +122,9 @@ const COMMAND_QUEUE_LEN: usize = 64;
 const INTERNAL_QUEUE_LEN: usize = 256;
 /// Inbound sync requests worked on at once (snapshots, reconciliation steps, store reads).
 const INBOUND_SYNC_TASKS_MAX: usize = 4;
-/// Direct messages one peer may send per [`INBOUND_RATE_WINDOW`].
-const DIRECT_MESSAGES_PER_WINDOW: u32 = 60;
+/// Direct messages one peer may send per [`INBOUND_RATE_WINDOW`]; beyond, they are refused
+/// (`direct.rate_limited`) and the sender's outbox backs off.
+const DIRECT_MESSAGES_PER_WINDOW: u32 = 300;
 /// Join-protocol requests worked on at once; more are refused with `join.busy`.
 const JOIN_TASKS_MAX: usize = 2;
 /// Immediate re-runs of a session that stored records but had some rejected.
@@ -1101,7 +1102,7 @@ pub enum NetError {
     Dial(String),
     #[error("sync request to {peer} failed: {cause}")]
     Request { peer: PeerId, cause: String },
-    #[error("peer refused the sync request: {0}")]
+    #[error("the peer refused the request: {0}")]
     Refused(String),
     #[error("peer broke the sync protocol: {0}")]
     Protocol(String),
@@ -1859,12 +1860,8 @@ impl<R: Records> EventLoop<R> {
                 }
                 window.1 += 1;
                 if window.1 > DIRECT_MESSAGES_PER_WINDOW {
+                    // Refused without penalty: an honest outbox flushing a backlog backs off.
                     refuse(self, channel, "direct.rate_limited");
-                    self.penalise(
-                        peer,
-                        POINTS_OVER_RATE,
-                        "direct messages over the per-peer rate",
-                    );
                     return;
                 }
                 let records = Arc::clone(&self.records);

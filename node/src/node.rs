@@ -781,6 +781,9 @@ pub async fn start(
                     _ = tick.tick() => {
                         crate::interest::deliver_outbox(&service, &net, &access).await;
                     }
+                    () = crate::interest::OUTBOX_WAKE.notified() => {
+                        crate::interest::deliver_outbox(&service, &net, &access).await;
+                    }
                 }
             }
         }

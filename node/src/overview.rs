@@ -2,8 +2,8 @@
 //! NACE section and status ([`overview`]), and the co-operation potential between regions —
 //! how many complementary offer/request pairs score at least a threshold ([`potential`]).
 //!
-//! Outcomes of expressions of interest (agreements, jobs) are not recorded yet; the overview
-//! carries an `outcomes` field that stays `null` until they are.
+//! Outcomes of accepted expressions of interest (agreements, jobs) are replicated `outcome`
+//! records of the offering region; the overview counts them per region, agreement and year.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -49,10 +49,53 @@ pub struct RegionOverview {
 pub struct Overview {
     pub regions: Vec<RegionOverview>,
     pub totals: Counts,
-    /// Co-operations and jobs produced, per region, sector and year: `null` until outcomes of
-    /// expressions of interest are recorded.
-    #[schema(value_type = Option<Object>)]
-    pub outcomes: Option<serde_json::Value>,
+    /// Co-operations and jobs produced from accepted expressions of interest, per offering
+    /// region, agreement type and year: `null` until the first outcome is recorded.
+    pub outcomes: Option<Outcomes>,
+}
+
+/// Outcomes recorded by the offering regions (replicated `outcome` records).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Outcomes {
+    pub total: u64,
+    pub jobs_created: u64,
+    /// Per offering region (hex id): count.
+    pub by_region: BTreeMap<String, u64>,
+    /// Per agreement type: count.
+    pub by_agreement: BTreeMap<String, u64>,
+    /// Per year of the agreement: count.
+    pub by_year: BTreeMap<String, u64>,
+}
+
+/// Counts the live outcome records.
+fn outcomes(ingest: &Ingest) -> Result<Option<Outcomes>, MatchError> {
+    let store = ingest.store();
+    let mut out = Outcomes::default();
+    for entry in store.item_entries() {
+        let entry = entry?;
+        if entry.kind != Kind::Outcome || entry.tombstone {
+            continue;
+        }
+        let Some(bytes) = store.record(&entry.id)? else {
+            continue;
+        };
+        let Ok(record) = kim_protocol::Record::decode(bytes) else {
+            continue;
+        };
+        let kim_protocol::Body::Outcome(o) = record.content.body else {
+            continue;
+        };
+        out.total += 1;
+        out.jobs_created += u64::from(o.jobs_created.unwrap_or(0));
+        bump(&mut out.by_region, &entry.region.to_hex());
+        let agreement = serde_json::to_value(o.agreement)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        bump(&mut out.by_agreement, &agreement);
+        bump(&mut out.by_year, &o.date.to_string()[..4]);
+    }
+    Ok((out.total > 0).then_some(out))
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -166,7 +209,7 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
     Ok(Overview {
         regions,
         totals,
-        outcomes: None,
+        outcomes: outcomes(ingest)?,
     })
 }
 

@@ -120,12 +120,13 @@ pub enum ServiceError {
     NoDraft(String),
     #[error("{0}")]
     BadRequest(String),
-    /// The request contradicts the current state (e.g. endorsing a region that is a member).
-    #[error("{0}")]
-    Conflict(String),
+    /// The request contradicts the current state (e.g. endorsing a region that is a member);
+    /// the stable code, then the message.
+    #[error("{1}")]
+    Conflict(&'static str, String),
     /// What the request names does not exist (e.g. no pending join request from a region).
-    #[error("{0}")]
-    Missing(String),
+    #[error("{1}")]
+    Missing(&'static str, String),
     #[error("{0}")]
     Store(#[from] StoreError),
     /// The region key files could not be written or moved (key rotation).

@@ -999,6 +999,7 @@ fn bad_input_table() -> Vec<Row> {
     ));
     finding_rows(&mut rows);
     membership_rows(&mut rows);
+    interest_rows(&mut rows);
     rows.push(row(
         "wrong method on a list",
         M::DELETE,
@@ -1038,6 +1039,114 @@ fn bad_input_table() -> Vec<Row> {
 /// The membership routes on a one-region node (it is the only member): a region that is not
 /// hex, nobody pending to endorse or decline, nobody to vote out, invitations out of bounds,
 /// and every body route's syntax rows. Leaving is not in the table: done right, it would work.
+/// Expression-of-interest routes on a one-region node: no other region to write to, nothing
+/// received to answer, bodies of the wrong shape.
+fn interest_rows(rows: &mut Vec<Row>) {
+    use Method as M;
+    let nothing = format!("/interests/{ZERO_ID}");
+    let send = |region: &str| json!({"region": region, "offer": "o", "message": "Interested"});
+    let cases: Vec<(&str, Method, String, Payload, u16, &'static str)> = vec![
+        (
+            "send: region not hex",
+            M::POST,
+            "/interests".into(),
+            Payload::Json(send("xyz")),
+            400,
+            "request.bad_parameter",
+        ),
+        (
+            "send: region not a member",
+            M::POST,
+            "/interests".into(),
+            Payload::Json(send(ZERO_ID)),
+            404,
+            "interest.not_found",
+        ),
+        (
+            "send: no region",
+            M::POST,
+            "/interests".into(),
+            Payload::Json(json!({"offer": "o", "message": "m"})),
+            422,
+            "request.invalid_body",
+        ),
+        (
+            "send: unknown field",
+            M::POST,
+            "/interests".into(),
+            Payload::Json(json!({"region": ZERO_ID, "offer": "o", "message": "m", "price": 1})),
+            422,
+            "request.invalid_body",
+        ),
+        (
+            "get: unknown id",
+            M::GET,
+            "/interests/abc".into(),
+            Payload::None,
+            404,
+            "interest.not_found",
+        ),
+        (
+            "accept: nothing received",
+            M::POST,
+            format!("{nothing}/accept"),
+            Payload::Json(json!({})),
+            404,
+            "interest.not_found",
+        ),
+        (
+            "decline: reason not a string",
+            M::POST,
+            format!("{nothing}/decline"),
+            Payload::Json(json!({"reason": 5})),
+            422,
+            "request.invalid_body",
+        ),
+        (
+            "outcome: unknown agreement",
+            M::POST,
+            format!("{nothing}/outcome"),
+            Payload::Json(json!({"agreement": "friendship", "date": "2026-01-01"})),
+            422,
+            "request.invalid_body",
+        ),
+        (
+            "outcome: impossible date",
+            M::POST,
+            format!("{nothing}/outcome"),
+            Payload::Json(json!({"agreement": "licence", "date": "2026-02-30"})),
+            422,
+            "request.invalid_body",
+        ),
+        (
+            "outcome: nothing accepted",
+            M::POST,
+            format!("{nothing}/outcome"),
+            Payload::Json(json!({"agreement": "licence", "date": "2026-01-01"})),
+            404,
+            "interest.not_found",
+        ),
+    ];
+    for (name, method, path, payload, status, code) in cases {
+        rows.push(row(name, method, path, payload, status, code));
+    }
+    body_rows(rows, "send interest", M::POST, "/interests", &send(ZERO_ID));
+    body_rows(
+        rows,
+        "accept",
+        M::POST,
+        &format!("{nothing}/accept"),
+        &json!({"reason": "yes"}),
+    );
+    body_rows(
+        rows,
+        "outcome",
+        M::POST,
+        &format!("{nothing}/outcome"),
+        &json!({"agreement": "licence", "date": "2026-01-01"}),
+    );
+}
+
 fn membership_rows(rows: &mut Vec<Row>) {
     use Method as M;
     let nobody = format!("/members/{ZERO_ID}");

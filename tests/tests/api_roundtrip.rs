@@ -733,6 +733,12 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "POST /api/v1/members/{region}/remove",
         "POST /api/v1/federation/leave",
         "POST /api/v1/federation/invitations",
+        "GET /api/v1/interests",
+        "POST /api/v1/interests",
+        "GET /api/v1/interests/{id}",
+        "POST /api/v1/interests/{id}/accept",
+        "POST /api/v1/interests/{id}/decline",
+        "POST /api/v1/interests/{id}/outcome",
     ]
     .into_iter()
     .map(String::from)

@@ -148,6 +148,15 @@ async fn an_interest_reaches_the_offering_region_only_across_restarts_and_contac
         &format!("outcome-{}", &id[..16]),
     )?;
     assert!(outcome_at_c.is_some(), "the outcome did not replicate");
+    let overview = kim_node::overview::overview(
+        cluster.node(C).service()?.ingest(),
+        kim_node::ingest::system_now_ms(),
+    )?;
+    let outcomes = overview
+        .outcomes
+        .context("the overview counts no outcome")?;
+    assert_eq!((outcomes.total, outcomes.jobs_created), (1, 3));
+    assert_eq!(outcomes.by_agreement.get("technical_cooperation"), Some(&1));
 
     // A declined second interest releases nothing.
     let second = cluster
