@@ -4,7 +4,8 @@
 //! endorsed by three members by region id, is admitted on every node and catches up; then it
 //! publishes, a member is voted out and another leaves. Along the way the refusals an operator
 //! meets: a tampered token, a join on a node that is not fresh, endorsing an unknown region, and
-//! membership actions by a node that is not a member.
+//! membership actions by a node that is not a member. A second test sends an expression of
+//! interest, accepts it and records its outcome, all through the CLI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -303,6 +304,139 @@ fn four_founders_admit_a_fifth_region_through_the_cli() {
         (status(&newcomer)["members"].as_array().map_or(0, Vec::len) == 3).then_some(())
     });
     for node in founders.iter_mut().chain(std::iter::once(&mut newcomer)) {
+        node.stop_with("TERM");
+    }
+}
+
+#[test]
+fn an_expression_of_interest_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut nodes = found(root);
+    for node in &mut nodes {
+        node.start();
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        wait_for(
+            &format!("node {i} sees its peers"),
+            Duration::from_secs(60),
+            || (status(node)["peers"].as_array().map_or(0, Vec::len) >= 3).then_some(()),
+        );
+    }
+    let offerer = status(&nodes[0])["region"].as_str().unwrap().to_string();
+    let offer_file = root.join("offer.json");
+    write_json(&offer_file, &offer_input("sensor-offer", 7));
+    nodes[0]
+        .kim(&["offer", "publish", "--file", &arg(&offer_file)])
+        .ok();
+    wait_for("the offer reaches node 1", Duration::from_secs(60), || {
+        nodes[1]
+            .kim(&[
+                "offer",
+                "show",
+                "sensor-offer",
+                "--region",
+                &offerer,
+                "--json",
+            ])
+            .status
+            .success()
+            .then_some(())
+    });
+    let sent = nodes[1]
+        .kim(&[
+            "interest",
+            "send",
+            "--region",
+            &offerer,
+            "--offer",
+            "sensor-offer",
+            "--message",
+            "We build vibration sensors",
+            "--contact-person",
+            "Ana Novak",
+            "--contact-email",
+            "ana@example.org",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let id = sent["id"].as_str().unwrap().to_string();
+    wait_for("node 0 receives it", Duration::from_secs(60), || {
+        let list = nodes[0].kim(&["interest", "list", "--json"]).ok().json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == json!(id) && i["status"] == json!("new"))
+            .then_some(())
+    });
+    let shown = nodes[0].kim(&["interest", "show", &id]).ok();
+    assert!(
+        shown.stdout.contains("vibration sensors"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        !shown.stdout.contains("Ana Novak"),
+        "contact shown before acceptance"
+    );
+    nodes[0]
+        .kim(&[
+            "interest",
+            "accept",
+            &id,
+            "--contact-person",
+            "Hans Gruber",
+            "--contact-email",
+            "hans@example.org",
+        ])
+        .ok();
+    wait_for(
+        "node 1 sees the acceptance",
+        Duration::from_secs(60),
+        || {
+            let v = nodes[1]
+                .kim(&["interest", "show", &id, "--json"])
+                .ok()
+                .json();
+            (v["status"] == json!("accepted")
+                && v["their_contact"]["person"] == json!("Hans Gruber"))
+            .then_some(())
+        },
+    );
+    wait_for("node 0 gets the contact", Duration::from_secs(60), || {
+        let v = nodes[0]
+            .kim(&["interest", "show", &id, "--json"])
+            .ok()
+            .json();
+        (v["their_contact"]["person"] == json!("Ana Novak")).then_some(())
+    });
+    // Accepting twice is refused; an outcome is recorded and counted everywhere.
+    nodes[0].kim(&["interest", "accept", &id]).fails();
+    nodes[0]
+        .kim(&[
+            "interest",
+            "outcome",
+            &id,
+            "--agreement",
+            "technical_cooperation",
+            "--date",
+            "2026-11-20",
+            "--jobs",
+            "2",
+        ])
+        .ok();
+    wait_for("node 3 counts the outcome", Duration::from_secs(60), || {
+        let o = nodes[3].kim(&["overview", "--json"]).ok().json();
+        (o["outcomes"]["total"] == json!(1)).then_some(())
+    });
+    // The other nodes never saw the expression itself.
+    for node in &nodes[2..] {
+        let list = node.kim(&["interest", "list", "--json"]).ok().json();
+        assert!(list.as_array().unwrap().is_empty());
+        assert_eq!(status(node)["network"]["direct_inbound"], json!(0));
+    }
+    for node in &mut nodes {
         node.stop_with("TERM");
     }
 }
