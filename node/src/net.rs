@@ -817,6 +817,8 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
     join: request_response::Behaviour<crate::join::JoinCodec>,
+    // ----- blobs (attachments) -----
+    blobs: request_response::Behaviour<crate::blobs::BlobCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
@@ -917,6 +919,8 @@ pub struct NetConfig {
     /// Guest connections at once, and from one IP address.
     pub guests_max: usize,
     pub guests_per_ip_max: usize,
+    /// What the blobs protocol serves to members' nodes (none: every request is refused).
+    pub blob_source: Option<Arc<dyn crate::blobs::BlobSource>>,
 }
 
 impl fmt::Debug for NetConfig {
@@ -952,6 +956,7 @@ impl NetConfig {
             member: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             guests_max: crate::join::GUESTS_MAX,
             guests_per_ip_max: crate::join::GUESTS_PER_IP_MAX,
+            blob_source: None,
         }
     }
 }
@@ -1122,6 +1127,19 @@ pub enum Command {
     RecheckGate {
         reply: oneshot::Sender<usize>,
     },
+    // ----- blobs (attachments) -----
+    /// Sends one blobs-protocol request to a connected peer.
+    BlobAsk {
+        peer: PeerId,
+        ask: crate::blobs::BlobAsk,
+        reply: oneshot::Sender<Result<crate::blobs::BlobAnswer, NetError>>,
+    },
+    /// Adds misbehaviour points to a peer for data it sent outside the loop's view.
+    Penalise {
+        peer: PeerId,
+        points: u32,
+        reason: &'static str,
+    },
 }
 
 /// The handle the rest of the node uses. Cheap to clone.
@@ -1186,6 +1204,35 @@ impl NetClient {
     pub async fn recheck_gate(&self) -> Result<usize, NetError> {
         self.call(|reply| Command::RecheckGate { reply }).await
     }
+
+    // ----- blobs (attachments) -----
+
+    /// Sends a blobs-protocol request to a connected member's node and waits for its answer.
+    pub async fn blob_request(
+        &self,
+        peer: PeerId,
+        ask: crate::blobs::BlobAsk,
+    ) -> Result<crate::blobs::BlobAnswer, NetError> {
+        self.call(|reply| Command::BlobAsk { peer, ask, reply })
+            .await?
+    }
+
+    /// Adds misbehaviour points to a peer (e.g. for a blob piece that failed verification).
+    pub async fn penalise(
+        &self,
+        peer: PeerId,
+        points: u32,
+        reason: &'static str,
+    ) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Penalise {
+                peer,
+                points,
+                reason,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1225,6 +1272,11 @@ enum Internal {
     /// A candidate ingested a state page from `peer`; `next` is where the following page
     /// starts, if there is one.
     JoinPageDone { peer: PeerId, next: Option<Id> },
+    /// A blobs-protocol answer is ready.
+    BlobRespond {
+        channel: ResponseChannel<crate::blobs::BlobAnswer>,
+        answer: crate::blobs::BlobAnswer,
+    },
     /// A session ended.
     SessionDone {
         peer: PeerId,
@@ -1297,6 +1349,14 @@ pub fn new<R: Records>(
         )],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
+    let blobs = request_response::Behaviour::with_codec(
+        crate::blobs::BlobCodec,
+        [(
+            crate::blobs::protocol_name(&config.federation)?,
+            ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(config.request_timeout),
+    );
     let identify = identify::Behaviour::new(
         identify::Config::new(
             identify_version(&config.federation),
@@ -1328,6 +1388,7 @@ pub fn new<R: Records>(
         gossipsub,
         sync,
         join,
+        blobs,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         kademlia,
@@ -1398,6 +1459,9 @@ pub fn new<R: Records>(
         join_polling: false,
         was_member: true,
         upgrade_redials: HashMap::new(),
+        blob_requests: HashMap::new(),
+        blob_rate: HashMap::new(),
+        blob_permits: Arc::new(Semaphore::new(crate::blobs::BLOB_SERVE_TASKS_MAX)),
     };
     Ok((client, event_loop))
 }
@@ -1453,6 +1517,14 @@ pub struct EventLoop<R: Records> {
     was_member: bool,
     /// Admitted guests to dial again, as members, once their guest connection has closed.
     upgrade_redials: HashMap<PeerId, Vec<Multiaddr>>,
+    // ----- blobs (attachments) -----
+    /// Blobs requests we sent, by request, and who waits for the answer.
+    blob_requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<crate::blobs::BlobAnswer, NetError>>>,
+    /// Inbound blobs requests per peer in the current window.
+    blob_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
+    /// Bounds blob reads running at once.
+    blob_permits: Arc<Semaphore>,
 }
 
 impl<R: Records> fmt::Debug for EventLoop<R> {
@@ -1893,6 +1965,123 @@ impl<R: Records> EventLoop<R> {
                 }
                 let _ = reply.send(refused.len());
             }
+            Command::BlobAsk { peer, ask, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let id = self.swarm.behaviour_mut().blobs.send_request(&peer, ask);
+                    self.blob_requests.insert(id, reply);
+                } else {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                }
+            }
+            Command::Penalise {
+                peer,
+                points,
+                reason,
+            } => self.penalise(peer, points, reason),
+        }
+    }
+
+    // ----- blobs (attachments) -----
+
+    /// Serves members' nodes from the blob source (guests get nothing), rate limited per peer;
+    /// hands answers to our own requests to whoever waits.
+    fn on_blobs_event(
+        &mut self,
+        event: request_response::Event<crate::blobs::BlobAsk, crate::blobs::BlobAnswer>,
+    ) {
+        use crate::blobs::BlobAnswer;
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let refuse = |this: &mut Self, channel, code: &str| {
+                    let _ = this
+                        .swarm
+                        .behaviour_mut()
+                        .blobs
+                        .send_response(channel, BlobAnswer::Refused(code.into()));
+                };
+                if self.is_guest(&peer) || !(self.gate)(&peer) || !self.is_member() {
+                    refuse(self, channel, "blobs.not_member");
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let window = self.blob_rate.entry(peer).or_insert((now, 0));
+                if now.duration_since(window.0) >= crate::blobs::BLOB_RATE_WINDOW {
+                    *window = (now, 0);
+                }
+                window.1 += 1;
+                if window.1 > crate::blobs::BLOB_ASKS_PER_WINDOW {
+                    refuse(self, channel, "blobs.rate_limited");
+                    self.penalise(
+                        peer,
+                        POINTS_OVER_RATE,
+                        "blob requests over the per-peer rate",
+                    );
+                    return;
+                }
+                let Some(source) = self.config.blob_source.clone() else {
+                    refuse(self, channel, "blobs.unsupported");
+                    return;
+                };
+                let permits = Arc::clone(&self.blob_permits);
+                let internal = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    let answer = tokio::task::spawn_blocking(move || {
+                        crate::blobs::answer(&*source, &request)
+                    })
+                    .await
+                    .unwrap_or_else(|_| BlobAnswer::Refused("blobs.internal".into()));
+                    let _ = internal
+                        .send(Internal::BlobRespond { channel, answer })
+                        .await;
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.blob_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.blob_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        cause: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound blobs request failed");
+                if matches!(error, request_response::InboundFailure::Io(ref e) if e.kind() == io::ErrorKind::InvalidData)
+                {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized blobs request",
+                    );
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -2027,6 +2216,7 @@ impl<R: Records> EventLoop<R> {
                     self.responders.remove(&peer_id);
                     self.inbound_rate.remove(&peer_id);
                     self.join_rate.remove(&peer_id);
+                    self.blob_rate.remove(&peer_id);
                     if let Some(addrs) = self.upgrade_redials.remove(&peer_id) {
                         let opts = DialOpts::peer_id(peer_id)
                             .addresses(addrs)
@@ -2085,6 +2275,7 @@ impl<R: Records> EventLoop<R> {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Join(event) => self.on_join_event(event),
+            BehaviourEvent::Blobs(event) => self.on_blobs_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let listen: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().take(PEER_ADDRS_MAX).collect();
@@ -2314,6 +2505,13 @@ impl<R: Records> EventLoop<R> {
                 {
                     tracing::debug!(cause = %e, "join request not gossiped; sync carries it");
                 }
+            }
+            Internal::BlobRespond { channel, answer } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_response(channel, answer);
             }
             Internal::JoinPageDone { peer, next } => {
                 self.join_polling = false;

@@ -162,6 +162,7 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
         store_cache_bytes: crate::store::CACHE_BYTES_DEFAULT,
         offer_validity_days: 365,
         request_body_bytes_max: 256 * 1024,
+        blob_bytes_max: crate::blobs::BLOB_BYTES_MAX_DEFAULT,
         federation: federation.to_hex(),
     };
     let store = Store::open(&data.store(), config.store_cache_bytes, true)?;
@@ -353,8 +354,13 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
     let ingest = Arc::new(ingest.with_search(index));
     let key = data.load_key()?;
     let token = data.load_token()?;
+    let blobs = Arc::new(crate::blobs::BlobStore::open(
+        data.blobs(),
+        config.blob_bytes_max,
+    )?);
     let service = Service::new(ingest, key, config.offer_validity_days)
-        .with_key_files(crate::keys::KeyFiles::new(data));
+        .with_key_files(crate::keys::KeyFiles::new(data))
+        .with_blobs(Arc::clone(&blobs));
     let state = AppState {
         service,
         token: Arc::new(token),
@@ -363,6 +369,7 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
         started_at_ms: system_now_ms(),
         net: None,
         access: None,
+        blobs,
     };
     Ok(OpenNode {
         config,
@@ -610,6 +617,7 @@ pub struct Running {
     server_outcome: Option<anyhow::Result<()>>,
     network: Option<JoinHandle<()>>,
     announcer: Option<JoinHandle<()>>,
+    blob_sweeper: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -648,9 +656,13 @@ impl Running {
         if let Some(server) = self.server.take() {
             result = server.await.context("HTTP server task failed")?;
         }
-        for task in [self.network.take(), self.announcer.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.network.take(),
+            self.announcer.take(),
+            self.blob_sweeper.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Err(e) = task.await {
                 tracing::warn!(cause = %e, "network task ended abnormally");
@@ -713,6 +725,8 @@ pub async fn start(
         ingest.membership().is_member(&region),
     ));
     let member_flag = Arc::clone(&net_config.member);
+    net_config.blob_source =
+        Some(Arc::clone(&node.state.blobs) as Arc<dyn crate::blobs::BlobSource>);
     for addr in access.member_addrs(&own) {
         if !net_config.bootstrap_addrs.contains(&addr) {
             net_config.bootstrap_addrs.push(addr);
@@ -750,6 +764,11 @@ pub async fn start(
         member_flag,
         until_stopped(stopped.clone()),
     ));
+    let blob_sweeper = tokio::spawn(crate::blobs::sweeper(
+        Arc::clone(node.state.service.ingest()),
+        Arc::clone(&node.state.blobs),
+        until_stopped(stopped.clone()),
+    ));
     let (app, _) = router(node.state.clone(), body_limit);
     let api_addr = listener.local_addr()?;
     let server = tokio::spawn({
@@ -780,6 +799,7 @@ pub async fn start(
         server_outcome: None,
         network: Some(network),
         announcer: Some(announcer),
+        blob_sweeper: Some(blob_sweeper),
     })
 }
 
