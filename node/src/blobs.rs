@@ -1199,6 +1199,18 @@ pub async fn fetch(
         .into_inner()
         .map_err(store_err)?;
     if !partial.is_complete() {
+        if partial.have() == 0 {
+            // Nothing verified arrived: keep no trace of the attempt.
+            drop(partial);
+            let s = Arc::clone(store);
+            blocking(move || s.remove(&hash))
+                .await?
+                .map_err(store_err)?;
+            return Err(FetchError::Unavailable {
+                have: 0,
+                pieces: piece_count(size),
+            });
+        }
         return Err(FetchError::Unavailable {
             have: partial.have(),
             pieces: piece_count(size),

@@ -733,6 +733,9 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "POST /api/v1/members/{region}/remove",
         "POST /api/v1/federation/leave",
         "POST /api/v1/federation/invitations",
+        "POST /api/v1/blobs",
+        "GET /api/v1/blobs/{hash}",
+        "GET /api/v1/blobs/{hash}/status",
     ]
     .into_iter()
     .map(String::from)
@@ -746,7 +749,8 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
             .replace("{collection}", "offers")
             .replace("{key}", "no-such-key")
             .replace("{id}", &"00".repeat(32))
-            .replace("{region}", &"00".repeat(32));
+            .replace("{region}", &"00".repeat(32))
+            .replace("{hash}", &"00".repeat(32));
         let path = path.strip_prefix("/api/v1").context("prefix")?;
         let method: Method = method.parse()?;
         let (status, body) = send(node.request(method, path).json(&json!({}))).await?;
