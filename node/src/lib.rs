@@ -32,6 +32,7 @@ pub mod api_blobs;
 pub mod api_find;
 pub mod api_members;
 pub mod bench;
+pub mod bench_blobs;
 pub mod bench_net;
 pub mod bench_reconcile;
 pub mod bench_search;

@@ -294,6 +294,11 @@ impl Service {
         self
     }
 
+    /// The attachment store, when the service has one.
+    pub fn blobs(&self) -> Option<&Arc<crate::blobs::BlobStore>> {
+        self.blobs.as_ref()
+    }
+
     /// A knowledge item may list only attachments this node holds whole, with the size it
     /// says: otherwise every other node would be sent looking for a file that nobody has.
     fn check_attachments(&self, body: &Body) -> Result<(), ServiceError> {

@@ -280,6 +280,7 @@ async fn an_interrupted_transfer_resumes_from_another_peer_with_no_piece_fetched
                 .put_piece(index as u64, &bytes[index * BLOB_PIECE_BYTES..end])
                 .unwrap();
         }
+        partial.persist().unwrap();
     }
     c.restart(2).await.unwrap();
     c.connect(2, 1).await.unwrap();
@@ -412,6 +413,7 @@ async fn a_member_serving_garbage_is_rejected_and_nothing_of_its_data_is_kept() 
     // Node 3's key now runs software that serves garbage, and node 2 reaches only it.
     c.stop(3).await.unwrap();
     let rogue_key = c.node(3).founder.node_key.clone();
+    let rogue_id = rogue_key.public().to_peer_id();
     let mut config = NetConfig::new(c.federation(), rogue_key);
     config.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.sync_interval = None;
@@ -428,10 +430,24 @@ async fn a_member_serving_garbage_is_rejected_and_nothing_of_its_data_is_kept() 
         let _ = stopped.await;
     }));
     c.partition(&[&[0, 1], &[2]]).await.unwrap();
+    let honest = [c.node(0).peer_id, c.node(1).peer_id];
     rogue
         .dial(c.node(2).p2p_addr.clone().unwrap())
         .await
         .unwrap();
+    let node2 = c.node(2).running().unwrap().net.clone();
+    wait_for(
+        "node 2 reaches only the rogue as a member's node",
+        async || {
+            let peers = node2.peers().await.unwrap();
+            // Blocked members may stay connected as guests, which are never asked for files.
+            peers
+                .iter()
+                .all(|p| !honest.contains(&p.peer_id) || p.guest)
+                && peers.iter().any(|p| p.peer_id == rogue_id && !p.guest)
+        },
+    )
+    .await;
 
     let (status, _, _, body) = download(&c, 2, &hash).await;
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
