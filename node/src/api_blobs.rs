@@ -20,7 +20,6 @@ use utoipa_axum::routes;
 
 use crate::api::{ApiError, AppState, ErrorBody, PathParams};
 use crate::blobs::{FetchError, Held};
-use crate::ingest::system_now_ms;
 
 /// How long a download waits for a fetch from peers before answering 504 (the fetch goes on
 /// in the background only while the request waits; what verified is kept for the next try).
@@ -168,10 +167,11 @@ async fn upload(
 /// The attachment a live knowledge item lists under `hash`.
 async fn listed(state: &AppState, hash: Hash32) -> Result<Option<Attachment>, ApiError> {
     let ingest = std::sync::Arc::clone(state.service.ingest());
-    tokio::task::spawn_blocking(move || crate::blobs::referenced(&ingest, system_now_ms()))
+    let blobs = std::sync::Arc::clone(&state.blobs);
+    tokio::task::spawn_blocking(move || crate::blobs::referenced_cached(&ingest, &blobs))
         .await
         .map_err(store_failure)?
-        .map(|mut all| all.remove(&hash))
+        .map(|all| all.get(&hash).cloned())
         .map_err(store_failure)
 }
 

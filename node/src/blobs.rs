@@ -363,6 +363,13 @@ pub struct BlobStore {
     fetches: Mutex<HashMap<Hash32, Arc<tokio::sync::Mutex<()>>>>,
     /// Peers that sent bad blob data, until when they are not asked again.
     distrusted: Mutex<HashMap<PeerId, std::time::Instant>>,
+    /// Held by a sweep while it decides and deletes, and by a publish from checking its
+    /// attachments until it has stored the record: a sweep never deletes a file an item being
+    /// published lists.
+    pub sweep_lock: tokio::sync::Mutex<()>,
+    /// The attachments live knowledge items list, for the record set with this digest,
+    /// computed at this instant (expiry makes it stale after [`REFERENCED_TTL`]).
+    referenced_cache: Mutex<Option<Referenced>>,
     pub counters: BlobCounters,
 }
 
@@ -564,6 +571,8 @@ impl BlobStore {
             bytes_max,
             fetches: Mutex::default(),
             distrusted: Mutex::default(),
+            sweep_lock: tokio::sync::Mutex::new(()),
+            referenced_cache: Mutex::default(),
             counters: BlobCounters::default(),
         })
     }
@@ -957,33 +966,78 @@ impl BlobSource for BlobStore {
 // Which attachments are live
 // ---------------------------------------------------------------------------------------------
 
+/// How long a computed set of listed attachments is reused while the record set is unchanged
+/// (items expire without a record changing).
+pub const REFERENCED_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+struct Referenced {
+    digest: kim_protocol::digest::StateDigest,
+    at: std::time::Instant,
+    map: Arc<HashMap<Hash32, Attachment>>,
+}
+
 /// The attachments live knowledge items list now, by hash (the first item's entry for each).
 pub fn referenced(ingest: &Ingest, now_ms: u64) -> anyhow::Result<HashMap<Hash32, Attachment>> {
     let store = ingest.store();
     let mut out = HashMap::new();
-    for entry in store.item_entries() {
-        let entry = entry?;
-        if entry.kind != Kind::Knowledge || !entry.is_live(now_ms) {
-            continue;
-        }
-        let Some(bytes) = store.record(&entry.id)? else {
-            continue;
-        };
-        let record = Record::decode(bytes).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
-        if let Body::Knowledge(k) = record.content.body {
-            for a in k.attachments {
-                out.entry(a.blake3).or_insert(a);
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let (entries, next) =
+            store.list_items(Kind::Knowledge, None, cursor.as_deref(), 1000, |e| {
+                e.is_live(now_ms)
+            })?;
+        for entry in entries {
+            let Some(bytes) = store.record(&entry.id)? else {
+                continue;
+            };
+            let record =
+                Record::decode(bytes).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
+            if let Body::Knowledge(k) = record.content.body {
+                for a in k.attachments {
+                    out.entry(a.blake3).or_insert(a);
+                }
             }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
         }
     }
     Ok(out)
 }
 
-/// Deletes what no live knowledge item lists any more (see [`BlobStore::sweep`]).
+/// [`referenced`], reused while the node's record set is unchanged and for at most
+/// [`REFERENCED_TTL`] (downloads ask on every request).
+pub fn referenced_cached(
+    ingest: &Ingest,
+    blobs: &BlobStore,
+) -> anyhow::Result<Arc<HashMap<Hash32, Attachment>>> {
+    let digest = ingest.digest();
+    let now = std::time::Instant::now();
+    if let Ok(cache) = blobs.referenced_cache.lock()
+        && let Some(c) = cache.as_ref()
+        && c.digest == digest
+        && now.duration_since(c.at) < REFERENCED_TTL
+    {
+        return Ok(Arc::clone(&c.map));
+    }
+    let map = Arc::new(referenced(ingest, crate::ingest::system_now_ms())?);
+    if let Ok(mut cache) = blobs.referenced_cache.lock() {
+        *cache = Some(Referenced {
+            digest,
+            at: now,
+            map: Arc::clone(&map),
+        });
+    }
+    Ok(map)
+}
+
+/// Deletes what no live knowledge item lists any more (see [`BlobStore::sweep`]). Call it on
+/// a blocking thread: it holds [`BlobStore::sweep_lock`] from reading the items to deleting.
 pub fn sweep(ingest: &Ingest, blobs: &BlobStore) -> anyhow::Result<usize> {
-    let live: HashSet<Hash32> = referenced(ingest, crate::ingest::system_now_ms())?
-        .into_keys()
-        .collect();
+    let _guard = blobs.sweep_lock.blocking_lock();
+    let live: HashSet<Hash32> = referenced_cached(ingest, blobs)?.keys().copied().collect();
     blobs.sweep(&live, SystemTime::now())
 }
 

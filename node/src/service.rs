@@ -492,6 +492,13 @@ impl Service {
         body: Body,
         expires_at_ms: Option<u64>,
     ) -> Result<Record, ServiceError> {
+        // No sweep deletes a listed file between this check and the record being stored.
+        let _sweep = match (&self.blobs, &body) {
+            (Some(blobs), Body::Knowledge(k)) if !k.attachments.is_empty() => {
+                Some(blobs.sweep_lock.lock().await)
+            }
+            _ => None,
+        };
         self.check_attachments(&body)?;
         let now = system_now_ms();
         self.last_signed_ms
