@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kim_node::blobs::{BlobSource, BlobStore, Held};
+use kim_node::blobs::{BlobAnswer, BlobAsk, BlobSource, BlobStore, Held};
 use kim_node::config::Config;
 use kim_node::net::{self, NetConfig, Origin, Records, Verdict};
 use kim_protocol::Hash32;
@@ -169,6 +169,36 @@ async fn an_attachment_is_fetched_on_demand_verified_served_and_dropped_on_withd
     .await;
     assert_eq!(status, 201, "{item}");
     c.wait_converged(&c.all(), CONVERGE).await.unwrap();
+
+    // A node that is no member's gets nothing, even knowing the hash.
+    let mut config = NetConfig::new(
+        c.federation(),
+        kim_node::libp2p::identity::Keypair::generate_ed25519(),
+    );
+    config.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.sync_interval = None;
+    config.sync_on_connect = false;
+    config.discovery = false;
+    let (outsider, event_loop) = net::new(config, Arc::new(NoRecords), net::allow_all()).unwrap();
+    let (_stop_outsider, stopped) = oneshot::channel::<()>();
+    tokio::spawn(event_loop.run(async {
+        let _ = stopped.await;
+    }));
+    let node0 = outsider
+        .dial(c.node(0).p2p_addr.clone().unwrap())
+        .await
+        .unwrap();
+    for ask in [
+        BlobAsk::Manifest { hash },
+        BlobAsk::Piece { hash, index: 0 },
+    ] {
+        let answer = outsider.blob_request(node0, ask).await.unwrap();
+        assert_eq!(answer, BlobAnswer::Refused("blobs.not_member".into()));
+    }
+    assert_eq!(
+        blobs(&c, 0).counters.pieces_served.load(Ordering::Relaxed),
+        0
+    );
 
     let (_, st) = send(api(
         &c,
