@@ -1,7 +1,8 @@
 //! Knowledge attachments across whole nodes over TCP loopback: a file uploaded on one node and
 //! listed in a knowledge item is fetched by another on demand, verified piece by piece, and
 //! served with its media type; a transfer resumes from where it stopped with no piece fetched
-//! twice; a member's node serving garbage is rejected and nothing of its data is kept; files
+//! twice; members' nodes sending a forged manifest, truncated pieces or garbage are rejected
+//! and nothing of their data is kept; an outsider gets nothing; files
 //! above a node's limit are refused; withdrawing the item deletes the file everywhere.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -408,25 +409,47 @@ impl Records for NoRecords {
     }
 }
 
-/// Claims to hold the file: the true manifest, then pieces of the right length full of garbage.
+/// How a lying member's node answers.
+#[derive(Debug, Clone, Copy)]
+enum Lie {
+    /// A manifest that does not hash to the file's root (another file's, or made up).
+    ForgedManifest,
+    /// The true manifest, then pieces cut short (a truncated transfer).
+    Truncated,
+    /// The true manifest, then pieces of the right length full of garbage.
+    Garbage,
+}
+
+/// Claims to hold the file and lies about it as `lie` says.
 struct Liar {
     hash: Hash32,
     size: u64,
     manifest: Vec<Hash32>,
+    lie: Lie,
 }
 
 impl BlobSource for Liar {
     fn manifest(&self, hash: &Hash32) -> anyhow::Result<Option<(u64, Vec<Hash32>)>> {
-        Ok((*hash == self.hash).then(|| (self.size, self.manifest.clone())))
+        let mut manifest = self.manifest.clone();
+        if matches!(self.lie, Lie::ForgedManifest) {
+            manifest[1].0[0] ^= 1;
+        }
+        Ok((*hash == self.hash).then_some((self.size, manifest)))
     }
     fn piece(&self, _: &Hash32, index: u64) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(kim_protocol::blob::piece_len(self.size, index).map(|len| vec![0x5a; len]))
+        Ok(
+            kim_protocol::blob::piece_len(self.size, index).map(|len| match self.lie {
+                Lie::Truncated => vec![0x5a; len / 2],
+                _ => vec![0x5a; len],
+            }),
+        )
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_serving_garbage_is_rejected_and_nothing_of_its_data_is_kept() {
-    let mut c = Cluster::start(4, ClusterOptions::default()).await.unwrap();
+async fn members_serving_forged_manifests_truncated_pieces_or_garbage_are_rejected_and_nothing_is_kept()
+ {
+    let mut c = Cluster::start(5, ClusterOptions::default()).await.unwrap();
     c.connect_all().await.unwrap();
     c.wait_converged(&c.all(), CONVERGE).await.unwrap();
     let bytes = file_bytes(5);
@@ -439,68 +462,91 @@ async fn a_member_serving_garbage_is_rejected_and_nothing_of_its_data_is_kept() 
         201
     );
     c.wait_converged(&c.all(), CONVERGE).await.unwrap();
-
-    // Node 3's key now runs software that serves garbage, and node 2 reaches only it.
-    c.stop(3).await.unwrap();
-    let rogue_key = c.node(3).founder.node_key.clone();
-    let rogue_id = rogue_key.public().to_peer_id();
-    let mut config = NetConfig::new(c.federation(), rogue_key);
-    config.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.sync_interval = None;
-    config.sync_on_connect = false;
-    config.discovery = false;
-    config.blob_source = Some(Arc::new(Liar {
-        hash,
-        size: bytes.len() as u64,
-        manifest: manifest_of(&bytes),
-    }));
-    let (rogue, event_loop) = net::new(config, Arc::new(NoRecords), net::allow_all()).unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(event_loop.run(async {
-        let _ = stopped.await;
-    }));
-    c.partition(&[&[0, 1], &[2]]).await.unwrap();
-    let honest = [c.node(0).peer_id, c.node(1).peer_id];
-    rogue
-        .dial(c.node(2).p2p_addr.clone().unwrap())
-        .await
-        .unwrap();
+    // Node 2 cannot reach the author's node; the other members' keys go rogue one by one.
+    c.partition(&[&[0], &[2]]).await.unwrap();
+    let store = blobs(&c, 2);
     let node2 = c.node(2).running().unwrap().net.clone();
+    let author = c.node(0).peer_id;
+    let mut rogues = Vec::new();
+    for (k, lie) in [
+        (3, Lie::ForgedManifest),
+        (4, Lie::Truncated),
+        (1, Lie::Garbage),
+    ] {
+        c.stop(k).await.unwrap();
+        let rogue_key = c.node(k).founder.node_key.clone();
+        let rogue_id = rogue_key.public().to_peer_id();
+        let mut config = NetConfig::new(c.federation(), rogue_key);
+        config.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.sync_interval = None;
+        config.sync_on_connect = false;
+        config.discovery = false;
+        config.blob_source = Some(Arc::new(Liar {
+            hash,
+            size: bytes.len() as u64,
+            manifest: manifest_of(&bytes),
+            lie,
+        }));
+        let (rogue, event_loop) = net::new(config, Arc::new(NoRecords), net::allow_all()).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(event_loop.run(async {
+            let _ = stopped.await;
+        }));
+        rogue
+            .dial(c.node(2).p2p_addr.clone().unwrap())
+            .await
+            .unwrap();
+        rogues.push((rogue, stop));
+        wait_for(
+            &format!("node 2 reaches the {lie:?} rogue as a member's node, not the author"),
+            async || {
+                let peers = node2.peers().await.unwrap();
+                // A blocked member may stay connected as a guest, which is never asked.
+                peers.iter().all(|p| p.peer_id != author || p.guest)
+                    && peers.iter().any(|p| p.peer_id == rogue_id && !p.guest)
+            },
+        )
+        .await;
+        let rejected = store.counters.pieces_rejected.load(Ordering::Relaxed);
+        let (status, _, _, body) = download(&c, 2, &hash).await;
+        assert_eq!(status, 503, "{lie:?}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(error_code(&body), "blob.unavailable", "{lie:?}");
+        assert!(
+            store.counters.pieces_rejected.load(Ordering::Relaxed) > rejected,
+            "{lie:?} was not caught"
+        );
+        assert_eq!(store.counters.pieces_fetched.load(Ordering::Relaxed), 0);
+        // Nothing of the lie is kept: no file, no partial.
+        assert_eq!(store.held(&hash), Held::Absent, "{lie:?}");
+        assert!(store.hashes().unwrap().is_empty(), "{lie:?}");
+        let partial_dir = c.node(2).data.blobs().join("partial");
+        assert_eq!(
+            std::fs::read_dir(partial_dir).unwrap().count(),
+            0,
+            "{lie:?}"
+        );
+    }
+
+    // With the author's node reachable again, node 2 gets the real file; no liar is asked.
+    c.heal().await.unwrap();
     wait_for(
-        "node 2 reaches only the rogue as a member's node",
+        "node 2 holds the author's node as a member's again",
         async || {
             let peers = node2.peers().await.unwrap();
-            // Blocked members may stay connected as guests, which are never asked for files.
-            peers
-                .iter()
-                .all(|p| !honest.contains(&p.peer_id) || p.guest)
-                && peers.iter().any(|p| p.peer_id == rogue_id && !p.guest)
+            peers.iter().any(|p| p.peer_id == author && !p.guest)
         },
     )
     .await;
-
-    let (status, _, _, body) = download(&c, 2, &hash).await;
-    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(error_code(&body), "blob.unavailable");
-    let store = blobs(&c, 2);
-    assert!(store.counters.pieces_rejected.load(Ordering::Relaxed) >= 1);
-    assert_eq!(store.counters.pieces_fetched.load(Ordering::Relaxed), 0);
-    // Nothing of the garbage is kept: no file, no partial.
-    assert_eq!(store.held(&hash), Held::Absent);
-    assert!(store.hashes().unwrap().is_empty());
-    let partial_dir = c.node(2).data.blobs().join("partial");
-    assert_eq!(std::fs::read_dir(partial_dir).unwrap().count(), 0);
-
-    // With honest members reachable again, node 2 gets the real file; the liar is not asked.
-    c.heal().await.unwrap();
-    let (status, _, _, body) = download(&c, 2, &hash).await;
-    assert_eq!(
-        status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&body[..body.len().min(300)])
-    );
+    // (The reconnection as a member may still be settling: ask again until it answers.)
+    let mut body = Vec::new();
+    wait_for("node 2 serves the real file", async || {
+        let (status, _, _, got) = download(&c, 2, &hash).await;
+        body = got;
+        status == 200
+    })
+    .await;
     assert!(body == bytes);
     assert_eq!(store.counters.pieces_fetched.load(Ordering::Relaxed), 4);
+    drop(rogues);
     c.shutdown().await.unwrap();
 }
