@@ -17,6 +17,8 @@ use crate::bench_net::{Scratch, start_federation};
 use crate::service::{Collection, ItemInput};
 
 pub async fn run(mb: u64, runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(mb >= 1, "--mb must be at least 1");
+    anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let size = mb * 1024 * 1024;
     let scratch = Scratch::new("blobs")?;
     let federation = start_federation(&scratch.0, 2, |c| {
