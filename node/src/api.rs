@@ -37,6 +37,8 @@ pub struct AppState {
     pub net: Option<crate::net::NetClient>,
     /// Which peers may connect (member nodes).
     pub access: Option<crate::node::PeerAccess>,
+    /// Knowledge attachments held here.
+    pub blobs: Arc<crate::blobs::BlobStore>,
 }
 
 impl AppState {
@@ -163,6 +165,11 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(cause = %message, "key file failure in a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keys.files", message)
             }
+            ServiceError::AttachmentMissing(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "knowledge.attachment_missing",
+                message,
+            ),
         }
     }
 }
@@ -380,9 +387,12 @@ impl utoipa::Modify for BearerAuth {
 
 /// Builds the router and the OpenAPI document from the same route table.
 pub fn router(state: AppState, body_limit: usize) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, openapi) = crate::api_interest::routes(crate::api_members::routes(
-        crate::api_find::routes(OpenApiRouter::with_openapi(ApiDoc::openapi())),
-    ))
+    let (router, openapi) = crate::api_blobs::routes(
+        crate::api_interest::routes(crate::api_members::routes(crate::api_find::routes(
+            OpenApiRouter::with_openapi(ApiDoc::openapi()),
+        ))),
+        state.blobs.bytes_max(),
+    )
     .routes(routes!(health))
     .routes(routes!(status))
     .routes(routes!(peers))

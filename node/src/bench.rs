@@ -107,6 +107,14 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// Knowledge-attachment transfer between two whole nodes over TCP loopback: a file of
+    /// `--mb` MiB fetched, verified piece by piece and stored, `--runs` times (MB/s, pieces/s).
+    Blobs {
+        #[arg(long, default_value_t = 50)]
+        mb: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Compare candidate wire encodings (postcard, deterministic CBOR, JSON) on the same records.
     Encoding {
         #[arg(long, default_value_t = 1000)]
@@ -134,6 +142,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
         BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
         BenchCommand::Interest { count } => crate::bench_net::interest(count).await,
+        BenchCommand::Blobs { mb, runs } => crate::bench_blobs::run(mb, runs).await,
         BenchCommand::Search {
             records,
             queries,

@@ -31,10 +31,10 @@ use crate::ingest::{Source, system_now_ms};
 use crate::node::{self, InitOptions, Running, Seed};
 
 /// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new(what: &str) -> anyhow::Result<Scratch> {
+    pub(crate) fn new(what: &str) -> anyhow::Result<Scratch> {
         let dir = std::env::temp_dir().join(format!(
             "kim-bench-{what}-{}-{}",
             std::process::id(),
@@ -53,14 +53,14 @@ impl Drop for Scratch {
 }
 
 /// `n` founders of one federation, each a running node on loopback.
-struct Federation {
-    founders: Vec<FounderSpec>,
-    founding: Founding,
-    nodes: Vec<Running>,
-    addrs: Vec<Multiaddr>,
+pub(crate) struct Federation {
+    pub(crate) founders: Vec<FounderSpec>,
+    pub(crate) founding: Founding,
+    pub(crate) nodes: Vec<Running>,
+    pub(crate) addrs: Vec<Multiaddr>,
 }
 
-async fn start_federation(
+pub(crate) async fn start_federation(
     dir: &Path,
     n: usize,
     configure: impl Fn(&mut Config),
@@ -132,7 +132,7 @@ async fn start_federation(
 }
 
 impl Federation {
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         for node in self.nodes {
             node.stop().await?;
         }

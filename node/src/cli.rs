@@ -143,6 +143,27 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.finish(request, &url).await
+    }
+
+    /// Posts raw bytes (a file upload) with a content type.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        self.finish(request, &url).await
+    }
+
+    async fn finish(&self, request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
         let response = request.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!(
@@ -207,7 +228,7 @@ fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -8,6 +8,7 @@
 //! - `api-token` — the bearer token for the HTTP API (mode 0600)
 //! - `store/` — the sled database
 //! - `search/` — the tantivy search index (derived; rebuilt from the store if lost)
+//! - `blobs/` — knowledge attachments by BLAKE3 hash, and transfers under way (`blobs.rs`)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ fn default_offer_validity_days() -> u32 {
 }
 fn default_request_body_bytes_max() -> usize {
     256 * 1024
+}
+fn default_blob_bytes_max() -> u64 {
+    crate::blobs::BLOB_BYTES_MAX_DEFAULT
 }
 fn default_true() -> bool {
     true
@@ -75,6 +79,9 @@ pub struct Config {
     pub offer_validity_days: u32,
     #[serde(default = "default_request_body_bytes_max")]
     pub request_body_bytes_max: usize,
+    /// Largest knowledge attachment this node stores, fetches from peers or serves, in bytes.
+    #[serde(default = "default_blob_bytes_max")]
+    pub blob_bytes_max: u64,
     /// Set when the node is created; the federation the node serves.
     #[serde(default)]
     pub federation: String,
@@ -129,6 +136,10 @@ offer_validity_days = {validity}
 
 # Largest HTTP request body accepted, in bytes.
 request_body_bytes_max = {body_max}
+
+# Largest knowledge attachment (file) this node accepts for upload, fetches from other members
+# and serves, in bytes (default 50 MiB). Files are kept under blobs/ in the data directory.
+blob_bytes_max = {blob_max}
 "#,
             region = q(&self.region_name),
             nuts = q(&self.nuts),
@@ -144,6 +155,7 @@ request_body_bytes_max = {body_max}
             cache = self.store_cache_bytes,
             validity = self.offer_validity_days,
             body_max = self.request_body_bytes_max,
+            blob_max = self.blob_bytes_max,
         )
     }
 
@@ -171,8 +183,8 @@ request_body_bytes_max = {body_max}
     }
 
     /// Applies `KIM_API_LISTEN`, `KIM_P2P_LISTEN`, `KIM_BOOTSTRAP` (comma-separated),
-    /// `KIM_GOSSIP`, `KIM_DISCOVERY`, `KIM_SYNC_INTERVAL_SECS` and `KIM_STORE_CACHE_BYTES`
-    /// over the file's values.
+    /// `KIM_GOSSIP`, `KIM_DISCOVERY`, `KIM_SYNC_INTERVAL_SECS`, `KIM_STORE_CACHE_BYTES` and
+    /// `KIM_BLOB_BYTES_MAX` over the file's values.
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Ok(v) = std::env::var("KIM_API_LISTEN") {
             self.api_listen = v.parse().with_context(|| {
@@ -204,6 +216,11 @@ request_body_bytes_max = {body_max}
             self.store_cache_bytes = v
                 .parse()
                 .with_context(|| format!("KIM_STORE_CACHE_BYTES={v:?} is not a number of bytes"))?;
+        }
+        if let Ok(v) = std::env::var("KIM_BLOB_BYTES_MAX") {
+            self.blob_bytes_max = v
+                .parse()
+                .with_context(|| format!("KIM_BLOB_BYTES_MAX={v:?} is not a number of bytes"))?;
         }
         Ok(())
     }
@@ -243,6 +260,9 @@ impl DataDir {
         self.root.join("store")
     }
     /// The search index; derived data, rebuilt from the store when missing or stale.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
     pub fn search(&self) -> PathBuf {
         self.root.join("search")
     }

@@ -154,7 +154,7 @@ async fn seed(service: &Service, index: usize, count: usize) -> anyhow::Result<u
     for n in 0..count {
         let kind = kinds[n % kinds.len()];
         let item = format!("{}-{n}", kind.as_str().replace('_', "-"));
-        let content = samples::content(
+        let mut content = samples::content(
             &mut rng,
             ingest.federation(),
             service.author_key(),
@@ -162,6 +162,29 @@ async fn seed(service: &Service, index: usize, count: usize) -> anyhow::Result<u
             &item,
             now - (n as u64) * 3_600_000,
         );
+        if let (kim_protocol::Body::Knowledge(k), Some(blobs)) =
+            (&mut content.body, service.blobs())
+        {
+            // A real file behind each attachment, so other nodes can fetch it.
+            let mut csv = String::from("region,year,indicator,value\n");
+            for year in 2020..2026 {
+                for indicator in ["sme_exports", "rd_staff", "cross_border_projects"] {
+                    csv.push_str(&format!(
+                        "{},{year},{indicator},{}\n",
+                        k.regions.join(" "),
+                        n * 7 + year as usize % 13
+                    ));
+                }
+            }
+            let hash = blobs.put(csv.as_bytes())?;
+            k.attachments = vec![kim_protocol::types::Attachment {
+                name: format!("{item}-indicators.csv"),
+                media_type: "text/csv".into(),
+                size_bytes: csv.len() as u64,
+                blake3: hash,
+            }];
+            blobs.claim(&hash)?;
+        }
         records.push(Record::sign(&content, &key)?.bytes);
     }
     let mut stored = 0;

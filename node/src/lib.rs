@@ -28,14 +28,18 @@
 pub use libp2p;
 
 pub mod api;
+pub mod api_blobs;
 pub mod api_find;
 pub mod api_interest;
 pub mod api_members;
 pub mod bench;
+pub mod bench_blobs;
 pub mod bench_net;
 pub mod bench_reconcile;
 pub mod bench_search;
+pub mod blobs;
 pub mod cli;
+pub mod cli_blobs;
 pub mod cli_founding;
 pub mod cli_interest;
 pub mod cli_keys;

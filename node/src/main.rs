@@ -143,10 +143,10 @@ enum Command {
         #[command(subcommand)]
         command: ItemCommand,
     },
-    /// Knowledge items (good practices, manuals, studies).
+    /// Knowledge items (good practices, manuals, studies) and their attachments.
     Knowledge {
         #[command(subcommand)]
-        command: ItemCommand,
+        command: kim_node::cli_blobs::KnowledgeCommand,
     },
     /// Read the audit log of every change made through the API.
     Audit {
@@ -364,7 +364,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Org { command } => cli::items(&client()?, "organisations", command).await,
         Command::Project { command } => cli::items(&client()?, "projects", command).await,
         Command::Offer { command } => cli::items(&client()?, "offers", command).await,
-        Command::Knowledge { command } => cli::items(&client()?, "knowledge", command).await,
+        Command::Knowledge { command } => kim_node::cli_blobs::knowledge(&client()?, command).await,
         Command::Audit { after, limit } => cli::audit(&client()?, after, limit).await,
         Command::Export { output, local } => cli::export(&client()?, output, local).await,
         Command::Import { file } => cli::import(&client()?, file).await,

@@ -673,6 +673,8 @@ struct Gate {
     guests: HashMap<ConnectionId, (PeerId, Option<std::net::IpAddr>)>,
     guests_max: usize,
     guests_per_ip_max: usize,
+    /// Peers refused outright, not even as guests (operator blocks, test partitions).
+    blocked: PeerGate,
 }
 
 /// The IP address of a multiaddr, if it has one.
@@ -731,7 +733,7 @@ impl Gate {
                             .is_some_and(|until| *until > tokio::time::Instant::now())
                     })
                     .unwrap_or(false);
-                if banned || !self.member.load(Ordering::Relaxed) {
+                if banned || (self.blocked)(&peer) || !self.member.load(Ordering::Relaxed) {
                     return Err(denied);
                 }
                 let ip = ip_of(addr);
@@ -832,6 +834,8 @@ struct Behaviour {
     sync: request_response::Behaviour<SyncCodec>,
     join: request_response::Behaviour<crate::join::JoinCodec>,
     direct: request_response::Behaviour<crate::direct::DirectCodec>,
+    // ----- blobs (attachments) -----
+    blobs: request_response::Behaviour<crate::blobs::BlobCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
@@ -932,6 +936,10 @@ pub struct NetConfig {
     /// Guest connections at once, and from one IP address.
     pub guests_max: usize,
     pub guests_per_ip_max: usize,
+    /// Peers refused outright, not even admitted as guests (operator blocks).
+    pub blocked: PeerGate,
+    /// What the blobs protocol serves to members' nodes (none: every request is refused).
+    pub blob_source: Option<Arc<dyn crate::blobs::BlobSource>>,
 }
 
 impl fmt::Debug for NetConfig {
@@ -967,6 +975,8 @@ impl NetConfig {
             member: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             guests_max: crate::join::GUESTS_MAX,
             guests_per_ip_max: crate::join::GUESTS_PER_IP_MAX,
+            blocked: Arc::new(|_| false),
+            blob_source: None,
         }
     }
 }
@@ -1146,6 +1156,19 @@ pub enum Command {
         message: Vec<u8>,
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
+    // ----- blobs (attachments) -----
+    /// Sends one blobs-protocol request to a connected peer.
+    BlobAsk {
+        peer: PeerId,
+        ask: crate::blobs::BlobAsk,
+        reply: oneshot::Sender<Result<crate::blobs::BlobAnswer, NetError>>,
+    },
+    /// Adds misbehaviour points to a peer for data it sent outside the loop's view.
+    Penalise {
+        peer: PeerId,
+        points: u32,
+        reason: &'static str,
+    },
 }
 
 /// The handle the rest of the node uses. Cheap to clone.
@@ -1221,6 +1244,35 @@ impl NetClient {
     pub async fn recheck_gate(&self) -> Result<usize, NetError> {
         self.call(|reply| Command::RecheckGate { reply }).await
     }
+
+    // ----- blobs (attachments) -----
+
+    /// Sends a blobs-protocol request to a connected member's node and waits for its answer.
+    pub async fn blob_request(
+        &self,
+        peer: PeerId,
+        ask: crate::blobs::BlobAsk,
+    ) -> Result<crate::blobs::BlobAnswer, NetError> {
+        self.call(|reply| Command::BlobAsk { peer, ask, reply })
+            .await?
+    }
+
+    /// Adds misbehaviour points to a peer (e.g. for a blob piece that failed verification).
+    pub async fn penalise(
+        &self,
+        peer: PeerId,
+        points: u32,
+        reason: &'static str,
+    ) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Penalise {
+                peer,
+                points,
+                reason,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1265,6 +1317,11 @@ enum Internal {
     /// A candidate ingested a state page from `peer`; `next` is where the following page
     /// starts, if there is one.
     JoinPageDone { peer: PeerId, next: Option<Id> },
+    /// A blobs-protocol answer is ready.
+    BlobRespond {
+        channel: ResponseChannel<crate::blobs::BlobAnswer>,
+        answer: crate::blobs::BlobAnswer,
+    },
     /// A session ended.
     SessionDone {
         peer: PeerId,
@@ -1345,6 +1402,14 @@ pub fn new<R: Records>(
         )],
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
+    let blobs = request_response::Behaviour::with_codec(
+        crate::blobs::BlobCodec,
+        [(
+            crate::blobs::protocol_name(&config.federation)?,
+            ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(config.request_timeout),
+    );
     let identify = identify::Behaviour::new(
         identify::Config::new(
             identify_version(&config.federation),
@@ -1372,11 +1437,13 @@ pub fn new<R: Records>(
             guests: HashMap::new(),
             guests_max: config.guests_max,
             guests_per_ip_max: config.guests_per_ip_max,
+            blocked: Arc::clone(&config.blocked),
         },
         gossipsub,
         sync,
         join,
         direct,
+        blobs,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         kademlia,
@@ -1449,6 +1516,9 @@ pub fn new<R: Records>(
         upgrade_redials: HashMap::new(),
         pending_direct: HashMap::new(),
         direct_rate: HashMap::new(),
+        blob_requests: HashMap::new(),
+        blob_rate: HashMap::new(),
+        blob_permits: Arc::new(Semaphore::new(crate::blobs::BLOB_SERVE_TASKS_MAX)),
     };
     Ok((client, event_loop))
 }
@@ -1508,6 +1578,14 @@ pub struct EventLoop<R: Records> {
     pending_direct: HashMap<OutboundRequestId, oneshot::Sender<Result<bool, NetError>>>,
     /// Direct messages per peer in the current window.
     direct_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
+    // ----- blobs (attachments) -----
+    /// Blobs requests we sent, by request, and who waits for the answer.
+    blob_requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<crate::blobs::BlobAnswer, NetError>>>,
+    /// Inbound blobs requests per peer in the current window.
+    blob_rate: HashMap<PeerId, (tokio::time::Instant, u32)>,
+    /// Bounds blob reads running at once.
+    blob_permits: Arc<Semaphore>,
 }
 
 impl<R: Records> fmt::Debug for EventLoop<R> {
@@ -2033,7 +2111,10 @@ impl<R: Records> EventLoop<R> {
                 let refused: Vec<PeerId> = self
                     .peers
                     .iter()
-                    .filter(|(peer, state)| state.guest_since.is_none() && !(self.gate)(peer))
+                    .filter(|(peer, state)| {
+                        (state.guest_since.is_none() && !(self.gate)(peer))
+                            || (self.config.blocked)(peer)
+                    })
                     .map(|(peer, _)| *peer)
                     .collect();
                 for peer in &refused {
@@ -2060,6 +2141,123 @@ impl<R: Records> EventLoop<R> {
                 }
                 let _ = reply.send(refused.len());
             }
+            Command::BlobAsk { peer, ask, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let id = self.swarm.behaviour_mut().blobs.send_request(&peer, ask);
+                    self.blob_requests.insert(id, reply);
+                } else {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                }
+            }
+            Command::Penalise {
+                peer,
+                points,
+                reason,
+            } => self.penalise(peer, points, reason),
+        }
+    }
+
+    // ----- blobs (attachments) -----
+
+    /// Serves members' nodes from the blob source (guests get nothing), rate limited per peer;
+    /// hands answers to our own requests to whoever waits.
+    fn on_blobs_event(
+        &mut self,
+        event: request_response::Event<crate::blobs::BlobAsk, crate::blobs::BlobAnswer>,
+    ) {
+        use crate::blobs::BlobAnswer;
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let refuse = |this: &mut Self, channel, code: &str| {
+                    let _ = this
+                        .swarm
+                        .behaviour_mut()
+                        .blobs
+                        .send_response(channel, BlobAnswer::Refused(code.into()));
+                };
+                if self.is_guest(&peer) || !(self.gate)(&peer) || !self.is_member() {
+                    refuse(self, channel, "blobs.not_member");
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let window = self.blob_rate.entry(peer).or_insert((now, 0));
+                if now.duration_since(window.0) >= crate::blobs::BLOB_RATE_WINDOW {
+                    *window = (now, 0);
+                }
+                window.1 += 1;
+                if window.1 > crate::blobs::BLOB_ASKS_PER_WINDOW {
+                    refuse(self, channel, "blobs.rate_limited");
+                    self.penalise(
+                        peer,
+                        POINTS_OVER_RATE,
+                        "blob requests over the per-peer rate",
+                    );
+                    return;
+                }
+                let Some(source) = self.config.blob_source.clone() else {
+                    refuse(self, channel, "blobs.unsupported");
+                    return;
+                };
+                let permits = Arc::clone(&self.blob_permits);
+                let internal = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    let answer = tokio::task::spawn_blocking(move || {
+                        crate::blobs::answer(&*source, &request)
+                    })
+                    .await
+                    .unwrap_or_else(|_| BlobAnswer::Refused("blobs.internal".into()));
+                    let _ = internal
+                        .send(Internal::BlobRespond { channel, answer })
+                        .await;
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.blob_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.blob_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        cause: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound blobs request failed");
+                if matches!(error, request_response::InboundFailure::Io(ref e) if e.kind() == io::ErrorKind::InvalidData)
+                {
+                    self.penalise(
+                        peer,
+                        POINTS_BAD_FRAME,
+                        "malformed or oversized blobs request",
+                    );
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -2195,6 +2393,7 @@ impl<R: Records> EventLoop<R> {
                     self.inbound_rate.remove(&peer_id);
                     self.join_rate.remove(&peer_id);
                     self.direct_rate.remove(&peer_id);
+                    self.blob_rate.remove(&peer_id);
                     if let Some(addrs) = self.upgrade_redials.remove(&peer_id) {
                         let opts = DialOpts::peer_id(peer_id)
                             .addresses(addrs)
@@ -2254,6 +2453,7 @@ impl<R: Records> EventLoop<R> {
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Join(event) => self.on_join_event(event),
             BehaviourEvent::Direct(event) => self.on_direct_event(event),
+            BehaviourEvent::Blobs(event) => self.on_blobs_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let listen: Vec<Multiaddr> =
                     info.listen_addrs.into_iter().take(PEER_ADDRS_MAX).collect();
@@ -2490,6 +2690,13 @@ impl<R: Records> EventLoop<R> {
                     .behaviour_mut()
                     .direct
                     .send_response(channel, response);
+            }
+            Internal::BlobRespond { channel, answer } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_response(channel, answer);
             }
             Internal::JoinPageDone { peer, next } => {
                 self.join_polling = false;

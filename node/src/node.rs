@@ -162,6 +162,7 @@ pub async fn init(data: &DataDir, options: InitOptions) -> anyhow::Result<InitRe
         store_cache_bytes: crate::store::CACHE_BYTES_DEFAULT,
         offer_validity_days: 365,
         request_body_bytes_max: 256 * 1024,
+        blob_bytes_max: crate::blobs::BLOB_BYTES_MAX_DEFAULT,
         federation: federation.to_hex(),
     };
     let store = Store::open(&data.store(), config.store_cache_bytes, true)?;
@@ -353,8 +354,13 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
     let ingest = Arc::new(ingest.with_search(index));
     let key = data.load_key()?;
     let token = data.load_token()?;
+    let blobs = Arc::new(crate::blobs::BlobStore::open(
+        data.blobs(),
+        config.blob_bytes_max,
+    )?);
     let service = Service::new(ingest, key, config.offer_validity_days)
-        .with_key_files(crate::keys::KeyFiles::new(data));
+        .with_key_files(crate::keys::KeyFiles::new(data))
+        .with_blobs(Arc::clone(&blobs));
     let state = AppState {
         service,
         token: Arc::new(token),
@@ -363,6 +369,7 @@ pub fn open(data: &DataDir, config: Config) -> anyhow::Result<OpenNode> {
         started_at_ms: system_now_ms(),
         net: None,
         access: None,
+        blobs,
     };
     Ok(OpenNode {
         config,
@@ -469,6 +476,14 @@ impl PeerAccess {
                 })
             })
             .collect()
+    }
+
+    /// Whether an operator (or a test partition) blocked `peer`.
+    pub fn is_blocked(&self, peer: &PeerId) -> bool {
+        self.inner
+            .read()
+            .map(|a| a.blocked.contains(peer))
+            .unwrap_or(false)
     }
 
     /// Refuses `peer` from now on (call [`NetClient::recheck_gate`] to drop its connections).
@@ -630,6 +645,7 @@ pub struct Running {
     network: Option<JoinHandle<()>>,
     announcer: Option<JoinHandle<()>>,
     outbox: Option<JoinHandle<()>>,
+    blob_sweeper: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -672,6 +688,7 @@ impl Running {
             self.network.take(),
             self.announcer.take(),
             self.outbox.take(),
+            self.blob_sweeper.take(),
         ]
         .into_iter()
         .flatten()
@@ -737,6 +754,10 @@ pub async fn start(
         ingest.membership().is_member(&region),
     ));
     let member_flag = Arc::clone(&net_config.member);
+    let blocked_access = access.clone();
+    net_config.blocked = Arc::new(move |peer: &PeerId| blocked_access.is_blocked(peer));
+    net_config.blob_source =
+        Some(Arc::clone(&node.state.blobs) as Arc<dyn crate::blobs::BlobSource>);
     for addr in access.member_addrs(&own) {
         if !net_config.bootstrap_addrs.contains(&addr) {
             net_config.bootstrap_addrs.push(addr);
@@ -797,6 +818,11 @@ pub async fn start(
         member_flag,
         until_stopped(stopped.clone()),
     ));
+    let blob_sweeper = tokio::spawn(crate::blobs::sweeper(
+        Arc::clone(node.state.service.ingest()),
+        Arc::clone(&node.state.blobs),
+        until_stopped(stopped.clone()),
+    ));
     let (app, _) = router(node.state.clone(), body_limit);
     let api_addr = listener.local_addr()?;
     let server = tokio::spawn({
@@ -828,6 +854,7 @@ pub async fn start(
         network: Some(network),
         announcer: Some(announcer),
         outbox: Some(outbox),
+        blob_sweeper: Some(blob_sweeper),
     })
 }
 

@@ -132,6 +132,9 @@ pub enum ServiceError {
     /// The region key files could not be written or moved (key rotation).
     #[error("{0}")]
     KeyFiles(String),
+    /// A knowledge item lists an attachment this node does not hold (upload it first).
+    #[error("{0}")]
+    AttachmentMissing(String),
 }
 
 /// The operations staff perform, bound to the region's key.
@@ -153,6 +156,8 @@ pub struct Service {
     authoring: Arc<tokio::sync::Mutex<()>>,
     /// Where records this node signs go to be gossiped (set when the network runs).
     announce: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// The attachment store: a knowledge item may list only files held here.
+    blobs: Option<Arc<crate::blobs::BlobStore>>,
 }
 
 /// What a key rotation did.
@@ -280,7 +285,46 @@ impl Service {
             offer_validity_days,
             authoring: Arc::new(tokio::sync::Mutex::new(())),
             announce: None,
+            blobs: None,
         }
+    }
+
+    /// Checks knowledge items' attachments against this attachment store before signing.
+    pub fn with_blobs(mut self, blobs: Arc<crate::blobs::BlobStore>) -> Service {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// The attachment store, when the service has one.
+    pub fn blobs(&self) -> Option<&Arc<crate::blobs::BlobStore>> {
+        self.blobs.as_ref()
+    }
+
+    /// A knowledge item may list only attachments this node holds whole, with the size it
+    /// says: otherwise every other node would be sent looking for a file that nobody has.
+    fn check_attachments(&self, body: &Body) -> Result<(), ServiceError> {
+        let (Some(blobs), Body::Knowledge(k)) = (&self.blobs, body) else {
+            return Ok(());
+        };
+        for a in &k.attachments {
+            match blobs.held_size(&a.blake3) {
+                Some(size) if size == a.size_bytes => {}
+                Some(size) => {
+                    return Err(ServiceError::AttachmentMissing(format!(
+                        "attachment {:?} says {} bytes but the file {} held here has {size}",
+                        a.name, a.size_bytes, a.blake3
+                    )));
+                }
+                None => {
+                    return Err(ServiceError::AttachmentMissing(format!(
+                        "attachment {:?} ({}) is not held on this node: upload it first \
+                         (POST /api/v1/blobs or `kim knowledge attach`)",
+                        a.name, a.blake3
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Lets the service rotate the region key in these key files.
@@ -453,6 +497,14 @@ impl Service {
         body: Body,
         expires_at_ms: Option<u64>,
     ) -> Result<Record, ServiceError> {
+        // No sweep deletes a listed file between this check and the record being stored.
+        let _sweep = match (&self.blobs, &body) {
+            (Some(blobs), Body::Knowledge(k)) if !k.attachments.is_empty() => {
+                Some(blobs.sweep_lock.lock().await)
+            }
+            _ => None,
+        };
+        self.check_attachments(&body)?;
         let now = system_now_ms();
         self.last_signed_ms
             .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
@@ -482,6 +534,13 @@ impl Service {
         {
             Accepted::Stored { .. } | Accepted::Equivocation { .. } => {
                 self.announce(&record);
+                if let (Some(blobs), Body::Knowledge(k)) = (&self.blobs, &record.content.body) {
+                    for a in &k.attachments {
+                        if let Err(e) = blobs.claim(&a.blake3) {
+                            tracing::warn!(cause = %e, "cannot mark an attachment as listed");
+                        }
+                    }
+                }
                 Ok(record)
             }
             Accepted::Duplicate { .. } | Accepted::Older { .. } => Err(ServiceError::BadRequest(

@@ -58,3 +58,25 @@ fn bench_refuses_zero_records_with_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("--records must be at least 1"), "{stderr}");
 }
+
+#[test]
+fn bench_blobs_moves_a_file_between_two_nodes_and_prints_its_rate() {
+    let (ok, stdout, stderr) = kim(&["bench", "blobs", "--mb", "3", "--runs", "2"]);
+    assert!(ok, "kim bench blobs failed: {stderr}");
+    for run in ["run 1:", "run 2:"] {
+        assert!(stdout.contains(run), "{run} missing in:\n{stdout}");
+    }
+    let mean = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("mean"))
+        .unwrap_or_else(|| panic!("no mean in:\n{stdout}"));
+    let figure: f64 = mean
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {mean:?}"));
+    assert!(figure > 0.0, "{mean}");
+    let (ok, _, stderr) = kim(&["bench", "blobs", "--mb", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--mb must be at least 1"), "{stderr}");
+}

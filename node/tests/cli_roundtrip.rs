@@ -38,7 +38,11 @@ fn sample_body(kind: Kind, seed: u64) -> Value {
     match kind {
         Kind::Organisation => serde_json::to_value(samples::organisation(&mut rng)),
         Kind::Project => serde_json::to_value(samples::project(&mut rng)),
-        Kind::Knowledge => serde_json::to_value(samples::knowledge(&mut rng)),
+        // The sample lists a made-up file; a node publishes only attachments it holds.
+        Kind::Knowledge => serde_json::to_value(kim_protocol::types::Knowledge {
+            attachments: Vec::new(),
+            ..samples::knowledge(&mut rng)
+        }),
         _ => {
             let mut offer = samples::cooperation(&mut rng, created);
             // No deadline: it could lie beyond the offer's default validity.

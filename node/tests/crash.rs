@@ -180,7 +180,11 @@ fn sample_body(rng: &mut ChaCha8Rng, kind: Kind) -> Value {
     match kind {
         Kind::Organisation => serde_json::to_value(samples::organisation(rng)),
         Kind::Project => serde_json::to_value(samples::project(rng)),
-        Kind::Knowledge => serde_json::to_value(samples::knowledge(rng)),
+        // The sample lists a made-up file; a node publishes only attachments it holds.
+        Kind::Knowledge => serde_json::to_value(kim_protocol::types::Knowledge {
+            attachments: Vec::new(),
+            ..samples::knowledge(rng)
+        }),
         _ => {
             let mut offer = samples::cooperation(
                 rng,

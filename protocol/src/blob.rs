@@ -13,7 +13,9 @@
 //! A peer sending garbage is therefore caught at its first bad piece, and a transfer can stop
 //! and resume at any piece boundary with what it has kept already proven.
 
-use blake3::hazmat::{ChainingValue, HasherExt as _, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt as _, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 use crate::bytes::Hash32;
 
@@ -229,13 +231,21 @@ mod tests {
         assert!(verify_piece(&root, size, &manifest, 2, first).is_err());
         // Truncated pieces, pieces past the end.
         assert_eq!(
-            verify_piece(&root, size, &manifest, 3, &bytes[3 * BLOB_PIECE_BYTES..][..4])
-                .unwrap_err()
-                .code(),
+            verify_piece(
+                &root,
+                size,
+                &manifest,
+                3,
+                &bytes[3 * BLOB_PIECE_BYTES..][..4]
+            )
+            .unwrap_err()
+            .code(),
             "blob.piece_length"
         );
         assert_eq!(
-            verify_piece(&root, size, &manifest, 4, &[1]).unwrap_err().code(),
+            verify_piece(&root, size, &manifest, 4, &[1])
+                .unwrap_err()
+                .code(),
             "blob.no_such_piece"
         );
         // A manifest with one value changed, or too short, or for another file.

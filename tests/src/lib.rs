@@ -231,7 +231,11 @@ pub fn sample_input(collection: &str, key: &str, seed: u64) -> Value {
     let body = match body {
         Body::Organisation(b) => serde_json::to_value(b),
         Body::Project(b) => serde_json::to_value(b),
-        Body::Knowledge(b) => serde_json::to_value(b),
+        Body::Knowledge(mut b) => {
+            // The sample lists a made-up file; a node publishes only attachments it holds.
+            b.attachments.clear();
+            serde_json::to_value(b)
+        }
         Body::Cooperation(mut b) => {
             // A deadline within the default validity of an offer.
             b.eoi_deadline = None;

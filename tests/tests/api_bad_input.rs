@@ -29,7 +29,8 @@ async fn route_table(node: &TestNode) -> anyhow::Result<Vec<(Method, String, Str
                 .replace("{collection}", "offers")
                 .replace("{key}", "route-walk")
                 .replace("{id}", ZERO_ID)
-                .replace("{region}", ZERO_ID);
+                .replace("{region}", ZERO_ID)
+                .replace("{hash}", ZERO_ID);
             routes.push((m, path.clone(), concrete));
         }
     }
@@ -1000,6 +1001,7 @@ fn bad_input_table() -> Vec<Row> {
     finding_rows(&mut rows);
     membership_rows(&mut rows);
     interest_rows(&mut rows);
+    blob_rows(&mut rows);
     rows.push(row(
         "wrong method on a list",
         M::DELETE,
@@ -1033,6 +1035,97 @@ fn bad_input_table() -> Vec<Row> {
         "request.bad_parameter",
     ));
     rows
+}
+
+/// The attachment routes: uploads that are empty, above `blob_bytes_max` (50 MiB) or carry no
+/// media type; downloads and status of a hash that is not hex, too short, or that no live
+/// knowledge item lists; a knowledge item listing a file the node does not hold.
+fn blob_rows(rows: &mut Vec<Row>) {
+    use Method as M;
+    let cases: Vec<(String, Method, String, Payload, u16, &'static str)> = vec![
+        (
+            "upload: empty file".into(),
+            M::POST,
+            "/blobs".into(),
+            Payload::Raw("application/pdf", Vec::new()),
+            400,
+            "blob.empty",
+        ),
+        (
+            "upload: above blob_bytes_max".into(),
+            M::POST,
+            "/blobs".into(),
+            Payload::Raw("application/pdf", vec![7u8; 50 * 1024 * 1024 + 1]),
+            413,
+            "blob.too_large",
+        ),
+        (
+            "upload: content type that is no media type".into(),
+            M::POST,
+            "/blobs".into(),
+            Payload::Raw("pdf please", b"%PDF-1.7".to_vec()),
+            400,
+            "blob.bad_media_type",
+        ),
+        (
+            "download: hash not hex".into(),
+            M::GET,
+            "/blobs/not-a-hash".into(),
+            Payload::None,
+            400,
+            "request.bad_parameter",
+        ),
+        (
+            "download: hash too short".into(),
+            M::GET,
+            "/blobs/00ff".into(),
+            Payload::None,
+            400,
+            "request.bad_parameter",
+        ),
+        (
+            "download: no live knowledge item lists it".into(),
+            M::GET,
+            format!("/blobs/{ZERO_ID}"),
+            Payload::None,
+            404,
+            "blob.unknown",
+        ),
+        (
+            "status: hash not hex".into(),
+            M::GET,
+            "/blobs/xyz/status".into(),
+            Payload::None,
+            400,
+            "request.bad_parameter",
+        ),
+        (
+            "wrong method on blobs".into(),
+            M::DELETE,
+            format!("/blobs/{ZERO_ID}"),
+            Payload::None,
+            405,
+            "request.method_not_allowed",
+        ),
+        (
+            "publish knowledge: attachment not held here".into(),
+            M::POST,
+            "/knowledge".into(),
+            edited("knowledge", "new-knowledge", 14, |v| {
+                v["body"]["attachments"] = json!([{
+                    "name": "manual.pdf",
+                    "media_type": "application/pdf",
+                    "size_bytes": 1000,
+                    "blake3": "ab".repeat(32),
+                }])
+            }),
+            422,
+            "knowledge.attachment_missing",
+        ),
+    ];
+    for (name, method, path, payload, status, code) in cases {
+        rows.push(row(name, method, path, payload, status, code));
+    }
 }
 
 /// Search, matches, saved searches, notifications and the federation routes.

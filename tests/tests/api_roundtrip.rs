@@ -739,6 +739,9 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
         "POST /api/v1/interests/{id}/accept",
         "POST /api/v1/interests/{id}/decline",
         "POST /api/v1/interests/{id}/outcome",
+        "POST /api/v1/blobs",
+        "GET /api/v1/blobs/{hash}",
+        "GET /api/v1/blobs/{hash}/status",
     ]
     .into_iter()
     .map(String::from)
@@ -752,7 +755,8 @@ async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
             .replace("{collection}", "offers")
             .replace("{key}", "no-such-key")
             .replace("{id}", &"00".repeat(32))
-            .replace("{region}", &"00".repeat(32));
+            .replace("{region}", &"00".repeat(32))
+            .replace("{hash}", &"00".repeat(32));
         let path = path.strip_prefix("/api/v1").context("prefix")?;
         let method: Method = method.parse()?;
         let (status, body) = send(node.request(method, path).json(&json!({}))).await?;
