@@ -52,13 +52,12 @@ use kim_protocol::blob::{
 use kim_protocol::limits::ATTACHMENT_BYTES_MAX;
 use kim_protocol::types::Attachment;
 use kim_protocol::{Body, FederationId, Hash32, Kind, Record};
-use libp2p::futures::{AsyncRead, AsyncWrite};
-use libp2p::{PeerId, StreamProtocol, request_response};
+use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::Ingest;
 use crate::net::{
-    DecodeError, NetClient, NetError, Reader, invalid, put_varint, read_frame, write_frame,
+    DecodeError, Framed, FramedCodec, NetClient, NetError, Reader, put_refusal, put_varint,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -86,8 +85,6 @@ const MANIFEST_ASKS_MAX: usize = 8;
 pub const UNCLAIMED_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// How long a peer that sent bad blob data is not asked again.
 const DISTRUST: Duration = Duration::from_secs(600);
-/// Longest refusal code.
-const REFUSAL_CODE_BYTES_MAX: usize = 64;
 
 const _: () = assert!(MANIFEST_PIECES_MAX * 32 + 32 < BLOB_FRAME_BYTES_MAX);
 const _: () = assert!(BLOB_FRAME_BYTES_MAX <= crate::net::SYNC_FRAME_BYTES_MAX);
@@ -176,10 +173,8 @@ impl BlobAnswer {
             }
             BlobAnswer::NotFound => vec![2],
             BlobAnswer::Refused(code) => {
-                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
                 let mut out = vec![3];
-                put_varint(&mut out, code.len() as u64);
-                out.extend_from_slice(code);
+                put_refusal(&mut out, code);
                 out
             }
         }
@@ -211,14 +206,7 @@ impl BlobAnswer {
                 BlobAnswer::Piece(rest.to_vec())
             }
             2 => BlobAnswer::NotFound,
-            3 => {
-                let len = r.count(REFUSAL_CODE_BYTES_MAX)?;
-                let code = r.take(len)?;
-                if !code.iter().all(|b| b.is_ascii_graphic()) {
-                    return Err(DecodeError::BadCode);
-                }
-                BlobAnswer::Refused(String::from_utf8_lossy(code).into_owned())
-            }
+            3 => BlobAnswer::Refused(r.refusal()?),
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -227,60 +215,25 @@ impl BlobAnswer {
 }
 
 /// Frames blobs messages like sync frames, with the blobs frame limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BlobCodec;
+pub(crate) type BlobCodec = FramedCodec<BlobAsk, BlobAnswer>;
 
-async fn read_blob_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let payload = read_frame(io).await?;
-    if payload.len() > BLOB_FRAME_BYTES_MAX {
-        return Err(invalid("blobs frame above the limit"));
+impl Framed for BlobAsk {
+    const FRAME_BYTES_MAX: usize = BLOB_FRAME_BYTES_MAX;
+    fn to_frame(&self) -> Vec<u8> {
+        self.encode()
     }
-    Ok(payload)
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        BlobAsk::decode(bytes).map_err(|e| e.to_string())
+    }
 }
 
-impl request_response::Codec for BlobCodec {
-    type Protocol = StreamProtocol;
-    type Request = BlobAsk;
-    type Response = BlobAnswer;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobAsk>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_blob_frame(io).await?;
-        BlobAsk::decode(&payload).map_err(|e| invalid(e.to_string()))
+impl Framed for BlobAnswer {
+    const FRAME_BYTES_MAX: usize = BLOB_FRAME_BYTES_MAX;
+    fn to_frame(&self) -> Vec<u8> {
+        self.encode()
     }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobAnswer>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_blob_frame(io).await?;
-        BlobAnswer::decode(&payload).map_err(|e| invalid(e.to_string()))
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: BlobAsk,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &request.encode()).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: BlobAnswer,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &response.encode()).await
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        BlobAnswer::decode(bytes).map_err(|e| e.to_string())
     }
 }
 

@@ -8,17 +8,10 @@
 //! | 0 | `Taken` | one byte: 1 if it was new to the receiver |
 //! | 1 | `Refused` | varint length ≤ 64 ‖ an ASCII error code |
 
-use std::io;
-
 use kim_protocol::direct::DIRECT_MESSAGE_BYTES_MAX;
 use libp2p::StreamProtocol;
-use libp2p::futures::{AsyncRead, AsyncWrite};
-use libp2p::request_response;
 
-use crate::net::{Reader, invalid, put_varint, read_frame, write_frame};
-
-/// Longest refusal code.
-const REFUSAL_CODE_BYTES_MAX: usize = 64;
+use crate::net::{Framed, FramedCodec, Reader, put_refusal};
 
 /// A direct request: the encoded `DirectMessage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +29,8 @@ impl DirectResponse {
         match self {
             DirectResponse::Taken { new } => vec![0, u8::from(*new)],
             DirectResponse::Refused(code) => {
-                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
                 let mut out = vec![1];
-                put_varint(&mut out, code.len() as u64);
-                out.extend_from_slice(code);
+                put_refusal(&mut out, code);
                 out
             }
         }
@@ -51,17 +42,9 @@ impl DirectResponse {
             [0, 1] => Ok(DirectResponse::Taken { new: true }),
             [1, body @ ..] => {
                 let mut reader = Reader(body);
-                let len = reader
-                    .count(REFUSAL_CODE_BYTES_MAX)
-                    .map_err(|e| e.to_string())?;
-                let code = reader.take(len).map_err(|e| e.to_string())?;
+                let code = reader.refusal().map_err(|e| e.to_string())?;
                 reader.finish().map_err(|e| e.to_string())?;
-                if !code.iter().all(u8::is_ascii_graphic) {
-                    return Err("direct refusal code is not short ASCII".into());
-                }
-                Ok(DirectResponse::Refused(
-                    String::from_utf8_lossy(code).into_owned(),
-                ))
+                Ok(DirectResponse::Refused(code))
             }
             _ => Err("malformed direct response".into()),
         }
@@ -69,62 +52,26 @@ impl DirectResponse {
 }
 
 /// Frames direct messages on a substream.
-#[derive(Debug, Clone, Default)]
-pub struct DirectCodec;
+pub(crate) type DirectCodec = FramedCodec<DirectRequest, DirectResponse>;
 
-impl request_response::Codec for DirectCodec {
-    type Protocol = StreamProtocol;
-    type Request = DirectRequest;
-    type Response = DirectResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<DirectRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_frame(io).await?;
-        if payload.len() > DIRECT_MESSAGE_BYTES_MAX {
-            return Err(invalid("direct message above the limit"));
-        }
-        Ok(DirectRequest(payload))
+impl Framed for DirectRequest {
+    const FRAME_BYTES_MAX: usize = DIRECT_MESSAGE_BYTES_MAX;
+    fn to_frame(&self) -> Vec<u8> {
+        self.0.clone()
     }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<DirectResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_frame(io).await?;
-        DirectResponse::decode(&payload).map_err(invalid)
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        Ok(DirectRequest(bytes.to_vec()))
     }
+}
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: DirectRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        if request.0.len() > DIRECT_MESSAGE_BYTES_MAX {
-            return Err(invalid("refusing to send a direct message above the limit"));
-        }
-        write_frame(io, &request.0).await
+impl Framed for DirectResponse {
+    /// A tag, a length and a 64-byte code.
+    const FRAME_BYTES_MAX: usize = 80;
+    fn to_frame(&self) -> Vec<u8> {
+        self.encode()
     }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: DirectResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &response.encode()).await
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        DirectResponse::decode(bytes)
     }
 }
 

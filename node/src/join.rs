@@ -27,7 +27,6 @@
 //! | 1 | `Submitted` | 1 byte: 1 if the record was new here |
 //! | 2 | `Refused` | varint length ≤ 64 ‖ an error code in ASCII (`join.*`) |
 
-use std::io;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -39,15 +38,15 @@ use kim_protocol::limits::{
 use kim_protocol::membership::AuthorStatus;
 use kim_protocol::reconcile::{ID_BYTES, Id};
 use kim_protocol::{FederationId, RecordId};
-use libp2p::futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 
 use crate::ingest::{Ingest, Source};
 use crate::net::{
-    Reader, SYNC_BATCH_BYTES_MAX, SYNC_BATCH_RECORDS_MAX, get_records, invalid, put_records,
-    put_varint, read_frame, write_frame,
+    Framed, FramedCodec, Reader, SYNC_BATCH_BYTES_MAX, SYNC_BATCH_RECORDS_MAX, get_records,
+    put_records, put_refusal, put_varint,
 };
 
 /// How long a guest (a peer that is not a member's node) may stay connected.
@@ -66,8 +65,6 @@ pub const JOIN_SUBMIT_WINDOW: Duration = Duration::from_secs(600);
 pub const JOIN_POLL_INTERVAL: Duration = Duration::from_secs(3);
 /// Most records a state download may bring (charter, membership records and profiles).
 pub const JOIN_STATE_RECORDS_MAX: usize = 100_000;
-/// Longest refusal code.
-const REFUSAL_CODE_BYTES_MAX: usize = 64;
 /// Largest join frame: a state page.
 const JOIN_FRAME_BYTES_MAX: usize = SYNC_BATCH_BYTES_MAX + 64 * 1024;
 
@@ -169,9 +166,7 @@ impl JoinAnswer {
             }
             JoinAnswer::Refused(code) => {
                 out.push(2);
-                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
-                put_varint(&mut out, code.len() as u64);
-                out.extend_from_slice(code);
+                put_refusal(&mut out, code);
             }
         }
         out
@@ -198,17 +193,9 @@ impl JoinAnswer {
             },
             2 => {
                 let mut reader = Reader(body);
-                let len = reader
-                    .count(REFUSAL_CODE_BYTES_MAX)
-                    .map_err(|e| e.to_string())?;
-                let code = reader.take(len).map_err(|e| e.to_string())?;
+                let code = reader.refusal().map_err(|e| e.to_string())?;
                 reader.finish().map_err(|e| e.to_string())?;
-                if !code.iter().all(|b| b.is_ascii_graphic()) {
-                    return Err("join refusal code is not short ASCII".into());
-                }
-                Ok(JoinAnswer::Refused(
-                    String::from_utf8_lossy(code).into_owned(),
-                ))
+                Ok(JoinAnswer::Refused(code))
             }
             other => Err(format!("join frame has unknown tag {other}")),
         }
@@ -216,60 +203,25 @@ impl JoinAnswer {
 }
 
 /// Frames join messages on a substream.
-#[derive(Debug, Clone, Default)]
-pub struct JoinCodec;
+pub(crate) type JoinCodec = FramedCodec<JoinAsk, JoinAnswer>;
 
-async fn read_join_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let payload = read_frame(io).await?;
-    if payload.len() > JOIN_FRAME_BYTES_MAX {
-        return Err(invalid("join frame above the limit"));
+impl Framed for JoinAsk {
+    const FRAME_BYTES_MAX: usize = JOIN_FRAME_BYTES_MAX;
+    fn to_frame(&self) -> Vec<u8> {
+        self.encode()
     }
-    Ok(payload)
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        JoinAsk::decode(bytes)
+    }
 }
 
-impl request_response::Codec for JoinCodec {
-    type Protocol = StreamProtocol;
-    type Request = JoinAsk;
-    type Response = JoinAnswer;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinAsk>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_join_frame(io).await?;
-        JoinAsk::decode(&payload).map_err(invalid)
+impl Framed for JoinAnswer {
+    const FRAME_BYTES_MAX: usize = JOIN_FRAME_BYTES_MAX;
+    fn to_frame(&self) -> Vec<u8> {
+        self.encode()
     }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinAnswer>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let payload = read_join_frame(io).await?;
-        JoinAnswer::decode(&payload).map_err(invalid)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: JoinAsk,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &request.encode()).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: JoinAnswer,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &response.encode()).await
+    fn from_frame(bytes: &[u8]) -> Result<Self, String> {
+        JoinAnswer::decode(bytes)
     }
 }
 
@@ -463,7 +415,7 @@ impl JoinClient {
         let name = protocol_name(federation)?;
         let behaviour = JoinOnly {
             join: request_response::Behaviour::with_codec(
-                JoinCodec,
+                JoinCodec::default(),
                 [(name, ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(timeout),
             ),

@@ -371,9 +371,7 @@ impl SyncResponse {
             }
             SyncResponse::Refused(code) => {
                 out.push(3);
-                let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
-                put_varint(&mut out, code.len() as u64);
-                out.extend_from_slice(code);
+                put_refusal(&mut out, code);
             }
         }
         out
@@ -396,15 +394,9 @@ impl SyncResponse {
             }
             3 => {
                 let mut reader = Reader(body);
-                let len = reader.count(REFUSAL_CODE_BYTES_MAX)?;
-                let code = reader.take(len)?;
+                let code = reader.refusal()?;
                 reader.finish()?;
-                if !code.iter().all(|b| b.is_ascii_graphic()) {
-                    return Err(DecodeError::BadCode);
-                }
-                Ok(SyncResponse::Refused(
-                    String::from_utf8_lossy(code).into_owned(),
-                ))
+                Ok(SyncResponse::Refused(code))
             }
             other => Err(DecodeError::UnknownTag(other)),
         }
@@ -565,6 +557,14 @@ impl SyncCodec {
 }
 
 pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    read_frame_max(io, SYNC_FRAME_BYTES_MAX).await
+}
+
+/// Reads one frame whose payload may be at most `max` bytes, checked before it is read.
+pub(crate) async fn read_frame_max<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Vec<u8>> {
     let mut len: u64 = 0;
     let mut i = 0;
     loop {
@@ -584,9 +584,9 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::R
         }
     }
     let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > SYNC_FRAME_BYTES_MAX {
+    if len > max {
         return Err(invalid(format!(
-            "sync frame is {len} bytes, more than the {SYNC_FRAME_BYTES_MAX} allowed"
+            "frame is {len} bytes, more than the {max} allowed"
         )));
     }
     let mut payload = vec![0u8; len];
@@ -610,6 +610,110 @@ pub(crate) async fn write_frame<T: AsyncWrite + Unpin + Send>(
 
 pub(crate) fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+/// Appends a refusal code (at most [`REFUSAL_CODE_BYTES_MAX`] bytes) as every protocol's
+/// `Refused` body carries it: a varint length, then the ASCII code.
+pub(crate) fn put_refusal(out: &mut Vec<u8>, code: &str) {
+    let code = &code.as_bytes()[..code.len().min(REFUSAL_CODE_BYTES_MAX)];
+    put_varint(out, code.len() as u64);
+    out.extend_from_slice(code);
+}
+
+impl Reader<'_> {
+    /// Reads a refusal code written by [`put_refusal`].
+    pub(crate) fn refusal(&mut self) -> Result<String, DecodeError> {
+        let len = self.count(REFUSAL_CODE_BYTES_MAX)?;
+        let code = self.take(len)?;
+        if !code.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(DecodeError::BadCode);
+        }
+        Ok(String::from_utf8_lossy(code).into_owned())
+    }
+}
+
+/// A message of a request-response protocol framed like sync frames: a LEB128 length, then
+/// the payload (at most [`Framed::FRAME_BYTES_MAX`], checked before it is read).
+pub(crate) trait Framed: Sized + Send + Sync + 'static {
+    const FRAME_BYTES_MAX: usize;
+    fn to_frame(&self) -> Vec<u8>;
+    fn from_frame(bytes: &[u8]) -> Result<Self, String>;
+}
+
+/// The codec of the join, direct and blobs protocols: any request and response that are
+/// [`Framed`]. (Sync has its own, which also counts the bytes.)
+pub(crate) struct FramedCodec<Req, Resp>(std::marker::PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Default for FramedCodec<Req, Resp> {
+    fn default() -> Self {
+        FramedCodec(std::marker::PhantomData)
+    }
+}
+
+impl<Req, Resp> Clone for FramedCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+async fn read_framed<M: Framed, T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<M> {
+    let payload = read_frame_max(io, M::FRAME_BYTES_MAX).await?;
+    M::from_frame(&payload).map_err(invalid)
+}
+
+async fn write_framed<M: Framed, T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    message: &M,
+) -> io::Result<()> {
+    let payload = message.to_frame();
+    if payload.len() > M::FRAME_BYTES_MAX {
+        return Err(invalid("refusing to send a frame above the limit"));
+    }
+    write_frame(io, &payload).await
+}
+
+impl<Req: Framed, Resp: Framed> request_response::Codec for FramedCodec<Req, Resp> {
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_framed(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_framed(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Req,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &response).await
+    }
 }
 
 impl request_response::Codec for SyncCodec {
@@ -1387,7 +1491,7 @@ pub fn new<R: Records>(
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
     let join = request_response::Behaviour::with_codec(
-        crate::join::JoinCodec,
+        crate::join::JoinCodec::default(),
         [(
             crate::join::protocol_name(&config.federation)?,
             ProtocolSupport::Full,
@@ -1395,7 +1499,7 @@ pub fn new<R: Records>(
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
     let direct = request_response::Behaviour::with_codec(
-        crate::direct::DirectCodec,
+        crate::direct::DirectCodec::default(),
         [(
             crate::direct::protocol_name(&config.federation)?,
             ProtocolSupport::Full,
@@ -1403,7 +1507,7 @@ pub fn new<R: Records>(
         request_response::Config::default().with_request_timeout(config.request_timeout),
     );
     let blobs = request_response::Behaviour::with_codec(
-        crate::blobs::BlobCodec,
+        crate::blobs::BlobCodec::default(),
         [(
             crate::blobs::protocol_name(&config.federation)?,
             ProtocolSupport::Full,
@@ -1606,6 +1710,24 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Counts one request of `key` in its fixed window (a new window starts once `window` has
+/// passed since the last one began) and says whether it is over `limit`. Every per-peer and
+/// per-address rate of the loop goes through here.
+fn over_rate<K: std::hash::Hash + Eq>(
+    counts: &mut HashMap<K, (tokio::time::Instant, u32)>,
+    key: K,
+    now: tokio::time::Instant,
+    window: Duration,
+    limit: u32,
+) -> bool {
+    let slot = counts.entry(key).or_insert((now, 0));
+    if now.duration_since(slot.0) >= window {
+        *slot = (now, 0);
+    }
+    slot.1 += 1;
+    slot.1 > limit
+}
+
 /// A random index below `len` (`len > 0`), from the standard library's per-process random keys.
 fn random_index(len: usize) -> usize {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -1734,11 +1856,13 @@ impl<R: Records> EventLoop<R> {
                     },
             } => {
                 let now = tokio::time::Instant::now();
-                let window = self.join_rate.entry(peer).or_insert((now, 0));
-                if now.duration_since(window.0) >= crate::join::JOIN_RATE_WINDOW {
-                    *window = (now, 0);
-                }
-                window.1 += 1;
+                let over = over_rate(
+                    &mut self.join_rate,
+                    peer,
+                    now,
+                    crate::join::JOIN_RATE_WINDOW,
+                    crate::join::JOIN_ASKS_PER_WINDOW,
+                );
                 let refuse = |this: &mut Self, channel, code: &str| {
                     let _ = this
                         .swarm
@@ -1746,7 +1870,7 @@ impl<R: Records> EventLoop<R> {
                         .join
                         .send_response(channel, JoinAnswer::Refused(code.into()));
                 };
-                if window.1 > crate::join::JOIN_ASKS_PER_WINDOW {
+                if over {
                     refuse(self, channel, "join.rate_limited");
                     self.penalise(peer, POINTS_OVER_RATE, "join asks over the per-peer rate");
                     return;
@@ -1806,12 +1930,13 @@ impl<R: Records> EventLoop<R> {
                         self.join_submits.retain(|_, (since, _)| {
                             now.duration_since(*since) < crate::join::JOIN_SUBMIT_WINDOW
                         });
-                        let slot = self.join_submits.entry(ip).or_insert((now, 0));
-                        if now.duration_since(slot.0) >= crate::join::JOIN_SUBMIT_WINDOW {
-                            *slot = (now, 0);
-                        }
-                        slot.1 += 1;
-                        if slot.1 > crate::join::JOIN_SUBMITS_PER_IP {
+                        if over_rate(
+                            &mut self.join_submits,
+                            ip,
+                            now,
+                            crate::join::JOIN_SUBMIT_WINDOW,
+                            crate::join::JOIN_SUBMITS_PER_IP,
+                        ) {
                             tracing::info!(peer = %peer, ip = ?ip, "join request refused: over the per-address rate");
                             refuse(self, channel, "join.rate_limited");
                             return;
@@ -1932,12 +2057,13 @@ impl<R: Records> EventLoop<R> {
                     return;
                 }
                 let now = tokio::time::Instant::now();
-                let window = self.direct_rate.entry(peer).or_insert((now, 0));
-                if now.duration_since(window.0) >= INBOUND_RATE_WINDOW {
-                    *window = (now, 0);
-                }
-                window.1 += 1;
-                if window.1 > DIRECT_MESSAGES_PER_WINDOW {
+                if over_rate(
+                    &mut self.direct_rate,
+                    peer,
+                    now,
+                    INBOUND_RATE_WINDOW,
+                    DIRECT_MESSAGES_PER_WINDOW,
+                ) {
                     // Refused without penalty: an honest outbox flushing a backlog backs off.
                     refuse(self, channel, "direct.rate_limited");
                     return;
@@ -2187,12 +2313,13 @@ impl<R: Records> EventLoop<R> {
                     return;
                 }
                 let now = tokio::time::Instant::now();
-                let window = self.blob_rate.entry(peer).or_insert((now, 0));
-                if now.duration_since(window.0) >= crate::blobs::BLOB_RATE_WINDOW {
-                    *window = (now, 0);
-                }
-                window.1 += 1;
-                if window.1 > crate::blobs::BLOB_ASKS_PER_WINDOW {
+                if over_rate(
+                    &mut self.blob_rate,
+                    peer,
+                    now,
+                    crate::blobs::BLOB_RATE_WINDOW,
+                    crate::blobs::BLOB_ASKS_PER_WINDOW,
+                ) {
                     refuse(self, channel, "blobs.rate_limited");
                     self.penalise(
                         peer,
@@ -2785,12 +2912,13 @@ impl<R: Records> EventLoop<R> {
             return;
         }
         let now = tokio::time::Instant::now();
-        let window = self.inbound_rate.entry(peer).or_insert((now, 0));
-        if now.duration_since(window.0) >= INBOUND_RATE_WINDOW {
-            *window = (now, 0);
-        }
-        window.1 += 1;
-        if window.1 > INBOUND_REQUESTS_PER_WINDOW {
+        if over_rate(
+            &mut self.inbound_rate,
+            peer,
+            now,
+            INBOUND_RATE_WINDOW,
+            INBOUND_REQUESTS_PER_WINDOW,
+        ) {
             let refusal = SyncResponse::Refused("sync.rate_limited".into());
             let _ = self
                 .swarm
