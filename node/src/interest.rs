@@ -345,11 +345,7 @@ impl Service {
             ));
         }
         let interest = RecordId::from_hex(id).ok_or_else(|| bad("the id is not a record id"))?;
-        let from = value
-            .get("region")
-            .and_then(Value::as_str)
-            .and_then(RegionId::from_hex)
-            .ok_or_else(|| bad("damaged interest entry"))?;
+        let from = entry_region(&value).ok_or_else(|| bad("damaged interest entry"))?;
         let answer = Answer {
             federation: self.ingest().federation(),
             interest,
@@ -424,12 +420,39 @@ impl Service {
         view("incoming", &value).ok_or_else(|| bad("interest view"))
     }
 
+    /// The local entry (`prefix` is [`OUT`] or [`IN`]) of the interest an answer or a contact
+    /// release names, and the region at the other end, once the message is shown to be for
+    /// this federation and signed by that region's current key.
+    fn counterpart_entry(
+        &self,
+        prefix: &str,
+        interest: &RecordId,
+        federation: kim_protocol::FederationId,
+        signer: kim_protocol::PublicKey,
+    ) -> Result<(String, Value, RegionId), String> {
+        if federation != self.ingest().federation() {
+            return Err("record.wrong_federation".into());
+        }
+        let key = format!("{prefix}{}", interest.to_hex());
+        let value = self
+            .ingest()
+            .store()
+            .local_get(&key)
+            .map_err(|e| e.to_string())?
+            .ok_or("interest.unknown")?;
+        let region = entry_region(&value).ok_or("interest.unknown")?;
+        let membership = self.ingest().membership();
+        if membership.members.get(&region).map(|m| m.key) != Some(signer) {
+            return Err("direct.wrong_signer".into());
+        }
+        Ok((key, value, region))
+    }
+
     /// Takes a direct message from a member's node. `Ok(true)` if it was new here.
     pub async fn receive_direct(&self, bytes: Vec<u8>) -> Result<bool, String> {
         let message = DirectMessage::decode(&bytes).map_err(|e| e.code().to_string())?;
         let store = self.ingest().store();
         let membership = self.ingest().membership();
-        let current_key = |region: &RegionId| membership.members.get(region).map(|m| m.key);
         let err = |e: crate::store::StoreError| e.to_string();
         match message {
             DirectMessage::Interest(record_bytes) => {
@@ -488,22 +511,12 @@ impl Service {
             DirectMessage::Answer(signed) => {
                 signed.verify().map_err(|e| e.code().to_string())?;
                 let answer = &signed.body;
-                if answer.federation != self.ingest().federation() {
-                    return Err("record.wrong_federation".into());
-                }
-                let key = format!("{OUT}{}", answer.interest.to_hex());
-                let mut value = store
-                    .local_get(&key)
-                    .map_err(err)?
-                    .ok_or("interest.unknown")?;
-                let to = value
-                    .get("region")
-                    .and_then(Value::as_str)
-                    .and_then(RegionId::from_hex)
-                    .ok_or("interest.unknown")?;
-                if current_key(&to) != Some(signed.signer) {
-                    return Err("direct.wrong_signer".into());
-                }
+                let (key, mut value, to) = self.counterpart_entry(
+                    OUT,
+                    &answer.interest,
+                    answer.federation,
+                    signed.signer,
+                )?;
                 if matches!(
                     value.get("status").and_then(Value::as_str),
                     Some("accepted" | "declined")
@@ -543,22 +556,12 @@ impl Service {
             DirectMessage::Contact(signed) => {
                 signed.verify().map_err(|e| e.code().to_string())?;
                 let release = &signed.body;
-                if release.federation != self.ingest().federation() {
-                    return Err("record.wrong_federation".into());
-                }
-                let key = format!("{IN}{}", release.interest.to_hex());
-                let mut value = store
-                    .local_get(&key)
-                    .map_err(err)?
-                    .ok_or("interest.unknown")?;
-                let from = value
-                    .get("region")
-                    .and_then(Value::as_str)
-                    .and_then(RegionId::from_hex)
-                    .ok_or("interest.unknown")?;
-                if current_key(&from) != Some(signed.signer) {
-                    return Err("direct.wrong_signer".into());
-                }
+                let (key, mut value, _) = self.counterpart_entry(
+                    IN,
+                    &release.interest,
+                    release.federation,
+                    signed.signer,
+                )?;
                 if value.get("status").and_then(Value::as_str) != Some("accepted") {
                     return Err("interest.not_accepted".into());
                 }
@@ -572,6 +575,14 @@ impl Service {
             }
         }
     }
+}
+
+/// The region at the other end of a local interest entry.
+fn entry_region(value: &Value) -> Option<RegionId> {
+    value
+        .get("region")
+        .and_then(Value::as_str)
+        .and_then(RegionId::from_hex)
 }
 
 /// Refusals that no retry can cure: the entry is given up and marked failed.
