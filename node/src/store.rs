@@ -2,7 +2,8 @@
 //!
 //! Three trees, few on purpose:
 //! - `data`: everything shared, under one-byte key prefixes, so a whole ingest batch is one
-//!   atomic `apply_batch` (record bytes, item winners, indexes and the state digest together):
+//!   atomic write set (record bytes, item winners, indexes and the state digest together; see
+//!   [`Store::apply`] for how it is made atomic without sled's process-wide batch lock):
 //!   - `r` id → record bytes (the sync set: winners, tombstones, equivocation evidence,
 //!     membership records)
 //!   - `i` region ‖ kind ‖ key → [`ItemEntry`] (the current winner of each item)
@@ -11,7 +12,8 @@
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
 //!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
 //!   - `n` id → record bytes (directly delivered records: never in the sync set)
-//!   - `x` name → value (metadata: format version, federation, charter, state digest)
+//!   - `x` name → value (metadata: format version, federation, charter, state digest, and
+//!     `xjournal/…`, the journal of a write set being applied)
 //! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
 //!   fields), as JSON.
 //! - `audit`: the audit log, sequence number (BE) → JSON entry.
@@ -97,12 +99,31 @@ pub struct AuditEntry {
     pub result: String,
 }
 
-/// A set of changes applied atomically by [`Store::apply`].
+/// A set of changes applied atomically by [`Store::apply`]. Like a sled batch, the last change
+/// to a key wins.
 #[derive(Debug, Default)]
 pub struct WriteSet {
-    batch: sled::Batch,
+    /// New record bytes (`r` and `n` keys): neither held before nor journalled, since they are
+    /// the bulk of the bytes; a write set cut short by a crash removes them again.
+    records: std::collections::BTreeMap<[u8; 33], Vec<u8>>,
+    /// Every other change: a value to insert, or `None` to remove the key.
+    changes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pub records_added: usize,
 }
+
+/// What [`Store::apply`] writes before it touches anything else: the keys of the new records
+/// and every other change, so that a crash in between can be finished or undone at open.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    /// (key prefix, record id) of each new record.
+    records: Vec<(u8, [u8; 32])>,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Journal entries are written as chunks of at most this many bytes, so each stays a small
+/// value inside sled's log (sled writes values above a quarter segment as separate files).
+const JOURNAL_CHUNK_BYTES: usize = 64 * 1024;
+const JOURNAL_PREFIX: &[u8] = b"xjournal/";
 
 fn item_key(region: &RegionId, kind: Kind, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + 1 + key.len());
@@ -144,66 +165,86 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 }
 
 const META_FORMAT: &[u8] = b"xformat";
+
+fn journal_key(chunk: usize) -> Vec<u8> {
+    let mut key = JOURNAL_PREFIX.to_vec();
+    key.extend_from_slice(&(chunk as u32).to_be_bytes());
+    key
+}
 const META_DIGEST: &[u8] = b"xdigest";
 
 impl WriteSet {
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.changes.insert(key.into(), Some(value.into()));
+    }
+
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.changes.insert(key.into(), None);
+    }
+
     /// Stores a record's bytes in the sync set.
     pub fn put_record(&mut self, id: &RecordId, bytes: &[u8]) {
-        self.batch.insert(&prefixed(b'r', id)[..], bytes);
+        let key = prefixed(b'r', id);
+        self.changes.remove(&key[..]);
+        self.records.insert(key, bytes.to_vec());
         self.records_added += 1;
     }
 
     /// Drops a record's bytes (superseded revision or erased body).
     pub fn remove_record(&mut self, id: &RecordId) {
-        self.batch.remove(&prefixed(b'r', id)[..]);
+        let key = prefixed(b'r', id);
+        self.records.remove(&key);
+        self.remove(key.to_vec());
+    }
+
+    /// Whether the write set changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.changes.is_empty()
     }
 
     /// Makes `entry` the winner of its item and indexes it, replacing `previous` if given.
     pub fn set_item(&mut self, entry: &ItemEntry, previous: Option<&ItemEntry>) {
         if let Some(prev) = previous {
-            self.batch
-                .remove(kind_index(prev.kind, prev.created_at_ms, &prev.id));
+            self.remove(kind_index(prev.kind, prev.created_at_ms, &prev.id));
         }
         let value = postcard::to_stdvec(entry).unwrap_or_default();
         let item = item_key(&entry.region, entry.kind, &entry.key);
-        self.batch.insert(item.clone(), value);
-        self.batch
-            .insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
+        self.insert(item.clone(), value);
+        self.insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
     }
 
     /// Drops an item altogether: its winner entry and its index entry (the region that owns
     /// it is no longer a member).
     pub fn remove_item(&mut self, entry: &ItemEntry) {
-        self.batch
-            .remove(kind_index(entry.kind, entry.created_at_ms, &entry.id));
-        self.batch
-            .remove(item_key(&entry.region, entry.kind, &entry.key));
+        self.remove(kind_index(entry.kind, entry.created_at_ms, &entry.id));
+        self.remove(item_key(&entry.region, entry.kind, &entry.key));
     }
 
     /// Stores a directly delivered record (expression of interest) outside the sync set.
     pub fn put_direct(&mut self, id: &RecordId, bytes: &[u8]) {
-        self.batch.insert(&prefixed(b'n', id)[..], bytes);
+        let key = prefixed(b'n', id);
+        self.changes.remove(&key[..]);
+        self.records.insert(key, bytes.to_vec());
     }
 
     /// Marks a record as a membership record.
     pub fn mark_membership(&mut self, id: &RecordId) {
-        self.batch.insert(&prefixed(b'm', id)[..], &[][..]);
+        self.insert(prefixed(b'm', id).to_vec(), Vec::new());
     }
 
     /// Marks a record as equivocation evidence for an item's current revision.
     pub fn mark_equivocation(&mut self, region: &RegionId, kind: Kind, key: &str, id: &RecordId) {
-        self.batch
-            .insert(evidence_key(region, kind, key, id), &[][..]);
+        self.insert(evidence_key(region, kind, key, id), Vec::new());
     }
 
     /// Drops an evidence marker (its revision was superseded).
     pub fn unmark_equivocation(&mut self, region: &RegionId, kind: Kind, key: &str, id: &RecordId) {
-        self.batch.remove(evidence_key(region, kind, key, id));
+        self.remove(evidence_key(region, kind, key, id));
     }
 
     /// Records the new state digest in the same batch.
     pub fn set_digest(&mut self, digest: &StateDigest) {
-        self.batch.insert(META_DIGEST, encode_digest(digest));
+        self.insert(META_DIGEST, encode_digest(digest));
     }
 }
 
@@ -211,17 +252,15 @@ fn encode_digest(digest: &StateDigest) -> Vec<u8> {
     postcard::to_stdvec(&(digest.count(), digest.sum_bytes())).unwrap_or_default()
 }
 
-/// sled 0.34 guards every tree of the process with one global reader-writer lock: a flush
-/// holds it for reading while it waits for its buffers to reach the disk, and `apply_batch`
-/// takes it for writing. With both in flight (and readers queueing behind the waiting writer)
-/// the process deadlocked: seen with several nodes in one process (tests, benchmarks) and
-/// possible with one. Batches and flushes therefore take turns, process-wide.
-static WRITE_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn write_gate() -> std::sync::MutexGuard<'static, ()> {
-    WRITE_GATE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Why the store does not use sled's `apply_batch`: sled 0.34 switches the whole process to
+/// one global reader-writer lock the first time a batch or transaction is applied. From then on
+/// every read and write of every store in the process waits while any batch is applied, and a
+/// flush holds the lock for reading while it waits for the disk; with both in flight the
+/// process deadlocked (seen with several nodes in one process), and before that fix a gossip
+/// hop spent most of its time queueing there. [`Store::apply`] gets the same atomicity from a
+/// journal and plain inserts, which sled runs without that lock.
+fn lock_apply(lock: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The node's store. Cheap to clone; all clones share the same database.
@@ -232,6 +271,8 @@ pub struct Store {
     local: sled::Tree,
     audit: sled::Tree,
     dir: PathBuf,
+    /// One write set at a time per store: the journal has one place.
+    applying: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -290,8 +331,10 @@ impl Store {
             audit: tree("audit")?,
             db,
             dir,
+            applying: std::sync::Arc::new(std::sync::Mutex::new(())),
         };
         store.migrate()?;
+        store.recover_journal()?;
         Ok(store)
     }
 
@@ -332,23 +375,130 @@ impl Store {
         &self.dir
     }
 
-    /// Applies a write set atomically (all of it or none of it). Not yet durable: see [`flush`].
+    /// Applies a write set atomically (all of it or none of it survives a crash). Not yet
+    /// durable: see [`Store::flush`].
+    ///
+    /// sled recovers a prefix of the writes it was given, in order. So the journal (the keys
+    /// of the new records and every other change) is written first, then the new records, then
+    /// the other changes (insertions before removals, so a reader never finds an item whose
+    /// record is already gone), and the journal is removed last. After a crash, open finds the
+    /// journal only if the write set was cut short: if every new record made it, the changes are
+    /// applied again (they are plain values, so applying twice is harmless); otherwise the new
+    /// records are removed and nothing else had been touched.
     pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
-        let _gate = write_gate();
-        self.data.apply_batch(writes.batch).map_err(|e| self.io(e))
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let _one = lock_apply(&self.applying);
+        let journal = Journal {
+            records: writes
+                .records
+                .keys()
+                .map(|key| {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(&key[1..]);
+                    (key[0], id)
+                })
+                .collect(),
+            changes: writes.changes.into_iter().collect(),
+        };
+        let encoded = postcard::to_stdvec(&journal)
+            .map_err(|e| self.damaged(format!("cannot encode the write journal: {e}")))?;
+        let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
+        let written = (|| -> Result<(), sled::Error> {
+            for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
+                self.data.insert(journal_key(i), chunk)?;
+            }
+            for (key, bytes) in writes.records {
+                self.data.insert(&key[..], bytes)?;
+            }
+            self.write_changes(&journal.changes)?;
+            for i in 0..chunks {
+                self.data.remove(journal_key(i))?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = written {
+            // Finish or undo it now, so the next write set does not overwrite the journal.
+            let cause = self.io(err);
+            if let Err(again) = self.recover_journal_locked() {
+                tracing::error!(cause = %again, "cannot repair a write set cut short; restart the node");
+            }
+            return Err(cause);
+        }
+        Ok(())
+    }
+
+    fn write_changes(&self, changes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), sled::Error> {
+        for (key, value) in changes {
+            if let Some(value) = value {
+                self.data.insert(&key[..], &value[..])?;
+            }
+        }
+        for (key, value) in changes {
+            if value.is_none() {
+                self.data.remove(&key[..])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes or undoes a write set that a crash cut short (see [`Store::apply`]).
+    fn recover_journal(&self) -> Result<(), StoreError> {
+        let _one = lock_apply(&self.applying);
+        self.recover_journal_locked()
+    }
+
+    fn recover_journal_locked(&self) -> Result<(), StoreError> {
+        let mut encoded = Vec::new();
+        let mut keys = Vec::new();
+        for kv in self.data.scan_prefix(JOURNAL_PREFIX) {
+            let (key, chunk) = kv.map_err(|e| self.io(e))?;
+            encoded.extend_from_slice(&chunk);
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let journal: Journal = postcard::from_bytes(&encoded)
+            .map_err(|e| self.damaged(format!("unreadable write journal: {e}")))?;
+        let mut complete = true;
+        let keys_of = |(tag, id): &(u8, [u8; 32])| prefixed(*tag, &RecordId(*id));
+        for record in &journal.records {
+            complete &= self
+                .data
+                .contains_key(keys_of(record))
+                .map_err(|e| self.io(e))?;
+        }
+        if complete {
+            self.write_changes(&journal.changes)
+                .map_err(|e| self.io(e))?;
+        } else {
+            for record in &journal.records {
+                self.data.remove(keys_of(record)).map_err(|e| self.io(e))?;
+            }
+        }
+        for key in keys {
+            self.data.remove(key).map_err(|e| self.io(e))?;
+        }
+        self.db.flush().map_err(|e| self.io(e))?;
+        tracing::warn!(
+            dir = %self.dir.display(),
+            records = journal.records.len(),
+            outcome = if complete { "finished" } else { "undone" },
+            "a write set cut short by a crash was repaired"
+        );
+        Ok(())
     }
 
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let _gate = write_gate();
-            db.flush()
-        })
-        .await
-        .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
-        .map(|_| ())
-        .map_err(|e| self.io(e))
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
+            .map(|_| ())
+            .map_err(|e| self.io(e))
     }
 
     /// A record's exact bytes.
@@ -622,7 +772,6 @@ impl Store {
     /// Flushes synchronously; for the small local and audit writes that are acknowledged at
     /// once (records use the batched, asynchronous [`Store::flush`]).
     fn flush_now(&self) -> Result<(), StoreError> {
-        let _gate = write_gate();
         self.db.flush().map(|_| ()).map_err(|e| self.io(e))
     }
 
@@ -803,6 +952,113 @@ mod tests {
         assert!(
             matches!(result, Err(StoreError::TooNew { found, .. }) if found == STORE_FORMAT_VERSION + 1)
         );
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Writes what `apply` would have written of `writes` before a crash: the journal, the
+    /// first `records` new records and the first `changes` other changes. Returns the number
+    /// of journal chunks.
+    fn apply_cut_short(store: &Store, writes: WriteSet, records: usize, changes: usize) -> usize {
+        let journal = Journal {
+            records: writes
+                .records
+                .keys()
+                .map(|key| {
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(&key[1..]);
+                    (key[0], id)
+                })
+                .collect(),
+            changes: writes.changes.into_iter().collect(),
+        };
+        let encoded = postcard::to_stdvec(&journal).unwrap_or_default();
+        for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
+            assert!(store.data.insert(journal_key(i), chunk).is_ok());
+        }
+        for (key, bytes) in writes.records.into_iter().take(records) {
+            assert!(store.data.insert(&key[..], bytes).is_ok());
+        }
+        for (key, value) in journal.changes.iter().take(changes) {
+            let done = match value {
+                Some(v) => store.data.insert(&key[..], &v[..]).map(|_| ()),
+                None => store.data.remove(&key[..]).map(|_| ()),
+            };
+            assert!(done.is_ok());
+        }
+        assert!(store.db.flush().is_ok());
+        encoded.chunks(JOURNAL_CHUNK_BYTES).count()
+    }
+
+    /// Two records, an item, and the digest counting both: one write set.
+    fn two_records(digest: &mut StateDigest) -> (WriteSet, [RecordId; 2]) {
+        let ids = [RecordId([1; 32]), RecordId([2; 32])];
+        let mut writes = WriteSet::default();
+        // Bigger than a journal chunk: the journal holds only its key.
+        writes.put_record(&ids[0], &vec![7u8; 3 * JOURNAL_CHUNK_BYTES]);
+        writes.put_record(&ids[1], b"second");
+        writes.mark_membership(&ids[1]);
+        digest.add(&ids[0]);
+        digest.add(&ids[1]);
+        writes.set_digest(digest);
+        (writes, ids)
+    }
+
+    #[tokio::test]
+    async fn a_write_set_cut_short_by_a_crash_is_undone_or_finished_at_open()
+    -> Result<(), StoreError> {
+        // Cut short while the new records were written: undone, as if it never happened.
+        let dir = temp_dir("journal-undo");
+        {
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            let (writes, _) = two_records(&mut StateDigest::default());
+            assert_eq!(apply_cut_short(&store, writes, 1, 0), 1);
+        }
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.record_ids().count(), 0);
+        assert_eq!(store.digest()?.count(), 0);
+        assert!(store.membership_records()?.is_empty());
+        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Cut short after the records, during the other changes: finished at open.
+        let dir = temp_dir("journal-finish");
+        let mut digest = StateDigest::default();
+        let ids = {
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            let (writes, ids) = two_records(&mut digest);
+            assert_eq!(apply_cut_short(&store, writes, 2, 1), 1);
+            ids
+        };
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.record(&ids[1])?, Some(b"second".to_vec()));
+        assert_eq!(
+            store.record(&ids[0])?.map(|b| b.len()),
+            Some(3 * JOURNAL_CHUNK_BYTES)
+        );
+        assert_eq!(store.digest()?, digest);
+        assert_eq!(store.membership_records()?, vec![b"second".to_vec()]);
+        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_last_change_to_a_key_wins_and_no_journal_is_left() -> Result<(), StoreError> {
+        let dir = temp_dir("journal-last");
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+        let (kept, dropped) = (RecordId([3; 32]), RecordId([4; 32]));
+        let mut writes = WriteSet::default();
+        writes.put_record(&dropped, b"superseded in the same write set");
+        writes.put_record(&kept, b"kept");
+        writes.remove_record(&dropped);
+        store.apply(writes)?;
+        assert_eq!(store.record(&kept)?, Some(b"kept".to_vec()));
+        assert_eq!(store.record(&dropped)?, None);
+        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
