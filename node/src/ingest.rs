@@ -58,6 +58,21 @@ pub enum Source {
     Direct,
 }
 
+impl Source {
+    /// Whether a record from this source is acknowledged to someone who then relies on it: staff
+    /// (API, import) or a sending node that drops it from its outbox (direct). Such a batch is
+    /// flushed before its results are returned. Gossip and sync acknowledge nothing: their
+    /// writes reach the disk with the next periodic flush ([`REPLICA_FLUSH_INTERVAL`]), and a
+    /// crash before it loses only records that the next sync fetches again.
+    pub fn acknowledged(self) -> bool {
+        matches!(self, Source::Api | Source::Import | Source::Direct)
+    }
+}
+
+/// How often a node flushes what gossip and sync stored since the last flush. An fsync per
+/// gossip record would put a disk round trip in every hop of every record's path.
+pub const REPLICA_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What happened to one accepted record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
@@ -319,6 +334,8 @@ pub struct Ingest {
     /// held check saw an older count re-checks under the lock (another batch may have stored
     /// the same records in between).
     generation: AtomicU64,
+    /// Set when gossip or sync applied a write set that no flush has covered yet.
+    unflushed: std::sync::atomic::AtomicBool,
     clock: fn() -> u64,
     /// The search index, updated after each durable write (absent in tools that only store).
     search: Option<Arc<crate::search::SearchIndex>>,
@@ -351,6 +368,7 @@ impl Ingest {
             rejections: Mutex::new(BTreeMap::new()),
             writer: tokio::sync::Mutex::new(RecentWrites::default()),
             generation: AtomicU64::new(0),
+            unflushed: std::sync::atomic::AtomicBool::new(false),
             clock: system_now_ms,
             search: None,
             indexer: None,
@@ -717,6 +735,20 @@ impl Ingest {
         indexer.submit(docs, items, digest.hash().to_hex(), wait)
     }
 
+    /// Flushes what gossip and sync stored since the last flush, if anything; the node calls
+    /// this every [`REPLICA_FLUSH_INTERVAL`].
+    /// Returns whether there was anything to flush.
+    pub async fn flush_replicated(&self) -> Result<bool, StoreError> {
+        if !self.unflushed.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        if let Err(e) = self.store.flush().await {
+            self.unflushed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// Waits until every change handed to the search index so far is searchable.
     pub async fn flush_search(&self) {
         if let Some(indexer) = &self.indexer {
@@ -749,7 +781,8 @@ impl Ingest {
         Ok(())
     }
 
-    /// Resolves and writes checked records atomically, then flushes. `generation` is the write
+    /// Resolves and writes checked records atomically, then flushes if the source is
+    /// acknowledged ([`Source::acknowledged`]). `generation` is the write
     /// count the batch's held check saw: if another batch was written since, each record is
     /// checked again here, under the lock, so nothing is stored or counted in the digest twice.
     ///
@@ -936,17 +969,25 @@ impl Ingest {
                 self.purge_regions(&gone)?;
             }
         }
+        // Handed over under the lock, so the indexer sees write sets in the order applied.
+        let searchable = self
+            .indexer
+            .as_ref()
+            .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
+        // The flush waits outside the lock: the next batch applies meanwhile, and one flush
+        // then covers both.
+        drop(recent);
         let applied = std::time::Instant::now();
-        self.store.flush().await?;
+        if source.acknowledged() {
+            self.store.flush().await?;
+        } else {
+            self.unflushed.store(true, Ordering::Release);
+        }
         tracing::trace!(
             apply_us = (applied - resolved).as_micros() as u64,
             flush_us = applied.elapsed().as_micros() as u64,
             "store write"
         );
-        let searchable = self
-            .indexer
-            .as_ref()
-            .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
         Ok((outcomes, searchable))
     }
 }
@@ -1103,6 +1144,40 @@ mod tests {
         let held = ingest.store().record_ids().count() as u64;
         assert_eq!(ingest.digest().count(), held);
         assert_eq!(ingest.store().digest()?, ingest.digest());
+        Ok(())
+    }
+
+    /// Staff's and directly delivered records are flushed before they are acknowledged; what
+    /// gossip and sync stored waits for the node's periodic flush, which then has work to do.
+    #[tokio::test]
+    async fn only_replicated_writes_wait_for_the_periodic_flush()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(dir.path())?;
+        assert!(!ingest.flush_replicated().await?, "nothing written yet");
+        let published = offer(&ingest, &key, 1, "published")?;
+        let result = ingest
+            .ingest_one(published.bytes.clone(), Source::Api)
+            .await;
+        assert!(result.is_ok_and(|a| a.is_new()));
+        assert!(
+            !ingest.flush_replicated().await?,
+            "the API write was flushed at once"
+        );
+        for (seed, source) in [(2, Source::Gossip), (3, Source::Sync)] {
+            let record = offer(&ingest, &key, seed, &format!("replicated-{seed}"))?;
+            let result = ingest.ingest_one(record.bytes.clone(), source).await;
+            assert!(result.is_ok_and(|a| a.is_new()), "{source:?}");
+            // A replay stores nothing and leaves nothing to flush beyond the first write.
+            let again = ingest.ingest_one(record.bytes.clone(), source).await;
+            assert!(again.is_ok_and(|a| !a.is_new()));
+            assert!(
+                ingest.flush_replicated().await?,
+                "{source:?} waits for the flush"
+            );
+            assert!(!ingest.flush_replicated().await?, "and one flush covers it");
+            assert!(ingest.store().has_record(&record.id)?);
+        }
         Ok(())
     }
 

@@ -1606,6 +1606,8 @@ pub fn new<R: Records>(
         sessions: HashMap::new(),
         responders: HashMap::new(),
         gossip_queue: Vec::new(),
+        gossip_queued_at: None,
+        gossip_batch_at: None,
         gossip_ingesting: false,
         bans,
         misbehaviour: HashMap::new(),
@@ -1655,6 +1657,10 @@ pub struct EventLoop<R: Records> {
     responders: HashMap<PeerId, Arc<Mutex<ResponderSession>>>,
     /// Gossip messages waiting for the pipeline.
     gossip_queue: Vec<(gossipsub::MessageId, PeerId, Vec<u8>)>,
+    /// When the oldest queued gossip message arrived, and when the batch in the pipeline left
+    /// the queue (for the trace of each batch's wait and pipeline time).
+    gossip_queued_at: Option<std::time::Instant>,
+    gossip_batch_at: Option<(std::time::Instant, std::time::Duration)>,
     /// Whether a gossip batch is in the pipeline (one at a time, so the next one batches up).
     gossip_ingesting: bool,
     /// Peers refused for misbehaving, until when.
@@ -2699,6 +2705,9 @@ impl<R: Records> EventLoop<R> {
                 );
             return;
         }
+        if self.gossip_queue.is_empty() {
+            self.gossip_queued_at = Some(std::time::Instant::now());
+        }
         self.gossip_queue.push((id, source, data));
         self.pump_gossip();
     }
@@ -2716,6 +2725,12 @@ impl<R: Records> EventLoop<R> {
             batch.push(data);
         }
         self.gossip_ingesting = true;
+        let now = std::time::Instant::now();
+        let waited = self
+            .gossip_queued_at
+            .map_or(std::time::Duration::ZERO, |at| now - at);
+        self.gossip_queued_at = (!self.gossip_queue.is_empty()).then_some(now);
+        self.gossip_batch_at = Some((now, waited));
         let records = Arc::clone(&self.records);
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -2762,6 +2777,13 @@ impl<R: Records> EventLoop<R> {
             if !found {
                 tracing::debug!(message = %id, "gossip message left the cache before its verdict");
             }
+        }
+        if let Some((started, waited)) = self.gossip_batch_at.take() {
+            tracing::trace!(
+                queued_us = waited.as_micros() as u64,
+                pipeline_us = started.elapsed().as_micros() as u64,
+                "gossip batch verdicts"
+            );
         }
         self.gossip_ingesting = false;
         self.pump_gossip();

@@ -646,6 +646,7 @@ pub struct Running {
     announcer: Option<JoinHandle<()>>,
     outbox: Option<JoinHandle<()>>,
     blob_sweeper: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -689,6 +690,7 @@ impl Running {
             self.announcer.take(),
             self.outbox.take(),
             self.blob_sweeper.take(),
+            self.flusher.take(),
         ]
         .into_iter()
         .flatten()
@@ -823,6 +825,25 @@ pub async fn start(
         Arc::clone(&node.state.blobs),
         until_stopped(stopped.clone()),
     ));
+    let flusher = tokio::spawn({
+        let ingest = Arc::clone(node.state.service.ingest());
+        let stop = until_stopped(stopped.clone());
+        async move {
+            let mut stop = std::pin::pin!(stop);
+            let mut tick = tokio::time::interval(crate::ingest::REPLICA_FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = ingest.flush_replicated().await {
+                            tracing::error!(cause = %e, "flushing replicated records failed; retrying");
+                        }
+                    }
+                }
+            }
+        }
+    });
     let (app, _) = router(node.state.clone(), body_limit);
     let api_addr = listener.local_addr()?;
     let server = tokio::spawn({
@@ -855,6 +876,7 @@ pub async fn start(
         announcer: Some(announcer),
         outbox: Some(outbox),
         blob_sweeper: Some(blob_sweeper),
+        flusher: Some(flusher),
     })
 }
 
