@@ -12,8 +12,9 @@
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
 //!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
 //!   - `n` id → record bytes (directly delivered records: never in the sync set)
-//!   - `x` name → value (metadata: format version, federation, charter, state digest, and
-//!     `xjournal/…`, the journal of a write set being applied)
+//!   - `x` name → value (metadata: format version, federation, charter, state digest)
+//! - `journal`: the journal of the write set being applied, in chunks (empty between write
+//!   sets; see [`Store::apply`]). Its own tree, so its big values never sit in `data`'s leaves.
 //! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
 //!   fields), as JSON.
 //! - `audit`: the audit log, sequence number (BE) → JSON entry.
@@ -123,7 +124,6 @@ struct Journal {
 /// Journal entries are written as chunks of at most this many bytes, so each stays a small
 /// value inside sled's log (sled writes values above a quarter segment as separate files).
 const JOURNAL_CHUNK_BYTES: usize = 64 * 1024;
-const JOURNAL_PREFIX: &[u8] = b"xjournal/";
 
 fn item_key(region: &RegionId, kind: Kind, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + 1 + key.len());
@@ -166,10 +166,8 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 
 const META_FORMAT: &[u8] = b"xformat";
 
-fn journal_key(chunk: usize) -> Vec<u8> {
-    let mut key = JOURNAL_PREFIX.to_vec();
-    key.extend_from_slice(&(chunk as u32).to_be_bytes());
-    key
+fn journal_key(chunk: usize) -> [u8; 4] {
+    (chunk as u32).to_be_bytes()
 }
 const META_DIGEST: &[u8] = b"xdigest";
 
@@ -270,6 +268,7 @@ pub struct Store {
     data: sled::Tree,
     local: sled::Tree,
     audit: sled::Tree,
+    journal: sled::Tree,
     dir: PathBuf,
     /// One write set at a time per store: the journal has one place.
     applying: std::sync::Arc<std::sync::Mutex<()>>,
@@ -329,6 +328,7 @@ impl Store {
             data: tree("data")?,
             local: tree("local")?,
             audit: tree("audit")?,
+            journal: tree("journal")?,
             db,
             dir,
             applying: std::sync::Arc::new(std::sync::Mutex::new(())),
@@ -407,14 +407,14 @@ impl Store {
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
         let written = (|| -> Result<(), sled::Error> {
             for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
-                self.data.insert(journal_key(i), chunk)?;
+                self.journal.insert(journal_key(i), chunk)?;
             }
             for (key, bytes) in writes.records {
                 self.data.insert(&key[..], bytes)?;
             }
             self.write_changes(&journal.changes)?;
             for i in 0..chunks {
-                self.data.remove(journal_key(i))?;
+                self.journal.remove(journal_key(i))?;
             }
             Ok(())
         })();
@@ -452,7 +452,7 @@ impl Store {
     fn recover_journal_locked(&self) -> Result<(), StoreError> {
         let mut encoded = Vec::new();
         let mut keys = Vec::new();
-        for kv in self.data.scan_prefix(JOURNAL_PREFIX) {
+        for kv in self.journal.iter() {
             let (key, chunk) = kv.map_err(|e| self.io(e))?;
             encoded.extend_from_slice(&chunk);
             keys.push(key);
@@ -479,7 +479,7 @@ impl Store {
             }
         }
         for key in keys {
-            self.data.remove(key).map_err(|e| self.io(e))?;
+            self.journal.remove(key).map_err(|e| self.io(e))?;
         }
         self.db.flush().map_err(|e| self.io(e))?;
         tracing::warn!(
@@ -974,7 +974,7 @@ mod tests {
         };
         let encoded = postcard::to_stdvec(&journal).unwrap_or_default();
         for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
-            assert!(store.data.insert(journal_key(i), chunk).is_ok());
+            assert!(store.journal.insert(journal_key(i), chunk).is_ok());
         }
         for (key, bytes) in writes.records.into_iter().take(records) {
             assert!(store.data.insert(&key[..], bytes).is_ok());
@@ -1018,7 +1018,7 @@ mod tests {
         assert_eq!(store.record_ids().count(), 0);
         assert_eq!(store.digest()?.count(), 0);
         assert!(store.membership_records()?.is_empty());
-        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        assert_eq!(store.journal.len(), 0);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -1039,7 +1039,7 @@ mod tests {
         );
         assert_eq!(store.digest()?, digest);
         assert_eq!(store.membership_records()?, vec![b"second".to_vec()]);
-        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        assert_eq!(store.journal.len(), 0);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
@@ -1057,7 +1057,7 @@ mod tests {
         store.apply(writes)?;
         assert_eq!(store.record(&kept)?, Some(b"kept".to_vec()));
         assert_eq!(store.record(&dropped)?, None);
-        assert_eq!(store.data.scan_prefix(JOURNAL_PREFIX).count(), 0);
+        assert_eq!(store.journal.len(), 0);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
