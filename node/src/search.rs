@@ -48,7 +48,7 @@ use tantivy::{
 /// reads as `None`, so the node rebuilds.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Default indexing heap; tantivy's writer flushes a segment when it is full.
-pub const WRITER_HEAP_BYTES: usize = 50 * 1024 * 1024;
+pub const WRITER_HEAP_BYTES: usize = 16 * 1024 * 1024;
 /// Most hits one search returns, whatever the caller asks.
 pub const LIMIT_MAX: usize = 1000;
 /// Deepest page start; deeper paging costs memory and time proportional to the offset.
