@@ -129,6 +129,8 @@ const DIRECT_MESSAGES_PER_WINDOW: u32 = 300;
 const JOIN_TASKS_MAX: usize = 2;
 /// Immediate re-runs of a session that stored records but had some rejected.
 const SYNC_FOLLOWUPS_MAX: u32 = 2;
+/// Longest a former member's node is kept connected while it is told of the membership.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listen addresses remembered per peer (from identify).
 const PEER_ADDRS_MAX: usize = 8;
 /// First wait before dialling the bootstrap addresses again while no peer is connected; it
@@ -1385,6 +1387,8 @@ impl NetClient {
 
 /// Results of work done outside the event loop.
 enum Internal {
+    /// A former member's node was told of the membership change (or time ran out).
+    Farewelled(PeerId),
     /// Verdicts for a batch of gossip messages, in order.
     GossipVerdicts {
         messages: Vec<(gossipsub::MessageId, PeerId)>,
@@ -1620,6 +1624,7 @@ pub fn new<R: Records>(
         join_polling: false,
         was_member: true,
         upgrade_redials: HashMap::new(),
+        farewells: HashSet::new(),
         pending_direct: HashMap::new(),
         direct_rate: HashMap::new(),
         blob_requests: HashMap::new(),
@@ -1684,6 +1689,9 @@ pub struct EventLoop<R: Records> {
     was_member: bool,
     /// Admitted guests to dial again, as members, once their guest connection has closed.
     upgrade_redials: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Former members' nodes being told of the membership change before they are disconnected
+    /// (gossipsub sends them nothing meanwhile).
+    farewells: HashSet<PeerId>,
     /// Direct messages sent, waiting for their answer.
     pending_direct: HashMap<OutboundRequestId, oneshot::Sender<Result<bool, NetError>>>,
     /// Direct messages per peer in the current window.
@@ -1784,10 +1792,14 @@ impl<R: Records> EventLoop<R> {
     }
 
     /// Whether a connected peer is a guest (not a member's node).
+    /// Whether the peer holds only a guest's rights here: a guest, or a former member's node
+    /// being told of its removal before it is disconnected.
     fn is_guest(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.guest_since.is_some())
+        self.farewells.contains(peer)
+            || self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.guest_since.is_some())
     }
 
     /// Closes guest connections that have had their time.
@@ -2250,8 +2262,12 @@ impl<R: Records> EventLoop<R> {
                     .map(|(peer, _)| *peer)
                     .collect();
                 for peer in &refused {
-                    tracing::info!(peer = %peer, "disconnecting a peer the gate now refuses");
-                    let _ = self.swarm.disconnect_peer_id(*peer);
+                    if (self.config.blocked)(peer) {
+                        tracing::info!(peer = %peer, "disconnecting a blocked peer");
+                        let _ = self.swarm.disconnect_peer_id(*peer);
+                    } else {
+                        self.farewell(*peer);
+                    }
                 }
                 // Guests whose region was admitted: reconnect them as members, so gossipsub,
                 // sync and kademlia start afresh with them (and the dialer's sync session
@@ -2512,10 +2528,12 @@ impl<R: Records> EventLoop<R> {
                 }
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
+                    let farewelled = self.farewells.remove(&peer_id);
                     if self
                         .peers
                         .remove(&peer_id)
                         .is_some_and(|s| s.guest_since.is_some())
+                        || farewelled
                     {
                         self.swarm
                             .behaviour_mut()
@@ -2689,6 +2707,42 @@ impl<R: Records> EventLoop<R> {
         }
     }
 
+    /// A member's node that the membership no longer admits (its region was removed or left)
+    /// is pushed the membership records before it is disconnected, so it learns why: the
+    /// deciding record may not have reached it before every member cut it off. It gets nothing
+    /// else meanwhile (gossipsub ignores it, sync refuses it).
+    fn farewell(&mut self, peer: PeerId) {
+        if !self.farewells.insert(peer) {
+            return;
+        }
+        tracing::info!(peer = %peer, "a member's node the gate now refuses: telling it, then disconnecting");
+        self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+        let records = Arc::clone(&self.records);
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let told = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+                let mut after = None;
+                loop {
+                    let (page, more) = blocking(&records, move |r| r.join_state(after)).await?;
+                    after = page.last().map(|b| *blake3::hash(b).as_bytes());
+                    if !page.is_empty() {
+                        request(&internal, peer, SyncRequest::Push(page)).await?;
+                    }
+                    if !more || after.is_none() {
+                        return Ok::<(), NetError>(());
+                    }
+                }
+            })
+            .await;
+            match told {
+                Ok(Ok(())) => tracing::debug!(peer = %peer, "former member told of the membership"),
+                Ok(Err(e)) => tracing::debug!(peer = %peer, cause = %e, "former member not told"),
+                Err(_) => tracing::debug!(peer = %peer, "former member not told in time"),
+            }
+            let _ = internal.send(Internal::Farewelled(peer)).await;
+        });
+    }
+
     // ----- gossip ------------------------------------------------------------------------------
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
@@ -2807,6 +2861,19 @@ impl<R: Records> EventLoop<R> {
                 }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
+            }
+            Internal::Farewelled(peer) => {
+                if (self.gate)(&peer) && !(self.config.blocked)(&peer) {
+                    // Admitted again meanwhile.
+                    self.farewells.remove(&peer);
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .remove_blacklisted_peer(&peer);
+                } else {
+                    tracing::info!(peer = %peer, "disconnecting a peer the gate now refuses");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
             Internal::Respond { channel, response } => {
                 // Fails only when the peer is gone or the request timed out.
