@@ -1622,6 +1622,7 @@ pub fn new<R: Records>(
         join_submits: HashMap::new(),
         join_polls: HashMap::new(),
         join_polling: false,
+        join_refresh: false,
         was_member: true,
         upgrade_redials: HashMap::new(),
         farewells: HashSet::new(),
@@ -1685,6 +1686,9 @@ pub struct EventLoop<R: Records> {
     join_polls: HashMap<OutboundRequestId, PeerId>,
     /// Whether a state download is under way (a candidate polls one peer at a time).
     join_polling: bool,
+    /// The join-state download in progress was started because a member's node refused this
+    /// node's sync as a non-member's: it reads every page, member or not.
+    join_refresh: bool,
     /// Membership as last seen by the loop (to notice admission).
     was_member: bool,
     /// Admitted guests to dial again, as members, once their guest connection has closed.
@@ -1848,6 +1852,7 @@ impl<R: Records> EventLoop<R> {
     fn ask_join_page(&mut self, peer: PeerId, after: Option<Id>) {
         if !self.swarm.is_connected(&peer) {
             self.join_polling = false;
+            self.join_refresh = false;
             return;
         }
         self.join_polling = true;
@@ -2020,6 +2025,7 @@ impl<R: Records> EventLoop<R> {
                     other => {
                         tracing::debug!(peer = %peer, answer = ?other, "state request not served");
                         self.join_polling = false;
+                        self.join_refresh = false;
                     }
                 }
             }
@@ -2032,6 +2038,7 @@ impl<R: Records> EventLoop<R> {
                 if self.join_polls.remove(&request_id).is_some() {
                     tracing::debug!(peer = %peer, cause = %error, "state request failed");
                     self.join_polling = false;
+                    self.join_refresh = false;
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -2918,9 +2925,11 @@ impl<R: Records> EventLoop<R> {
                 self.join_polling = false;
                 self.check_own_membership();
                 if let Some(after) = next
-                    && !self.is_member()
+                    && (!self.is_member() || self.join_refresh)
                 {
                     self.ask_join_page(peer, Some(after));
+                } else {
+                    self.join_refresh = false;
                 }
             }
             Internal::Misbehaved {
@@ -3173,6 +3182,16 @@ impl<R: Records> EventLoop<R> {
             Err(e) => {
                 Counters::add(&self.counters.sync_sessions_failed, 1);
                 tracing::info!(peer = %peer, cause = %e, "sync session failed");
+                // A member's node says this node's region is not a member: it was removed or
+                // left while this node was away. Read the membership as a candidate would.
+                if matches!(e, NetError::Refused(code) if code == "sync.not_member")
+                    && self.is_member()
+                    && !self.join_polling
+                {
+                    tracing::info!(peer = %peer, "a member's node refuses us as a non-member; reading the federation's membership");
+                    self.join_refresh = true;
+                    self.ask_join_page(peer, None);
+                }
             }
         }
         for waiter in slot.waiters {

@@ -457,6 +457,12 @@ impl Cluster {
         self.relink(Some(i)).await
     }
 
+    /// Starts a stopped node `i` again on its data directory and address, without links.
+    pub async fn start_again(&mut self, i: usize) -> anyhow::Result<()> {
+        self.stop(i).await?;
+        self.start_node(i).await
+    }
+
     /// Publishes through node `i`'s service, as staff would through the API.
     pub async fn publish(
         &self,

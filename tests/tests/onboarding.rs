@@ -465,3 +465,48 @@ fn futures_peers(running: &kim_node::node::Running) -> Vec<kim_node::libp2p::Pee
     .join()
     .unwrap_or_default()
 }
+
+/// A region removed while its node was offline learns of it when the node is back: members'
+/// nodes refuse its sync as a non-member's, and it then reads the membership over the join
+/// protocol, as a candidate does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_removed_while_its_node_was_offline_learns_it_when_back() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(4, ClusterOptions::default()).await?;
+    cluster.connect_all().await?;
+    let target = cluster.node(3).region();
+    cluster.stop(3).await?;
+    // Four members, so the three others decide by majority: two votes.
+    for voter in [0, 1] {
+        cluster
+            .node(voter)
+            .service()?
+            .vote_remove(target, "its node has been silent for months".into())
+            .await?;
+    }
+    cluster
+        .wait_until(
+            &[0, 1, 2],
+            Duration::from_secs(30),
+            "removed on the members",
+            |n| !is_member(n, &target),
+        )
+        .await?;
+    cluster.start_again(3).await?;
+    assert!(
+        is_member(cluster.node(3), &target),
+        "offline, it could not know"
+    );
+    for member in [0, 1, 2] {
+        // As a guest now: the members' nodes take the connection but refuse its sync.
+        cluster.connect(3, member).await?;
+    }
+    cluster
+        .wait_until(
+            &[3],
+            Duration::from_secs(30),
+            "removed, as seen by the removed region's own node",
+            |n| !is_member(n, &target),
+        )
+        .await?;
+    cluster.shutdown().await
+}
