@@ -516,7 +516,12 @@ async fn acknowledged_drafts_private_data_and_audit_entries_survive_sigkill() {
             ));
         }
     }
-    assert!(node.terminate());
+    let clean = node.terminate();
+    assert!(
+        clean,
+        "the node did not stop cleanly on SIGTERM; its log:\n{}",
+        node.log()
+    );
     assert!(
         lost.is_empty(),
         "lost in a SIGKILL after the answer:\n{}",
