@@ -169,6 +169,10 @@ const META_FORMAT: &[u8] = b"xformat";
 fn journal_key(chunk: usize) -> [u8; 4] {
     (chunk as u32).to_be_bytes()
 }
+
+/// Written after the journal's last chunk: a journal without it was cut short while it was
+/// being written, before anything else of its write set was.
+const JOURNAL_SEALED: [u8; 4] = [0xff; 4];
 const META_DIGEST: &[u8] = b"xdigest";
 
 impl WriteSet {
@@ -409,10 +413,13 @@ impl Store {
             for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
                 self.journal.insert(journal_key(i), chunk)?;
             }
+            self.journal.insert(JOURNAL_SEALED, &[][..])?;
             for (key, bytes) in writes.records {
                 self.data.insert(&key[..], bytes)?;
             }
             self.write_changes(&journal.changes)?;
+            // The seal goes first: chunks left without it read as a journal never finished.
+            self.journal.remove(JOURNAL_SEALED)?;
             for i in 0..chunks {
                 self.journal.remove(journal_key(i))?;
             }
@@ -452,12 +459,27 @@ impl Store {
     fn recover_journal_locked(&self) -> Result<(), StoreError> {
         let mut encoded = Vec::new();
         let mut keys = Vec::new();
+        let mut sealed = false;
         for kv in self.journal.iter() {
             let (key, chunk) = kv.map_err(|e| self.io(e))?;
-            encoded.extend_from_slice(&chunk);
+            if key == JOURNAL_SEALED[..] {
+                sealed = true;
+            } else {
+                encoded.extend_from_slice(&chunk);
+            }
             keys.push(key);
         }
         if keys.is_empty() {
+            return Ok(());
+        }
+        if !sealed {
+            // Cut short while the journal itself was written (or while it was being removed,
+            // after everything else): nothing of the write set is left to finish or undo.
+            for key in keys {
+                self.journal.remove(key).map_err(|e| self.io(e))?;
+            }
+            self.db.flush().map_err(|e| self.io(e))?;
+            tracing::warn!(dir = %self.dir.display(), "an unfinished write journal was discarded");
             return Ok(());
         }
         let journal: Journal = postcard::from_bytes(&encoded)
@@ -960,6 +982,18 @@ mod tests {
     /// first `records` new records and the first `changes` other changes. Returns the number
     /// of journal chunks.
     fn apply_cut_short(store: &Store, writes: WriteSet, records: usize, changes: usize) -> usize {
+        apply_cut_short_at(store, writes, usize::MAX, records, changes)
+    }
+
+    /// As [`apply_cut_short`], with only the first `chunks` journal chunks written (and then
+    /// no seal) if the journal has more.
+    fn apply_cut_short_at(
+        store: &Store,
+        writes: WriteSet,
+        chunks: usize,
+        records: usize,
+        changes: usize,
+    ) -> usize {
         let journal = Journal {
             records: writes
                 .records
@@ -973,9 +1007,15 @@ mod tests {
             changes: writes.changes.into_iter().collect(),
         };
         let encoded = postcard::to_stdvec(&journal).unwrap_or_default();
-        for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
+        let total = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
+        for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate().take(chunks) {
             assert!(store.journal.insert(journal_key(i), chunk).is_ok());
         }
+        if chunks < total {
+            assert!(store.db.flush().is_ok());
+            return total;
+        }
+        assert!(store.journal.insert(JOURNAL_SEALED, &[][..]).is_ok());
         for (key, bytes) in writes.records.into_iter().take(records) {
             assert!(store.data.insert(&key[..], bytes).is_ok());
         }
@@ -1040,6 +1080,30 @@ mod tests {
         assert_eq!(store.digest()?, digest);
         assert_eq!(store.membership_records()?, vec![b"second".to_vec()]);
         assert_eq!(store.journal.len(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_journal_cut_short_while_written_is_discarded_at_open() -> Result<(), StoreError> {
+        let dir = temp_dir("journal-unsealed");
+        {
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            let (mut writes, _) = two_records(&mut StateDigest::default());
+            // Enough other changes for a journal of several chunks.
+            for i in 0..4000u32 {
+                let mut id = [9u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                writes.mark_membership(&RecordId(id));
+            }
+            assert!(apply_cut_short_at(&store, writes, 1, 0, 0) > 1);
+        }
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.journal.len(), 0);
+        assert_eq!(store.record_ids().count(), 0);
+        assert!(store.membership_records()?.is_empty());
+        assert_eq!(store.digest()?.count(), 0);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
