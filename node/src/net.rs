@@ -2042,14 +2042,12 @@ impl<R: Records> EventLoop<R> {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(peer = %peer, cause = %error, "inbound join request failed");
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.penalise(
-                        peer,
-                        POINTS_BAD_FRAME,
-                        "malformed or oversized join request",
-                    );
-                }
+                self.on_inbound_failure(
+                    peer,
+                    &error,
+                    "join request",
+                    "malformed or oversized join request",
+                );
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -2137,14 +2135,12 @@ impl<R: Records> EventLoop<R> {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(peer = %peer, cause = %error, "inbound direct message failed");
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.penalise(
-                        peer,
-                        POINTS_BAD_FRAME,
-                        "malformed or oversized direct message",
-                    );
-                }
+                self.on_inbound_failure(
+                    peer,
+                    &error,
+                    "direct message",
+                    "malformed or oversized direct message",
+                );
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -2662,6 +2658,21 @@ impl<R: Records> EventLoop<R> {
 
     // ----- misbehaviour ------------------------------------------------------------------------
 
+    /// An inbound request of any protocol that failed: logged, and a malformed or oversized
+    /// frame costs the sender points, with `bad_frame` as the reason.
+    fn on_inbound_failure(
+        &mut self,
+        peer: PeerId,
+        error: &request_response::InboundFailure,
+        what: &'static str,
+        bad_frame: &'static str,
+    ) {
+        tracing::debug!(peer = %peer, cause = %error, "inbound {what} failed");
+        if matches!(error, request_response::InboundFailure::Io(_)) {
+            self.penalise(peer, POINTS_BAD_FRAME, bad_frame);
+        }
+    }
+
     /// Adds misbehaviour points to a peer; at [`BAN_POINTS`] it is disconnected and refused for
     /// [`BAN_DURATION`]. Honest peers never earn points: they validate before forwarding.
     fn penalise(&mut self, peer: PeerId, points: u32, reason: &'static str) {
@@ -2976,14 +2987,12 @@ impl<R: Records> EventLoop<R> {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(peer = %peer, cause = %error, "inbound sync request failed");
-                if matches!(error, request_response::InboundFailure::Io(_)) {
-                    self.penalise(
-                        peer,
-                        POINTS_BAD_FRAME,
-                        "malformed or oversized sync request",
-                    );
-                }
+                self.on_inbound_failure(
+                    peer,
+                    &error,
+                    "sync request",
+                    "malformed or oversized sync request",
+                );
             }
             request_response::Event::ResponseSent { .. } => {}
         }
