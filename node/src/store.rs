@@ -106,7 +106,7 @@ pub struct AuditEntry {
 pub struct WriteSet {
     /// New record bytes (`r` and `n` keys): neither held before nor journalled, since they are
     /// the bulk of the bytes; a write set cut short by a crash removes them again.
-    records: std::collections::BTreeMap<[u8; 33], Vec<u8>>,
+    records: std::collections::BTreeMap<(u8, [u8; 32]), Vec<u8>>,
     /// Every other change: a value to insert, or `None` to remove the key.
     changes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pub records_added: usize,
@@ -186,17 +186,28 @@ impl WriteSet {
 
     /// Stores a record's bytes in the sync set.
     pub fn put_record(&mut self, id: &RecordId, bytes: &[u8]) {
-        let key = prefixed(b'r', id);
-        self.changes.remove(&key[..]);
-        self.records.insert(key, bytes.to_vec());
+        self.put_new_record(b'r', id, bytes);
         self.records_added += 1;
+    }
+
+    fn put_new_record(&mut self, tag: u8, id: &RecordId, bytes: &[u8]) {
+        self.changes.remove(&prefixed(tag, id)[..]);
+        self.records.insert((tag, id.0), bytes.to_vec());
     }
 
     /// Drops a record's bytes (superseded revision or erased body).
     pub fn remove_record(&mut self, id: &RecordId) {
-        let key = prefixed(b'r', id);
-        self.records.remove(&key);
-        self.remove(key.to_vec());
+        self.records.remove(&(b'r', id.0));
+        self.remove(prefixed(b'r', id).to_vec());
+    }
+
+    /// The journal of this write set, and the new records it names.
+    fn into_journal(self) -> (Journal, std::collections::BTreeMap<(u8, [u8; 32]), Vec<u8>>) {
+        let journal = Journal {
+            records: self.records.keys().copied().collect(),
+            changes: self.changes.into_iter().collect(),
+        };
+        (journal, self.records)
     }
 
     /// Whether the write set changes nothing.
@@ -224,9 +235,7 @@ impl WriteSet {
 
     /// Stores a directly delivered record (expression of interest) outside the sync set.
     pub fn put_direct(&mut self, id: &RecordId, bytes: &[u8]) {
-        let key = prefixed(b'n', id);
-        self.changes.remove(&key[..]);
-        self.records.insert(key, bytes.to_vec());
+        self.put_new_record(b'n', id, bytes);
     }
 
     /// Marks a record as a membership record.
@@ -394,18 +403,7 @@ impl Store {
             return Ok(());
         }
         let _one = lock_apply(&self.applying);
-        let journal = Journal {
-            records: writes
-                .records
-                .keys()
-                .map(|key| {
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(&key[1..]);
-                    (key[0], id)
-                })
-                .collect(),
-            changes: writes.changes.into_iter().collect(),
-        };
+        let (journal, records) = writes.into_journal();
         let encoded = postcard::to_stdvec(&journal)
             .map_err(|e| self.damaged(format!("cannot encode the write journal: {e}")))?;
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
@@ -414,8 +412,8 @@ impl Store {
                 self.journal.insert(journal_key(i), chunk)?;
             }
             self.journal.insert(JOURNAL_SEALED, &[][..])?;
-            for (key, bytes) in writes.records {
-                self.data.insert(&key[..], bytes)?;
+            for ((tag, id), bytes) in records {
+                self.data.insert(prefixed(tag, &RecordId(id)), bytes)?;
             }
             self.write_changes(&journal.changes)?;
             // The seal goes first: chunks left without it read as a journal never finished.
@@ -994,18 +992,7 @@ mod tests {
         records: usize,
         changes: usize,
     ) -> usize {
-        let journal = Journal {
-            records: writes
-                .records
-                .keys()
-                .map(|key| {
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(&key[1..]);
-                    (key[0], id)
-                })
-                .collect(),
-            changes: writes.changes.into_iter().collect(),
-        };
+        let (journal, new_records) = writes.into_journal();
         let encoded = postcard::to_stdvec(&journal).unwrap_or_default();
         let total = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
         for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate().take(chunks) {
@@ -1016,8 +1003,13 @@ mod tests {
             return total;
         }
         assert!(store.journal.insert(JOURNAL_SEALED, &[][..]).is_ok());
-        for (key, bytes) in writes.records.into_iter().take(records) {
-            assert!(store.data.insert(&key[..], bytes).is_ok());
+        for ((tag, id), bytes) in new_records.into_iter().take(records) {
+            assert!(
+                store
+                    .data
+                    .insert(prefixed(tag, &RecordId(id)), bytes)
+                    .is_ok()
+            );
         }
         for (key, value) in journal.changes.iter().take(changes) {
             let done = match value {
