@@ -106,11 +106,14 @@ pub struct AuditEntry {
 pub struct WriteSet {
     /// New record bytes (`r` and `n` keys): neither held before nor journalled, since they are
     /// the bulk of the bytes; a write set cut short by a crash removes them again.
-    records: std::collections::BTreeMap<(u8, [u8; 32]), Vec<u8>>,
+    records: NewRecords,
     /// Every other change: a value to insert, or `None` to remove the key.
     changes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pub records_added: usize,
 }
+
+/// New records' bytes by (key prefix, record id).
+type NewRecords = std::collections::BTreeMap<(u8, [u8; 32]), Vec<u8>>;
 
 /// What [`Store::apply`] writes before it touches anything else: the keys of the new records
 /// and every other change, so that a crash in between can be finished or undone at open.
@@ -202,7 +205,7 @@ impl WriteSet {
     }
 
     /// The journal of this write set, and the new records it names.
-    fn into_journal(self) -> (Journal, std::collections::BTreeMap<(u8, [u8; 32]), Vec<u8>>) {
+    fn into_journal(self) -> (Journal, NewRecords) {
         let journal = Journal {
             records: self.records.keys().copied().collect(),
             changes: self.changes.into_iter().collect(),
