@@ -303,24 +303,9 @@ fn federation_records(
     kim_protocol::FederationId,
     Vec<Record>,
 )> {
-    use kim_protocol::membership::{Charter, Founder, ThresholdRule};
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let keys: Vec<_> = (0..16).map(|_| samples::signing_key(&mut rng)).collect();
-    let charter = Charter {
-        name: "bench".into(),
-        founders: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Founder {
-                key: samples::public_key(k),
-                name: format!("region {i}"),
-                nuts: vec!["AT22".into()],
-            })
-            .collect(),
-        admission: ThresholdRule::Majority,
-        removal: ThresholdRule::Majority,
-        created_at_ms: 0,
-    };
+    let charter = samples::charter("bench", &keys);
     let federation = federation_id(&charter.to_bytes()?);
     let now = crate::ingest::system_now_ms();
     let records = (0..count)

@@ -995,7 +995,7 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kim_protocol::membership::{Founder, ThresholdRule, federation_id};
+    use kim_protocol::membership::federation_id;
     use kim_protocol::samples;
     use rand_chacha::ChaCha8Rng;
     use rand_core::SeedableRng;
@@ -1006,17 +1006,7 @@ mod tests {
     ) -> Result<(Ingest, ed25519_dalek::SigningKey), Box<dyn std::error::Error>> {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let key = samples::signing_key(&mut rng);
-        let charter = Charter {
-            name: "test".into(),
-            founders: vec![Founder {
-                key: samples::public_key(&key),
-                name: "region".into(),
-                nuts: vec!["AT22".into()],
-            }],
-            admission: ThresholdRule::Majority,
-            removal: ThresholdRule::Majority,
-            created_at_ms: 0,
-        };
+        let charter = samples::charter("test", std::slice::from_ref(&key));
         let federation = federation_id(&charter.to_bytes()?);
         let store = Store::open(dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
         Ok((Ingest::open(store, federation, charter)?, key))
@@ -1046,21 +1036,7 @@ mod tests {
     ) -> Result<(Ingest, Vec<ed25519_dalek::SigningKey>), Box<dyn std::error::Error>> {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let keys: Vec<_> = (0..3).map(|_| samples::signing_key(&mut rng)).collect();
-        let charter = Charter {
-            name: "test".into(),
-            founders: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| Founder {
-                    key: samples::public_key(k),
-                    name: format!("region {i}"),
-                    nuts: vec!["AT22".into()],
-                })
-                .collect(),
-            admission: ThresholdRule::Majority,
-            removal: ThresholdRule::Majority,
-            created_at_ms: 0,
-        };
+        let charter = samples::charter("test", &keys);
         let federation = federation_id(&charter.to_bytes()?);
         let store = Store::open(dir, crate::store::CACHE_BYTES_DEFAULT, true)?;
         Ok((Ingest::open(store, federation, charter)?, keys))

@@ -103,6 +103,27 @@ pub fn public_key(key: &SigningKey) -> PublicKey {
     PublicKey(key.verifying_key().to_bytes())
 }
 
+/// A charter whose founders are `keys` ("region 0", "region 1", … in AT22), admitting and
+/// removing by majority: the federation tests and benchmarks sign their records in.
+pub fn charter(name: &str, keys: &[SigningKey]) -> crate::membership::Charter {
+    use crate::membership::{Charter, Founder, ThresholdRule};
+    Charter {
+        name: name.into(),
+        founders: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Founder {
+                key: public_key(k),
+                name: format!("region {i}"),
+                nuts: vec!["AT22".into()],
+            })
+            .collect(),
+        admission: ThresholdRule::Majority,
+        removal: ThresholdRule::Majority,
+        created_at_ms: 0,
+    }
+}
+
 /// A region profile for one of [`REGIONS`].
 pub fn region_profile<R: Rng + ?Sized>(rng: &mut R, index: usize) -> RegionProfile {
     let (nuts, country, name, lang) = REGIONS[index % REGIONS.len()];
