@@ -316,6 +316,18 @@ impl Service {
         ))
     }
 
+    /// An incoming expression of interest's local entry and its key, or `interest.not_found`.
+    fn incoming(&self, id: &str) -> Result<(String, Value), ServiceError> {
+        let key = format!("{IN}{id}");
+        let value = self.ingest().store().local_get(&key)?.ok_or_else(|| {
+            ServiceError::Missing(
+                "interest.not_found",
+                format!("no incoming expression of interest {id}"),
+            )
+        })?;
+        Ok((key, value))
+    }
+
     /// Answers an incoming expression of interest; an acceptance releases `contact` to the
     /// interested region (and asks for its contact in return).
     pub async fn answer_interest(
@@ -325,13 +337,7 @@ impl Service {
         input: AnswerInput,
     ) -> Result<InterestView, ServiceError> {
         let store = self.ingest().store();
-        let key = format!("{IN}{id}");
-        let mut value = store.local_get(&key)?.ok_or_else(|| {
-            ServiceError::Missing(
-                "interest.not_found",
-                format!("no incoming expression of interest {id}"),
-            )
-        })?;
+        let (key, mut value) = self.incoming(id)?;
         if value.get("status").and_then(Value::as_str) != Some("new") {
             return Err(ServiceError::Conflict(
                 "interest.conflict",
@@ -375,13 +381,7 @@ impl Service {
         input: OutcomeInput,
     ) -> Result<InterestView, ServiceError> {
         let store = self.ingest().store();
-        let key = format!("{IN}{id}");
-        let mut value = store.local_get(&key)?.ok_or_else(|| {
-            ServiceError::Missing(
-                "interest.not_found",
-                format!("no incoming expression of interest {id}"),
-            )
-        })?;
+        let (key, mut value) = self.incoming(id)?;
         if value.get("status").and_then(Value::as_str) != Some("accepted") {
             return Err(ServiceError::Conflict(
                 "interest.conflict",
