@@ -105,6 +105,13 @@ async fn download(c: &Cluster, i: usize, hash: &Hash32) -> (u16, String, String,
     (status, ct, cd, body)
 }
 
+/// A node's `GET /blobs/{hash}/status` answer.
+async fn blob_status(c: &Cluster, i: usize, hash: &Hash32) -> Value {
+    let path = format!("/blobs/{}/status", hash.to_hex());
+    let (_, status) = send(api(c, i, reqwest::Method::GET, &path)).await.unwrap();
+    status
+}
+
 fn error_code(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
         .ok()
@@ -201,14 +208,7 @@ async fn an_attachment_is_fetched_on_demand_verified_served_and_dropped_on_withd
         0
     );
 
-    let (_, st) = send(api(
-        &c,
-        2,
-        reqwest::Method::GET,
-        &format!("/blobs/{}/status", hash.to_hex()),
-    ))
-    .await
-    .unwrap();
+    let st = blob_status(&c, 2, &hash).await;
     assert_eq!(st["state"], json!("absent"), "{st}");
     assert_eq!(st["listed"], json!(true), "{st}");
 
@@ -232,14 +232,7 @@ async fn an_attachment_is_fetched_on_demand_verified_served_and_dropped_on_withd
         blobs(&c, 2).counters.pieces_fetched.load(Ordering::Relaxed),
         4
     );
-    let (_, st) = send(api(
-        &c,
-        2,
-        reqwest::Method::GET,
-        &format!("/blobs/{}/status", hash.to_hex()),
-    ))
-    .await
-    .unwrap();
+    let st = blob_status(&c, 2, &hash).await;
     assert_eq!(st["state"], json!("held"), "{st}");
     assert_eq!(st["pieces_have"], json!(4), "{st}");
     // Served again from disk, nothing fetched.
@@ -315,14 +308,7 @@ async fn an_interrupted_transfer_resumes_from_another_peer_with_no_piece_fetched
     }
     c.restart(2).await.unwrap();
     c.connect(2, 1).await.unwrap();
-    let (_, st) = send(api(
-        &c,
-        2,
-        reqwest::Method::GET,
-        &format!("/blobs/{}/status", hash.to_hex()),
-    ))
-    .await
-    .unwrap();
+    let st = blob_status(&c, 2, &hash).await;
     assert_eq!(st["state"], json!("partial"), "{st}");
     assert_eq!(st["pieces_have"], json!(2), "{st}");
     assert_eq!(st["pieces_total"], json!(4), "{st}");
