@@ -169,13 +169,16 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 
 const META_FORMAT: &[u8] = b"xformat";
 
-fn journal_key(chunk: usize) -> [u8; 4] {
-    (chunk as u32).to_be_bytes()
+/// A journal chunk's key: its position and the journal's chunk count. A journal with fewer
+/// chunks than its keys name was cut short while it was written (before anything else of its
+/// write set) or while it was removed (after everything else), in whatever order its chunks
+/// were removed.
+fn journal_key(chunk: usize, chunks: usize) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    key[..4].copy_from_slice(&(chunk as u32).to_be_bytes());
+    key[4..].copy_from_slice(&(chunks as u32).to_be_bytes());
+    key
 }
-
-/// Written after the journal's last chunk: a journal without it was cut short while it was
-/// being written, before anything else of its write set was.
-const JOURNAL_SEALED: [u8; 4] = [0xff; 4];
 const META_DIGEST: &[u8] = b"xdigest";
 
 impl WriteSet {
@@ -412,17 +415,14 @@ impl Store {
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
         let written = (|| -> Result<(), sled::Error> {
             for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
-                self.journal.insert(journal_key(i), chunk)?;
+                self.journal.insert(journal_key(i, chunks), chunk)?;
             }
-            self.journal.insert(JOURNAL_SEALED, &[][..])?;
             for ((tag, id), bytes) in records {
                 self.data.insert(prefixed(tag, &RecordId(id)), bytes)?;
             }
             self.write_changes(&journal.changes)?;
-            // The seal goes first: chunks left without it read as a journal never finished.
-            self.journal.remove(JOURNAL_SEALED)?;
             for i in 0..chunks {
-                self.journal.remove(journal_key(i))?;
+                self.journal.remove(journal_key(i, chunks))?;
             }
             Ok(())
         })();
@@ -460,20 +460,20 @@ impl Store {
     fn recover_journal_locked(&self) -> Result<(), StoreError> {
         let mut encoded = Vec::new();
         let mut keys = Vec::new();
-        let mut sealed = false;
+        let mut named = 0usize;
         for kv in self.journal.iter() {
             let (key, chunk) = kv.map_err(|e| self.io(e))?;
-            if key == JOURNAL_SEALED[..] {
-                sealed = true;
-            } else {
-                encoded.extend_from_slice(&chunk);
-            }
+            named = key
+                .get(4..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, |b| u32::from_be_bytes(b) as usize);
+            encoded.extend_from_slice(&chunk);
             keys.push(key);
         }
         if keys.is_empty() {
             return Ok(());
         }
-        if !sealed {
+        if keys.len() != named {
             // Cut short while the journal itself was written (or while it was being removed,
             // after everything else): nothing of the write set is left to finish or undo.
             for key in keys {
@@ -986,8 +986,8 @@ mod tests {
         apply_cut_short_at(store, writes, usize::MAX, records, changes)
     }
 
-    /// As [`apply_cut_short`], with only the first `chunks` journal chunks written (and then
-    /// no seal) if the journal has more.
+    /// As [`apply_cut_short`], with only the first `chunks` journal chunks written if the
+    /// journal has more.
     fn apply_cut_short_at(
         store: &Store,
         writes: WriteSet,
@@ -999,13 +999,12 @@ mod tests {
         let encoded = postcard::to_stdvec(&journal).unwrap_or_default();
         let total = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
         for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate().take(chunks) {
-            assert!(store.journal.insert(journal_key(i), chunk).is_ok());
+            assert!(store.journal.insert(journal_key(i, total), chunk).is_ok());
         }
         if chunks < total {
             assert!(store.db.flush().is_ok());
             return total;
         }
-        assert!(store.journal.insert(JOURNAL_SEALED, &[][..]).is_ok());
         for ((tag, id), bytes) in new_records.into_iter().take(records) {
             assert!(
                 store
