@@ -4,20 +4,25 @@
 //! - `data`: everything shared, under one-byte key prefixes, so a whole ingest batch is one
 //!   atomic write set (record bytes, item winners, indexes and the state digest together; see
 //!   [`Store::apply`] for how it is made atomic without sled's process-wide batch lock):
-//!   - `r` id → record bytes (the sync set: winners, tombstones, equivocation evidence,
-//!     membership records)
+//!   - `r` id → pointer to the record's bytes in the record log (the sync set: winners,
+//!     tombstones, equivocation evidence, membership records)
 //!   - `i` region ‖ kind ‖ key → [`ItemEntry`] (the current winner of each item)
 //!   - `k` kind ‖ updated-at (BE) ‖ id → () (list by kind, newest first)
 //!   - `a` region ‖ kind ‖ updated-at (BE) ‖ id → () (list by author region)
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
 //!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
-//!   - `n` id → record bytes (directly delivered records: never in the sync set)
+//!   - `n` id → pointer to the record's bytes (directly delivered records: never in the sync
+//!     set)
 //!   - `x` name → value (metadata: format version, federation, charter, state digest)
 //! - `journal`: the journal of the write set being applied, in chunks (empty between write
 //!   sets; see [`Store::apply`]). Its own tree, so its big values never sit in `data`'s leaves.
 //! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
 //!   fields), as JSON.
 //! - `audit`: the audit log, sequence number (BE) → JSON entry.
+//!
+//! Beside sled, `records.log` holds the records' bytes (see [`log`] for why and how).
+
+mod log;
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +31,10 @@ use kim_protocol::{Kind, PublicKey, RecordId, RegionId};
 use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk layout. Bump it and add a step to [`migrate`] when the layout changes.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+///
+/// - 1: record bytes as sled values.
+/// - 2: record bytes in the record log, sled values are pointers to them.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
 /// Default sled page-cache size; set explicitly because sled's default is 1 GiB.
@@ -122,6 +130,16 @@ struct Journal {
     /// (key prefix, record id) of each new record.
     records: Vec<(u8, [u8; 32])>,
     changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Pointers to the bytes of the records this write set removes, erased from the record
+    /// log once the removal is applied.
+    erase: Vec<[u8; log::POINTER_LEN]>,
+}
+
+/// The journal a store of format 1 wrote (no record log, nothing to erase).
+#[derive(Debug, Deserialize)]
+struct JournalV1 {
+    records: Vec<(u8, [u8; 32])>,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Journal entries are written as chunks of at most this many bytes, so each stays a small
@@ -168,6 +186,8 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 }
 
 const META_FORMAT: &[u8] = b"xformat";
+/// The record log's file name inside the store directory.
+const RECORD_LOG: &str = "records.log";
 
 /// A journal chunk's key: its position and the journal's chunk count. A journal with fewer
 /// chunks than its keys name was cut short while it was written (before anything else of its
@@ -212,6 +232,7 @@ impl WriteSet {
         let journal = Journal {
             records: self.records.keys().copied().collect(),
             changes: self.changes.into_iter().collect(),
+            erase: Vec::new(),
         };
         (journal, self.records)
     }
@@ -288,6 +309,8 @@ pub struct Store {
     local: sled::Tree,
     audit: sled::Tree,
     journal: sled::Tree,
+    /// The records' bytes.
+    log: std::sync::Arc<log::RecordLog>,
     dir: PathBuf,
     /// One write set at a time per store: the journal has one place.
     applying: std::sync::Arc<std::sync::Mutex<()>>,
@@ -343,22 +366,38 @@ impl Store {
                 cause: e.to_string(),
             })
         };
+        let log_path = dir.join(RECORD_LOG);
+        let log_existed = log_path.exists();
+        let log = log::RecordLog::open(&log_path).map_err(|e| StoreError::Io {
+            dir: dir.clone(),
+            cause: format!("cannot open the record log {}: {e}", log_path.display()),
+        })?;
         let store = Store {
             data: tree("data")?,
             local: tree("local")?,
             audit: tree("audit")?,
             journal: tree("journal")?,
+            log: std::sync::Arc::new(log),
             db,
             dir,
             applying: std::sync::Arc::new(std::sync::Mutex::new(())),
         };
-        store.migrate()?;
+        // Refuse a newer layout before touching anything, then finish the last write set,
+        // then upgrade an older layout.
+        let found = store.format()?;
+        if found >= 2 && !log_existed && store.data.scan_prefix([b'r']).next().is_some() {
+            return Err(store.damaged(format!(
+                "its record log {} is missing",
+                store.dir.join(RECORD_LOG).display()
+            )));
+        }
         store.recover_journal()?;
+        store.migrate(found)?;
         Ok(store)
     }
 
-    /// Brings an older layout up to [`STORE_FORMAT_VERSION`], one step at a time.
-    fn migrate(&self) -> Result<(), StoreError> {
+    /// The store's layout version (a new store gets the current one).
+    fn format(&self) -> Result<u32, StoreError> {
         let found =
             match self.data.get(META_FORMAT).map_err(|e| self.io(e))? {
                 Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
@@ -381,8 +420,108 @@ impl Store {
                 supported: STORE_FORMAT_VERSION,
             });
         }
-        // Migration steps go here as `if found < N { step_to_n()?; }`; version 1 is the first.
+        Ok(found)
+    }
+
+    /// Brings a layout of version `found` up to [`STORE_FORMAT_VERSION`], one step at a time.
+    fn migrate(&self, found: u32) -> Result<(), StoreError> {
+        if found < 2 {
+            self.move_records_to_the_log()?;
+            self.data
+                .insert(META_FORMAT, &2u32.to_be_bytes())
+                .map_err(|e| self.io(e))?;
+            self.flush_now()?;
+        }
         Ok(())
+    }
+
+    /// Format 1 → 2: moves record bytes out of sled into the record log, a batch at a time.
+    /// Each value is replaced by its pointer only after the batch is synced in the log, and a
+    /// value that already is a pointer is skipped, so a migration cut short by a crash simply
+    /// goes on at the next open.
+    fn move_records_to_the_log(&self) -> Result<(), StoreError> {
+        const BATCH: usize = 10_000;
+        let _one = lock_apply(&self.applying);
+        let mut moved = 0usize;
+        for tag in [b'r', b'n'] {
+            let mut batch: Vec<([u8; 32], sled::IVec)> = Vec::with_capacity(BATCH);
+            let mut entries = self.data.scan_prefix([tag]);
+            loop {
+                let next = entries.next().transpose().map_err(|e| self.io(e))?;
+                if let Some((key, value)) = &next
+                    && log::Pointer::decode(value).is_none()
+                {
+                    let id = key
+                        .get(1..33)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| self.damaged("record key too short".into()))?;
+                    batch.push((id, value.clone()));
+                }
+                if batch.len() == BATCH || (next.is_none() && !batch.is_empty()) {
+                    let pointers = self
+                        .log
+                        .append(batch.iter().map(|(id, bytes)| (id, &bytes[..])))
+                        .map_err(|e| self.log_error(e))?;
+                    for ((id, _), pointer) in batch.iter().zip(pointers) {
+                        self.data
+                            .insert(prefixed(tag, &RecordId(*id)), &pointer.encode()[..])
+                            .map_err(|e| self.io(e))?;
+                    }
+                    moved += batch.len();
+                    batch.clear();
+                    tracing::info!(dir = %self.dir.display(), moved, "moving records into the record log");
+                }
+                if next.is_none() {
+                    break;
+                }
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), moved, "store upgraded to format 2 (record log)");
+        Ok(())
+    }
+
+    fn log_error(&self, err: std::io::Error) -> StoreError {
+        StoreError::Io {
+            dir: self.dir.clone(),
+            cause: format!("record log: {err}"),
+        }
+    }
+
+    /// The bytes of the record stored under `tag` (`r` or `n`).
+    fn load(&self, tag: u8, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = prefixed(tag, id);
+        let mut value = self.data.get(key).map_err(|e| self.io(e))?;
+        // A frame erased between reading its pointer and reading the frame means the record
+        // was just removed: look once more.
+        for _ in 0..2 {
+            let Some(current) = value else {
+                return Ok(None);
+            };
+            let pointer = log::Pointer::decode(&current).ok_or_else(|| {
+                self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
+            })?;
+            match self
+                .log
+                .read(pointer, &id.0)
+                .map_err(|e| self.log_error(e))?
+            {
+                log::Read::Bytes(bytes) => return Ok(Some(bytes)),
+                log::Read::Gone => {
+                    let again = self.data.get(key).map_err(|e| self.io(e))?;
+                    if again.as_ref() == Some(&current) {
+                        return Err(self.damaged(format!(
+                            "the record log does not hold record {} where the store points",
+                            id.to_hex()
+                        )));
+                    }
+                    value = again;
+                }
+            }
+        }
+        Err(self.damaged(format!(
+            "record {} keeps moving in the record log",
+            id.to_hex()
+        )))
     }
 
     fn io(&self, err: sled::Error) -> StoreError {
@@ -397,42 +536,70 @@ impl Store {
     /// Applies a write set atomically (all of it or none of it survives a crash). Not yet
     /// durable: see [`Store::flush`].
     ///
-    /// sled recovers a prefix of the writes it was given, in order. So the journal (the keys
-    /// of the new records and every other change) is written first, then the new records, then
-    /// the other changes (insertions before removals, so a reader never finds an item whose
-    /// record is already gone), and the journal is removed last. After a crash, open finds the
-    /// journal only if the write set was cut short: if every new record made it, the changes are
-    /// applied again (they are plain values, so applying twice is harmless); otherwise the new
-    /// records are removed and nothing else had been touched.
+    /// The new records' bytes go to the record log first, synced (see [`log`]). Then, as sled
+    /// recovers a prefix of the writes it was given, in order: the journal (the keys of the new
+    /// records, every other change, and where the bytes of removed records lie) is written
+    /// first, then the new records' pointers, then the other changes (insertions before
+    /// removals, so a reader never finds an item whose record is already gone); then removed
+    /// records' bytes are erased from the log, and the journal is removed last. After a crash,
+    /// open finds the journal only if the write set was cut short: if every new record made
+    /// it, the changes and erasures are done again (doing them twice is harmless); otherwise
+    /// the new records are removed and nothing else had been touched.
     pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
         let _one = lock_apply(&self.applying);
-        let (journal, records) = writes.into_journal();
+        let (mut journal, records) = writes.into_journal();
+        for (key, value) in &journal.changes {
+            if value.is_none()
+                && matches!(key.first(), Some(b'r' | b'n'))
+                && let Some(current) = self.data.get(key).map_err(|e| self.io(e))?
+                && let Some(pointer) = log::Pointer::decode(&current)
+            {
+                journal.erase.push(pointer.encode());
+            }
+        }
+        let pointers = self
+            .log
+            .append(records.iter().map(|((_, id), bytes)| (id, &bytes[..])))
+            .map_err(|e| self.log_error(e))?;
         let encoded = postcard::to_stdvec(&journal)
             .map_err(|e| self.damaged(format!("cannot encode the write journal: {e}")))?;
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
-        let written = (|| -> Result<(), sled::Error> {
+        let written = (|| -> Result<(), StoreError> {
+            let sled = |e| self.io(e);
             for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
-                self.journal.insert(journal_key(i, chunks), chunk)?;
+                self.journal
+                    .insert(journal_key(i, chunks), chunk)
+                    .map_err(sled)?;
             }
-            for ((tag, id), bytes) in records {
-                self.data.insert(prefixed(tag, &RecordId(id)), bytes)?;
+            for (((tag, id), _), pointer) in records.iter().zip(&pointers) {
+                self.data
+                    .insert(prefixed(*tag, &RecordId(*id)), &pointer.encode()[..])
+                    .map_err(sled)?;
             }
-            self.write_changes(&journal.changes)?;
+            self.write_changes(&journal.changes).map_err(sled)?;
+            self.erase(&journal.erase)?;
             for i in 0..chunks {
-                self.journal.remove(journal_key(i, chunks))?;
+                self.journal.remove(journal_key(i, chunks)).map_err(sled)?;
             }
             Ok(())
         })();
-        if let Err(err) = written {
+        if let Err(cause) = written {
             // Finish or undo it now, so the next write set does not overwrite the journal.
-            let cause = self.io(err);
             if let Err(again) = self.recover_journal_locked() {
                 tracing::error!(cause = %again, "cannot repair a write set cut short; restart the node");
             }
             return Err(cause);
+        }
+        Ok(())
+    }
+
+    /// Erases removed records' bytes from the record log.
+    fn erase(&self, pointers: &[[u8; log::POINTER_LEN]]) -> Result<(), StoreError> {
+        for pointer in pointers.iter().filter_map(|p| log::Pointer::decode(p)) {
+            self.log.erase(pointer).map_err(|e| self.log_error(e))?;
         }
         Ok(())
     }
@@ -483,8 +650,18 @@ impl Store {
             tracing::warn!(dir = %self.dir.display(), "an unfinished write journal was discarded");
             return Ok(());
         }
-        let journal: Journal = postcard::from_bytes(&encoded)
-            .map_err(|e| self.damaged(format!("unreadable write journal: {e}")))?;
+        let journal: Journal = match postcard::from_bytes(&encoded) {
+            Ok(journal) => journal,
+            // Left by a store of format 1, about to be migrated.
+            Err(err) => match postcard::from_bytes::<JournalV1>(&encoded) {
+                Ok(old) => Journal {
+                    records: old.records,
+                    changes: old.changes,
+                    erase: Vec::new(),
+                },
+                Err(_) => return Err(self.damaged(format!("unreadable write journal: {err}"))),
+            },
+        };
         let mut complete = true;
         let keys_of = |(tag, id): &(u8, [u8; 32])| prefixed(*tag, &RecordId(*id));
         for record in &journal.records {
@@ -496,11 +673,18 @@ impl Store {
         if complete {
             self.write_changes(&journal.changes)
                 .map_err(|e| self.io(e))?;
+            self.erase(&journal.erase)?;
         } else {
+            // The new records' bytes are in the log, unreferenced once their pointers go.
             for record in &journal.records {
-                self.data.remove(keys_of(record)).map_err(|e| self.io(e))?;
+                if let Some(value) = self.data.remove(keys_of(record)).map_err(|e| self.io(e))?
+                    && let Some(pointer) = log::Pointer::decode(&value)
+                {
+                    self.log.erase(pointer).map_err(|e| self.log_error(e))?;
+                }
             }
         }
+        self.log.sync().map_err(|e| self.log_error(e))?;
         for key in keys {
             self.journal.remove(key).map_err(|e| self.io(e))?;
         }
@@ -517,20 +701,24 @@ impl Store {
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
-            .map(|_| ())
-            .map_err(|e| self.io(e))
+        let log = std::sync::Arc::clone(&self.log);
+        // New records are synced in the log as they are written; erasures are synced here.
+        tokio::task::spawn_blocking(move || {
+            log.sync()
+                .map_err(|e| format!("record log: {e}"))
+                .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
+        .map_err(|cause| StoreError::Io {
+            dir: self.dir.clone(),
+            cause,
+        })
     }
 
     /// A record's exact bytes.
     pub fn record(&self, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .data
-            .get(prefixed(b'r', id))
-            .map_err(|e| self.io(e))?
-            .map(|v| v.to_vec()))
+        self.load(b'r', id)
     }
 
     /// Whether the record is held (in the sync set or as a direct record).
@@ -557,11 +745,7 @@ impl Store {
 
     /// A directly delivered record's bytes.
     pub fn direct_record(&self, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .data
-            .get(prefixed(b'n', id))
-            .map_err(|e| self.io(e))?
-            .map(|v| v.to_vec()))
+        self.load(b'n', id)
     }
 
     /// The current winner of an item.
@@ -717,14 +901,26 @@ impl Store {
 
     /// Every record's bytes, in id order.
     pub fn records(&self) -> impl Iterator<Item = Result<(RecordId, Vec<u8>), StoreError>> + '_ {
-        self.data.scan_prefix([b'r']).map(move |kv| {
-            let (k, v) = kv.map_err(|e| self.io(e))?;
-            let id = k
-                .get(1..33)
-                .and_then(|b| b.try_into().ok())
-                .map(RecordId)
-                .ok_or_else(|| self.damaged("record key too short".into()))?;
-            Ok((id, v.to_vec()))
+        self.data.scan_prefix([b'r']).filter_map(move |kv| {
+            let next = || -> Result<Option<(RecordId, Vec<u8>)>, StoreError> {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                let id = k
+                    .get(1..33)
+                    .and_then(|b| b.try_into().ok())
+                    .map(RecordId)
+                    .ok_or_else(|| self.damaged("record key too short".into()))?;
+                if let Some(pointer) = log::Pointer::decode(&v)
+                    && let log::Read::Bytes(bytes) = self
+                        .log
+                        .read(pointer, &id.0)
+                        .map_err(|e| self.log_error(e))?
+                {
+                    return Ok(Some((id, bytes)));
+                }
+                // Removed or moved since the scan saw it: as it stands now.
+                Ok(self.load(b'r', &id)?.map(|bytes| (id, bytes)))
+            };
+            next().transpose()
         })
     }
 
@@ -873,7 +1069,7 @@ impl Store {
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.log.allocated_bytes()
     }
 }
 
@@ -1005,11 +1201,16 @@ mod tests {
             assert!(store.db.flush().is_ok());
             return total;
         }
-        for ((tag, id), bytes) in new_records.into_iter().take(records) {
+        let pointers = store
+            .log
+            .append(new_records.iter().map(|((_, id), bytes)| (id, &bytes[..])));
+        assert!(pointers.is_ok());
+        let pointers = pointers.unwrap_or_default();
+        for (((tag, id), _), pointer) in new_records.iter().zip(pointers).take(records) {
             assert!(
                 store
                     .data
-                    .insert(prefixed(tag, &RecordId(id)), bytes)
+                    .insert(prefixed(*tag, &RecordId(*id)), &pointer.encode()[..])
                     .is_ok()
             );
         }
@@ -1117,6 +1318,86 @@ mod tests {
         assert_eq!(store.record(&dropped)?, None);
         assert_eq!(store.journal.len(), 0);
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_removed_record_is_erased_from_the_disk() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir("erase");
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+        let (old, new) = (RecordId([5; 32]), RecordId([6; 32]));
+        let secret = b"withdrawn content that must leave the disk".repeat(100);
+        let mut writes = WriteSet::default();
+        writes.put_record(&old, &secret);
+        store.apply(writes)?;
+        store.flush().await?;
+        let log_bytes = || std::fs::read(dir.join(RECORD_LOG));
+        assert!(log_bytes()?.windows(secret.len()).any(|w| w == secret));
+        // Superseded: the new revision comes in, the old one's bytes go.
+        let mut writes = WriteSet::default();
+        writes.put_record(&new, b"tombstone");
+        writes.remove_record(&old);
+        store.apply(writes)?;
+        store.flush().await?;
+        assert_eq!(store.record(&old)?, None);
+        assert_eq!(store.record(&new)?, Some(b"tombstone".to_vec()));
+        assert!(!log_bytes()?.windows(42).any(|w| w == &secret[..42]));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_store_of_format_1_moves_its_records_into_the_log() -> Result<(), StoreError> {
+        let dir = temp_dir("migrate");
+        let ids: Vec<RecordId> = (0..25_000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                RecordId(id)
+            })
+            .collect();
+        let bytes_of = |id: &RecordId| format!("record bytes of {}", id.to_hex()).into_bytes();
+        {
+            // What kim wrote before the record log: bytes as sled values, format 1.
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            for id in &ids {
+                assert!(store.data.insert(prefixed(b'r', id), bytes_of(id)).is_ok());
+            }
+            assert!(
+                store
+                    .data
+                    .insert(prefixed(b'n', &ids[0]), b"direct".to_vec())
+                    .is_ok()
+            );
+            assert!(store.data.insert(META_FORMAT, &1u32.to_be_bytes()).is_ok());
+            store.flush_now()?;
+        }
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.format()?, STORE_FORMAT_VERSION);
+        assert_eq!(store.record_ids().count(), ids.len());
+        for id in ids.iter().step_by(997) {
+            assert_eq!(store.record(id)?, Some(bytes_of(id)));
+        }
+        assert_eq!(store.direct_record(&ids[0])?, Some(b"direct".to_vec()));
+        let every = store.records().collect::<Result<Vec<_>, _>>()?;
+        assert!(every.iter().all(|(id, bytes)| *bytes == bytes_of(id)));
+        assert!(
+            store
+                .data
+                .scan_prefix([b'r'])
+                .flatten()
+                .all(|(_, v)| log::Pointer::decode(&v).is_some())
+        );
+        drop(store);
+        // The record log is part of the store: without it, opening says so.
+        assert!(std::fs::remove_file(dir.join(RECORD_LOG)).is_ok());
+        let missing = Store::open(&dir, CACHE_BYTES_DEFAULT, false).map(|_| ());
+        assert!(
+            matches!(&missing, Err(StoreError::Damaged { cause, .. }) if cause.contains("record log")),
+            "{missing:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
