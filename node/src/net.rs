@@ -3420,17 +3420,19 @@ async fn fetch<R: Records>(
     Ok(())
 }
 
-/// Keeps only the records that were asked for, once each; the ids asked for and not received.
-fn screen(asked: &[Id], batch: Vec<Vec<u8>>, report: &mut SyncReport) -> (Vec<Vec<u8>>, Vec<Id>) {
+/// Keeps only the records that were asked for, once each. Returns them, the ids asked for and
+/// not received, and how many records in the answer were not asked for (or came twice).
+fn screen(asked: &[Id], batch: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Id>, usize) {
     let asked_set: HashSet<Id> = asked.iter().copied().collect();
     let mut got: HashSet<Id> = HashSet::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
+    let mut unasked = 0;
     for record in batch {
         let id = *blake3::hash(&record).as_bytes();
         if asked_set.contains(&id) && got.insert(id) {
             accepted.push(record);
         } else {
-            report.rejected += 1;
+            unasked += 1;
         }
     }
     let missing = asked
@@ -3438,7 +3440,7 @@ fn screen(asked: &[Id], batch: Vec<Vec<u8>>, report: &mut SyncReport) -> (Vec<Ve
         .filter(|id| !got.contains(*id))
         .copied()
         .collect();
-    (accepted, missing)
+    (accepted, missing, unasked)
 }
 
 fn tally(verdicts: Vec<Verdict>, report: &mut SyncReport) -> Result<(), NetError> {
@@ -3456,49 +3458,44 @@ fn tally(verdicts: Vec<Verdict>, report: &mut SyncReport) -> Result<(), NetError
     Ok(())
 }
 
-/// Fetches full batches with one request in flight while the previous batch is in the
-/// pipeline, so the network round trip and the peer's store reads overlap our verification
-/// and store write. Ids a peer did not send are retried at the end (see [`fetch`]).
+/// How many full fetch batches a session works on at once: each is asked for, screened and
+/// ingested on its own, so one batch's signature checks run beside another's store write
+/// while a third is on the wire. The ingest pipeline applies write sets one at a time in any
+/// case, and this bounds the records held in memory to a few batches.
+const SYNC_FETCHES_IN_FLIGHT: usize = 3;
+
+/// Fetches full batches, [`SYNC_FETCHES_IN_FLIGHT`] at a time, so the network round trip and
+/// the peer's store reads overlap our verification and store write. Ids a peer did not send
+/// are retried at the end (see [`fetch`]).
 async fn fetch_pipelined<R: Records>(
     peer: PeerId,
     records: &Arc<R>,
     internal: &mpsc::Sender<Internal>,
-    mut batches: std::collections::VecDeque<Vec<Id>>,
+    batches: std::collections::VecDeque<Vec<Id>>,
     report: &mut SyncReport,
 ) -> Result<(), NetError> {
-    let Some(first) = batches.pop_front() else {
-        return Ok(());
-    };
-    let mut retry = Vec::new();
-    let response = request(internal, peer, SyncRequest::Fetch(first.clone())).await?;
-    let mut current = (first, response);
-    loop {
-        let (asked, response) = current;
-        let SyncResponse::Records(batch) = response else {
-            return Err(unexpected(&response));
-        };
-        let (accepted, missing) = screen(&asked, batch, report);
-        retry.extend(missing);
-        let next = batches.pop_front();
-        let ingest = async {
-            if accepted.is_empty() {
+    let steps = libp2p::futures::stream::iter(batches)
+        .map(|asked| async move {
+            let response = request(internal, peer, SyncRequest::Fetch(asked.clone())).await?;
+            let SyncResponse::Records(batch) = response else {
+                return Err(unexpected(&response));
+            };
+            let (accepted, missing, unasked) = screen(&asked, batch);
+            let verdicts = if accepted.is_empty() {
                 Vec::new()
             } else {
                 records.ingest(accepted, Origin::Sync).await
-            }
-        };
-        let ask_next = async {
-            match &next {
-                Some(ids) => Some(request(internal, peer, SyncRequest::Fetch(ids.clone())).await),
-                None => None,
-            }
-        };
-        let (verdicts, next_response) = tokio::join!(ingest, ask_next);
+            };
+            Ok::<_, NetError>((verdicts, missing, unasked))
+        })
+        .buffered(SYNC_FETCHES_IN_FLIGHT);
+    let mut steps = std::pin::pin!(steps);
+    let mut retry = Vec::new();
+    while let Some(step) = steps.next().await {
+        let (verdicts, missing, unasked) = step?;
+        report.rejected += unasked;
+        retry.extend(missing);
         tally(verdicts, report)?;
-        match (next, next_response) {
-            (Some(ids), Some(response)) => current = (ids, response?),
-            _ => break,
-        }
     }
     if !retry.is_empty() {
         fetch(peer, records, internal, retry, report).await?;
