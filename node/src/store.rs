@@ -186,6 +186,11 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 }
 
 const META_FORMAT: &[u8] = b"xformat";
+/// How far the record log was synced when sled was last flushed (u64 BE).
+const META_LOG_SYNCED: &[u8] = b"xlogsynced";
+/// The record log's length after the last write set's records, written before any of that
+/// write set's pointers: sled recovers a prefix, so no recovered pointer lies beyond it.
+const META_LOG_END: &[u8] = b"xlogend";
 /// The record log's file name inside the store directory.
 const RECORD_LOG: &str = "records.log";
 
@@ -393,7 +398,125 @@ impl Store {
         }
         store.recover_journal()?;
         store.migrate(found)?;
+        store.forget_lost_records()?;
         Ok(store)
+    }
+
+    /// Syncs the record log and records how far (not yet flushed in sled).
+    fn sync_log_now(&self) -> Result<(), StoreError> {
+        let synced = self.log.sync().map_err(|e| self.log_error(e))?;
+        self.data
+            .insert(META_LOG_SYNCED, &synced.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// After a power failure, sled may hold pointers to record bytes that never reached the
+    /// disk: written to sled's file by the operating system before the record log's, neither
+    /// yet synced. Only pointers past the log's last synced length can be affected, and only
+    /// records no one was told were stored (everything acknowledged was flushed). Each such
+    /// record is forgotten as if it had never arrived: its pointer, its place in the state
+    /// digest, its membership mark and equivocation marks go, and an item it won loses its
+    /// winner. Sync then fetches it again from the peers, and the search index, whose
+    /// generation no longer matches the digest, is rebuilt at start.
+    ///
+    /// Costs one scan of the pointers when the log holds anything unsynced at open (after any
+    /// crash); nothing after a clean stop.
+    fn forget_lost_records(&self) -> Result<(), StoreError> {
+        let length = |name: &[u8]| -> Result<u64, StoreError> {
+            match self.data.get(name).map_err(|e| self.io(e))? {
+                Some(v) => v
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| self.damaged("unreadable record-log length".into())),
+                None => Ok(0),
+            }
+        };
+        let synced = length(META_LOG_SYNCED)?;
+        if length(META_LOG_END)? <= synced {
+            return Ok(());
+        }
+        let _one = lock_apply(&self.applying);
+        let mut lost: Vec<(u8, RecordId)> = Vec::new();
+        for tag in [b'r', b'n'] {
+            for kv in self.data.scan_prefix([tag]) {
+                let (key, value) = kv.map_err(|e| self.io(e))?;
+                let Some(pointer) = log::Pointer::decode(&value) else {
+                    continue;
+                };
+                if pointer.end() <= synced {
+                    continue;
+                }
+                let id = key
+                    .get(1..33)
+                    .and_then(|b| b.try_into().ok())
+                    .map(RecordId)
+                    .ok_or_else(|| self.damaged("record key too short".into()))?;
+                // The id is the hash of the bytes: a frame only partly on disk is caught too.
+                let readable = matches!(
+                    self.log.read(pointer, &id.0),
+                    Ok(log::Read::Bytes(bytes)) if *blake3::hash(&bytes).as_bytes() == id.0
+                );
+                if !readable {
+                    lost.push((tag, id));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            self.forget(&lost)?;
+        }
+        self.sync_log_now()?;
+        self.flush_now()
+    }
+
+    /// Forgets records whose bytes are lost (see [`Store::forget_lost_records`]).
+    fn forget(&self, lost: &[(u8, RecordId)]) -> Result<(), StoreError> {
+        let io = |e| self.io(e);
+        let mut digest = self.digest()?;
+        let replicated: std::collections::HashSet<[u8; 32]> = lost
+            .iter()
+            .filter(|(tag, _)| *tag == b'r')
+            .map(|(_, id)| id.0)
+            .collect();
+        for (tag, id) in lost {
+            self.data.remove(prefixed(*tag, id)).map_err(io)?;
+            if *tag == b'r' {
+                digest.remove(id);
+                self.data.remove(prefixed(b'm', id)).map_err(io)?;
+            }
+        }
+        for kv in self.data.scan_prefix([b'i']) {
+            let (key, value) = kv.map_err(io)?;
+            let entry: ItemEntry = postcard::from_bytes(&value)
+                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            if replicated.contains(&entry.id.0) {
+                self.data
+                    .remove(kind_index(entry.kind, entry.created_at_ms, &entry.id))
+                    .map_err(io)?;
+                self.data.remove(key).map_err(io)?;
+            }
+        }
+        for kv in self.data.scan_prefix([b'e']) {
+            let (key, _) = kv.map_err(io)?;
+            let tail: Option<[u8; 32]> = key
+                .len()
+                .checked_sub(32)
+                .and_then(|at| key.get(at..))
+                .and_then(|b| b.try_into().ok());
+            if tail.is_some_and(|id| replicated.contains(&id)) {
+                self.data.remove(key).map_err(io)?;
+            }
+        }
+        self.data
+            .insert(META_DIGEST, encode_digest(&digest))
+            .map_err(io)?;
+        tracing::warn!(
+            dir = %self.dir.display(),
+            records = lost.len(),
+            "records whose bytes a power failure kept from the disk were forgotten; sync fetches them again"
+        );
+        Ok(())
     }
 
     /// The store's layout version (a new store gets the current one).
@@ -462,6 +585,8 @@ impl Store {
                         .log
                         .append(batch.iter().map(|(id, bytes)| (id, &bytes[..])))
                         .map_err(|e| self.log_error(e))?;
+                    // Synced before sled holds the only copy's pointer.
+                    self.log.sync().map_err(|e| self.log_error(e))?;
                     for ((id, _), pointer) in batch.iter().zip(pointers) {
                         self.data
                             .insert(prefixed(tag, &RecordId(*id)), &pointer.encode()[..])
@@ -569,6 +694,11 @@ impl Store {
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
         let written = (|| -> Result<(), StoreError> {
             let sled = |e| self.io(e);
+            if !pointers.is_empty() {
+                self.data
+                    .insert(META_LOG_END, &self.log.end().to_be_bytes())
+                    .map_err(sled)?;
+            }
             for (i, chunk) in encoded.chunks(JOURNAL_CHUNK_BYTES).enumerate() {
                 self.journal
                     .insert(journal_key(i, chunks), chunk)
@@ -684,6 +814,8 @@ impl Store {
                 }
             }
         }
+        // Synced, but not recorded as synced: what a power failure kept from the log is
+        // found by `forget_lost_records`, which runs after this at open.
         self.log.sync().map_err(|e| self.log_error(e))?;
         for key in keys {
             self.journal.remove(key).map_err(|e| self.io(e))?;
@@ -701,12 +833,14 @@ impl Store {
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
+        let data = self.data.clone();
         let log = std::sync::Arc::clone(&self.log);
-        // New records are synced in the log as they are written; erasures are synced here.
+        // The record log first, then sled, which learns how far the log is synced.
         tokio::task::spawn_blocking(move || {
-            log.sync()
-                .map_err(|e| format!("record log: {e}"))
-                .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            let synced = log.sync().map_err(|e| format!("record log: {e}"))?;
+            data.insert(META_LOG_SYNCED, &synced.to_be_bytes())
+                .map_err(|e| e.to_string())?;
+            db.flush().map(|_| ()).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
@@ -1206,6 +1340,12 @@ mod tests {
             .append(new_records.iter().map(|((_, id), bytes)| (id, &bytes[..])));
         assert!(pointers.is_ok());
         let pointers = pointers.unwrap_or_default();
+        assert!(
+            store
+                .data
+                .insert(META_LOG_END, &store.log.end().to_be_bytes())
+                .is_ok()
+        );
         for (((tag, id), _), pointer) in new_records.iter().zip(pointers).take(records) {
             assert!(
                 store
@@ -1225,12 +1365,18 @@ mod tests {
         encoded.chunks(JOURNAL_CHUNK_BYTES).count()
     }
 
+    /// A record id as records have them: the hash of the bytes.
+    fn id_of(bytes: &[u8]) -> RecordId {
+        RecordId(*blake3::hash(bytes).as_bytes())
+    }
+
     /// Two records, an item, and the digest counting both: one write set.
     fn two_records(digest: &mut StateDigest) -> (WriteSet, [RecordId; 2]) {
-        let ids = [RecordId([1; 32]), RecordId([2; 32])];
+        let big = vec![7u8; 3 * JOURNAL_CHUNK_BYTES];
+        let ids = [id_of(&big), id_of(b"second")];
         let mut writes = WriteSet::default();
         // Bigger than a journal chunk: the journal holds only its key.
-        writes.put_record(&ids[0], &vec![7u8; 3 * JOURNAL_CHUNK_BYTES]);
+        writes.put_record(&ids[0], &big);
         writes.put_record(&ids[1], b"second");
         writes.mark_membership(&ids[1]);
         digest.add(&ids[0]);
@@ -1308,7 +1454,7 @@ mod tests {
     async fn the_last_change_to_a_key_wins_and_no_journal_is_left() -> Result<(), StoreError> {
         let dir = temp_dir("journal-last");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let (kept, dropped) = (RecordId([3; 32]), RecordId([4; 32]));
+        let (kept, dropped) = (id_of(b"kept"), id_of(b"superseded in the same write set"));
         let mut writes = WriteSet::default();
         writes.put_record(&dropped, b"superseded in the same write set");
         writes.put_record(&kept, b"kept");
@@ -1326,8 +1472,8 @@ mod tests {
     async fn a_removed_record_is_erased_from_the_disk() -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let (old, new) = (RecordId([5; 32]), RecordId([6; 32]));
         let secret = b"withdrawn content that must leave the disk".repeat(100);
+        let (old, new) = (id_of(&secret), id_of(b"tombstone"));
         let mut writes = WriteSet::default();
         writes.put_record(&old, &secret);
         store.apply(writes)?;
@@ -1351,14 +1497,13 @@ mod tests {
     #[tokio::test]
     async fn a_store_of_format_1_moves_its_records_into_the_log() -> Result<(), StoreError> {
         let dir = temp_dir("migrate");
-        let ids: Vec<RecordId> = (0..25_000u32)
-            .map(|i| {
-                let mut id = [0u8; 32];
-                id[..4].copy_from_slice(&i.to_be_bytes());
-                RecordId(id)
-            })
+        let bytes: Vec<Vec<u8>> = (0..25_000u32)
+            .map(|i| format!("record bytes {i}").into_bytes())
             .collect();
-        let bytes_of = |id: &RecordId| format!("record bytes of {}", id.to_hex()).into_bytes();
+        let ids: Vec<RecordId> = bytes.iter().map(|b| id_of(b)).collect();
+        let by_id: std::collections::HashMap<RecordId, Vec<u8>> =
+            ids.iter().copied().zip(bytes.iter().cloned()).collect();
+        let bytes_of = |id: &RecordId| by_id.get(id).cloned().unwrap_or_default();
         {
             // What kim wrote before the record log: bytes as sled values, format 1.
             let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
@@ -1368,7 +1513,7 @@ mod tests {
             assert!(
                 store
                     .data
-                    .insert(prefixed(b'n', &ids[0]), b"direct".to_vec())
+                    .insert(prefixed(b'n', &id_of(b"direct")), b"direct".to_vec())
                     .is_ok()
             );
             assert!(store.data.insert(META_FORMAT, &1u32.to_be_bytes()).is_ok());
@@ -1380,7 +1525,10 @@ mod tests {
         for id in ids.iter().step_by(997) {
             assert_eq!(store.record(id)?, Some(bytes_of(id)));
         }
-        assert_eq!(store.direct_record(&ids[0])?, Some(b"direct".to_vec()));
+        assert_eq!(
+            store.direct_record(&id_of(b"direct"))?,
+            Some(b"direct".to_vec())
+        );
         let every = store.records().collect::<Result<Vec<_>, _>>()?;
         assert!(every.iter().all(|(id, bytes)| *bytes == bytes_of(id)));
         assert!(
@@ -1402,10 +1550,86 @@ mod tests {
         Ok(())
     }
 
+    fn item_won_by(id: RecordId, key: &str, created_at_ms: u64) -> ItemEntry {
+        ItemEntry {
+            id,
+            region: PublicKey([3; 32]),
+            author: PublicKey([3; 32]),
+            kind: Kind::Cooperation,
+            key: key.into(),
+            revision: 1,
+            tombstone: false,
+            created_at_ms,
+            expires_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_a_power_failure_kept_from_the_log_are_forgotten_consistently()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir("power-loss");
+        let kept = id_of(b"flushed before the power failure");
+        let (lost, lost_member) = (id_of(b"applied, never flushed"), id_of(b"membership"));
+        let mut digest = StateDigest::default();
+        let flushed_digest = {
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            let mut writes = WriteSet::default();
+            writes.put_record(&kept, b"flushed before the power failure");
+            writes.set_item(&item_won_by(kept, "kept", 1), None);
+            digest.add(&kept);
+            writes.set_digest(&digest);
+            store.apply(writes)?;
+            store.flush().await?;
+            let flushed = digest;
+
+            let mut writes = WriteSet::default();
+            writes.put_record(&lost, b"applied, never flushed");
+            writes.set_item(&item_won_by(lost, "lost", 2), None);
+            writes.put_record(&lost_member, b"membership");
+            writes.mark_membership(&lost_member);
+            digest.add(&lost);
+            digest.add(&lost_member);
+            writes.set_digest(&digest);
+            store.apply(writes)?;
+            // sled's writes reached the disk (its own IO), the record log's tail did not.
+            store.flush_now()?;
+            flushed
+        };
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(RECORD_LOG))?;
+        let synced = {
+            let store = sled::open(&dir)?;
+            let data = store.open_tree("data")?;
+            let value = data.get(META_LOG_SYNCED)?.ok_or("no synced length")?;
+            u64::from_be_bytes(value.as_ref().try_into()?)
+        };
+        log.set_len(synced)?;
+        drop(log);
+
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(
+            store.record(&kept)?,
+            Some(b"flushed before the power failure".to_vec())
+        );
+        assert_eq!(store.record(&lost)?, None);
+        assert!(!store.holds(&lost, true)?, "sync must fetch it again");
+        assert!(store.membership_records()?.is_empty());
+        assert_eq!(store.digest()?, flushed_digest);
+        let region = PublicKey([3; 32]);
+        assert!(store.item(&region, Kind::Cooperation, "lost")?.is_none());
+        assert!(store.item(&region, Kind::Cooperation, "kept")?.is_some());
+        let (listed, _) = store.list_items(Kind::Cooperation, None, None, 10, |_| true)?;
+        assert_eq!(listed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![kept]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn applied_and_flushed_writes_survive_a_reopen() -> Result<(), StoreError> {
         let dir = temp_dir("reopen");
-        let id = RecordId([7; 32]);
+        let id = id_of(b"bytes");
         {
             let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
             let mut writes = WriteSet::default();
