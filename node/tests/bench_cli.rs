@@ -80,3 +80,35 @@ fn bench_blobs_moves_a_file_between_two_nodes_and_prints_its_rate() {
     assert!(!ok);
     assert!(stderr.contains("--mb must be at least 1"), "{stderr}");
 }
+
+#[test]
+fn bench_ingest_prints_the_ratio_of_the_fastest_runs() {
+    let (ok, stdout, stderr) = kim(&[
+        "bench",
+        "ingest",
+        "--records",
+        "300",
+        "--batch",
+        "100",
+        "--runs",
+        "2",
+    ]);
+    assert!(ok, "kim bench ingest failed: {stderr}");
+    let ratio_line = stdout
+        .lines()
+        .find(|l| l.starts_with("pipeline, 2 in flight / raw verify, 1 thread"))
+        .unwrap_or_else(|| panic!("no ratio line in:\n{stdout}"));
+    let ratio: f64 = ratio_line[48..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {ratio_line:?}"));
+    assert!(ratio > 0.0, "{ratio_line}");
+    assert!(
+        stdout.contains("fastest of 2 runs each"),
+        "the spread is missing in:\n{stdout}"
+    );
+    let (ok, _, stderr) = kim(&["bench", "ingest", "--runs", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("must be at least 1"), "{stderr}");
+}
