@@ -448,11 +448,7 @@ impl Store {
                 if pointer.end() <= synced {
                     continue;
                 }
-                let id = key
-                    .get(1..33)
-                    .and_then(|b| b.try_into().ok())
-                    .map(RecordId)
-                    .ok_or_else(|| self.damaged("record key too short".into()))?;
+                let id = self.id_in_key(&key)?;
                 // The id is the hash of the bytes: a frame only partly on disk is caught too.
                 let readable = matches!(
                     self.log.read(pointer, &id.0),
@@ -574,11 +570,7 @@ impl Store {
                 if let Some((key, value)) = &next
                     && log::Pointer::decode(value).is_none()
                 {
-                    let id = key
-                        .get(1..33)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| self.damaged("record key too short".into()))?;
-                    batch.push((id, value.clone()));
+                    batch.push((self.id_in_key(key)?.0, value.clone()));
                 }
                 if batch.len() == BATCH || (next.is_none() && !batch.is_empty()) {
                     let pointers = self
@@ -603,6 +595,14 @@ impl Store {
         }
         tracing::info!(dir = %self.dir.display(), moved, "store upgraded to format 2 (record log)");
         Ok(())
+    }
+
+    /// The record id in a key made by [`prefixed`] (`r`, `n` or `m`).
+    fn id_in_key(&self, key: &[u8]) -> Result<RecordId, StoreError> {
+        key.get(1..33)
+            .and_then(|b| b.try_into().ok())
+            .map(RecordId)
+            .ok_or_else(|| self.damaged("record key too short".into()))
     }
 
     fn log_error(&self, err: std::io::Error) -> StoreError {
@@ -1026,10 +1026,7 @@ impl Store {
     pub fn record_ids(&self) -> impl Iterator<Item = Result<RecordId, StoreError>> + '_ {
         self.data.scan_prefix([b'r']).map(move |kv| {
             let (k, _) = kv.map_err(|e| self.io(e))?;
-            k.get(1..33)
-                .and_then(|b| b.try_into().ok())
-                .map(RecordId)
-                .ok_or_else(|| self.damaged("record key too short".into()))
+            self.id_in_key(&k)
         })
     }
 
@@ -1038,11 +1035,7 @@ impl Store {
         self.data.scan_prefix([b'r']).filter_map(move |kv| {
             let next = || -> Result<Option<(RecordId, Vec<u8>)>, StoreError> {
                 let (k, v) = kv.map_err(|e| self.io(e))?;
-                let id = k
-                    .get(1..33)
-                    .and_then(|b| b.try_into().ok())
-                    .map(RecordId)
-                    .ok_or_else(|| self.damaged("record key too short".into()))?;
+                let id = self.id_in_key(&k)?;
                 if let Some(pointer) = log::Pointer::decode(&v)
                     && let log::Read::Bytes(bytes) = self
                         .log
@@ -1063,11 +1056,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.data.scan_prefix([b'm']) {
             let (k, _) = kv.map_err(|e| self.io(e))?;
-            let id: [u8; 32] = k
-                .get(1..33)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| self.damaged("membership key too short".into()))?;
-            if let Some(bytes) = self.record(&RecordId(id))? {
+            if let Some(bytes) = self.record(&self.id_in_key(&k)?)? {
                 out.push(bytes);
             }
         }
