@@ -3379,43 +3379,22 @@ async fn fetch<R: Records>(
     peer: PeerId,
     records: &Arc<R>,
     internal: &mpsc::Sender<Internal>,
-    ids: Vec<Id>,
+    mut wanted: Vec<Id>,
     report: &mut SyncReport,
 ) -> Result<(), NetError> {
-    let mut wanted: Vec<Id> = ids;
     while !wanted.is_empty() {
-        let asked: HashSet<Id> = wanted.iter().copied().collect();
         let batch = match request(internal, peer, SyncRequest::Fetch(wanted.clone())).await? {
             SyncResponse::Records(batch) => batch,
             other => return Err(unexpected(&other)),
         };
-        let mut got: HashSet<Id> = HashSet::with_capacity(batch.len());
-        let mut accepted = Vec::with_capacity(batch.len());
-        for record in batch {
-            let id = *blake3::hash(&record).as_bytes();
-            if asked.contains(&id) && got.insert(id) {
-                accepted.push(record);
-            } else {
-                report.rejected += 1;
-            }
-        }
+        let (accepted, missing, unasked) = screen(&wanted, batch);
+        report.rejected += unasked;
         if accepted.is_empty() {
             // The peer no longer holds them (superseded meanwhile) or answers nothing.
             break;
         }
-        let verdicts = records.ingest(accepted, Origin::Sync).await;
-        for verdict in verdicts {
-            match verdict {
-                Verdict::New => report.received_new += 1,
-                Verdict::Known => report.received_known += 1,
-                Verdict::Invalid => report.rejected += 1,
-                Verdict::Unauthorised => report.unauthorised += 1,
-                Verdict::Failed => {
-                    return Err(NetError::Store("ingest failed for fetched records".into()));
-                }
-            }
-        }
-        wanted.retain(|id| !got.contains(id));
+        tally(records.ingest(accepted, Origin::Sync).await, report)?;
+        wanted = missing;
     }
     Ok(())
 }
