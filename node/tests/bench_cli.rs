@@ -14,6 +14,18 @@ fn kim(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The first number after column `at` on the line of `stdout` that starts with `prefix`.
+fn figure(stdout: &str, prefix: &str, at: usize) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line for {prefix} in:\n{stdout}"));
+    line.get(at..)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {line:?}"))
+}
+
 #[test]
 fn bench_protocol_prints_every_rate() {
     let (ok, stdout, stderr) = kim(&["bench", "protocol", "--records", "20", "--min-ms", "1"]);
@@ -27,16 +39,7 @@ fn bench_protocol_prints_every_rate() {
         "verify (batch of 256)",
         "validate",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no line for {name} in:\n{stdout}"));
-        let figure: f64 = line[28..]
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no figure in {line:?}"));
-        assert!(figure > 0.0, "{line}");
+        assert!(figure(&stdout, name, 28) > 0.0, "{name}: no rate");
     }
 }
 
@@ -94,16 +97,8 @@ fn bench_ingest_prints_the_ratio_of_the_fastest_runs() {
         "2",
     ]);
     assert!(ok, "kim bench ingest failed: {stderr}");
-    let ratio_line = stdout
-        .lines()
-        .find(|l| l.starts_with("pipeline, 2 in flight / raw verify, 1 thread"))
-        .unwrap_or_else(|| panic!("no ratio line in:\n{stdout}"));
-    let ratio: f64 = ratio_line[48..]
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ratio in {ratio_line:?}"));
-    assert!(ratio > 0.0, "{ratio_line}");
+    let ratio = figure(&stdout, "pipeline, 2 in flight / raw verify, 1 thread", 48);
+    assert!(ratio > 0.0, "ratio {ratio}");
     assert!(
         stdout.contains("fastest of 2 runs each"),
         "the spread is missing in:\n{stdout}"
