@@ -456,30 +456,37 @@ pub async fn propagation(
             n,
         )
         .await;
-        let mut published = HashMap::new();
+        // Each publish runs as its own task, as concurrent API calls would: an origin that
+        // waits for its commit does not hold back the next record, so the rate holds.
         let mut ticker = tokio::time::interval(period);
+        let mut publishing = tokio::task::JoinSet::new();
         for (origin, bytes) in &records {
             ticker.tick().await;
             let node = &federation.nodes[*origin];
-            // The origin stores it durably (what an API publish acknowledges), then gossips.
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                node.state
-                    .service
-                    .ingest()
-                    .ingest_one(bytes.clone(), Source::Api),
-            )
-            .await
-            .context("the origin's ingest took more than 10 s")?
-            .map_err(|e| anyhow::anyhow!("origin refused a record: {e}"))?;
-            published.insert(record_id(bytes), (*origin, Instant::now()));
-            match tokio::time::timeout(Duration::from_secs(10), node.net.publish(bytes.clone()))
+            let ingest = std::sync::Arc::clone(node.state.service.ingest());
+            let net = node.net.clone();
+            let (origin, bytes) = (*origin, bytes.clone());
+            publishing.spawn(async move {
+                // The origin stores it durably (what an API publish acknowledges), then gossips.
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ingest.ingest_one(bytes.clone(), Source::Api),
+                )
                 .await
-            {
-                Ok(Ok(()) | Err(crate::net::NetError::NoPeers)) => {}
-                Ok(Err(e)) => anyhow::bail!("publish: {e}"),
-                Err(_) => anyhow::bail!("publish took more than 10 s"),
-            }
+                .context("the origin's ingest took more than 10 s")?
+                .map_err(|e| anyhow::anyhow!("origin refused a record: {e}"))?;
+                let published = (record_id(&bytes), (origin, Instant::now()));
+                match tokio::time::timeout(Duration::from_secs(10), net.publish(bytes)).await {
+                    Ok(Ok(()) | Err(crate::net::NetError::NoPeers)) => Ok(published),
+                    Ok(Err(e)) => anyhow::bail!("publish: {e}"),
+                    Err(_) => anyhow::bail!("publish took more than 10 s"),
+                }
+            });
+        }
+        let mut published = HashMap::new();
+        while let Some(done) = publishing.join_next().await {
+            let (id, at) = done.context("a publishing task failed")??;
+            published.insert(id, at);
         }
         eprintln!("[{n} nodes] KIM published {count}; collecting deliveries…");
         let kim_result = collect(kim_rx, &published, n, Duration::from_secs(60)).await;
