@@ -102,6 +102,13 @@ pub enum BenchCommand {
         /// Keep the generated store and index.
         #[arg(long)]
         keep: bool,
+        /// The serving store's sled cache in MiB (a node's `store_cache_bytes`).
+        #[arg(long, default_value_t = crate::store::CACHE_BYTES_DEFAULT >> 20)]
+        store_cache_mib: u64,
+        /// Measure a federation kept by an earlier `--keep` run (its `kim-bench-search-…`
+        /// directory) instead of generating one; give its size as the only `--records`.
+        #[arg(long)]
+        measure: Option<std::path::PathBuf>,
     },
     /// The build step of `kim bench search`, run by it in a child process.
     #[command(hide = true)]
@@ -153,7 +160,19 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             matches,
             dir,
             keep,
-        } => crate::bench_search::run(&records, queries, matches, dir, keep).await,
+            store_cache_mib,
+            measure,
+        } => {
+            let options = crate::bench_search::Options {
+                queries,
+                matches,
+                dir,
+                keep,
+                cache_bytes: store_cache_mib << 20,
+                measure,
+            };
+            crate::bench_search::run(&records, options).await
+        }
         BenchCommand::SearchBuild { records, dir } => {
             crate::bench_search::build(&dir, records).await
         }

@@ -32,13 +32,28 @@ const REGIONS: usize = 16;
 
 /// Runs the benchmark for each size in `sizes`, in a scratch directory under `dir` (the system
 /// temporary directory by default) that is removed afterwards unless `keep`.
-pub async fn run(
-    sizes: &[usize],
-    queries: usize,
-    matches: usize,
-    dir: Option<PathBuf>,
-    keep: bool,
-) -> anyhow::Result<()> {
+/// What one `kim bench search` measures beyond the sizes.
+#[derive(Debug)]
+pub struct Options {
+    pub queries: usize,
+    pub matches: usize,
+    pub dir: Option<PathBuf>,
+    pub keep: bool,
+    /// The serving store's sled cache, in bytes.
+    pub cache_bytes: u64,
+    /// Measure this kept federation again instead of generating one (one size only).
+    pub measure: Option<PathBuf>,
+}
+
+pub async fn run(sizes: &[usize], options: Options) -> anyhow::Result<()> {
+    let Options {
+        queries,
+        matches,
+        dir,
+        keep,
+        cache_bytes,
+        measure,
+    } = options;
     if sizes.is_empty() || sizes.contains(&0) {
         bail!("--records must list sizes of at least 1, e.g. --records 100000,1000000");
     }
@@ -50,13 +65,21 @@ pub async fn run(
         cores(),
         load_average()
     );
+    if let Some(root) = measure {
+        let [size] = sizes else {
+            bail!("--measure takes the one size the kept federation has, e.g. --records 1000000");
+        };
+        println!();
+        println!("== {size} records (kept data in {}) ==", root.display());
+        return measure_size(&root, *size, queries, matches, cache_bytes).await;
+    }
     for &size in sizes {
         let root = dir.clone().unwrap_or_else(std::env::temp_dir).join(format!(
             "kim-bench-search-{}-{}-{size}",
             std::process::id(),
             system_now_ms()
         ));
-        let result = one_size(&root, size, queries, matches).await;
+        let result = one_size(&root, size, queries, matches, cache_bytes).await;
         if !keep {
             let _ = std::fs::remove_dir_all(&root);
         }
@@ -193,7 +216,13 @@ fn record(c: &Corpus, rng: &mut ChaCha8Rng, i: u64, now_ms: u64) -> anyhow::Resu
 
 /// Runs one size: the build in a child process (`kim bench search-build`), so that the memory
 /// this process reports afterwards is a node's serving the replica, not the generator's.
-async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> anyhow::Result<()> {
+async fn one_size(
+    root: &Path,
+    size: usize,
+    queries: usize,
+    matches: usize,
+    cache_bytes: u64,
+) -> anyhow::Result<()> {
     println!();
     println!("== {size} records (data in {}) ==", root.display());
     let exe = std::env::current_exe().context("cannot find the kim binary to run the build")?;
@@ -211,6 +240,17 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
     if !status.success() {
         bail!("the build step failed ({status})");
     }
+    measure_size(root, size, queries, matches, cache_bytes).await
+}
+
+/// Measures the federation the build step left in `root`, as a node serving it.
+async fn measure_size(
+    root: &Path,
+    size: usize,
+    queries: usize,
+    matches: usize,
+    cache_bytes: u64,
+) -> anyhow::Result<()> {
     let record_bytes: u64 = std::fs::read_to_string(root.join("record-bytes"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -223,22 +263,29 @@ async fn one_size(root: &Path, size: usize, queries: usize, matches: usize) -> a
     // Open the data as a node does at start: store, pipeline, index (current, so no rebuild).
     let c = corpus()?;
     let started = Instant::now();
-    let store = Store::open(
-        &root.join("store"),
-        crate::store::CACHE_BYTES_DEFAULT,
-        false,
-    )?;
+    // Resident memory after each step of opening, to see what holds it.
+    let mut steps: Vec<(&str, f64)> = vec![("before", memory_mib().0)];
+    let store = Store::open(&root.join("store"), cache_bytes, false)?;
+    steps.push(("store", memory_mib().0));
     let ingest = Ingest::open(store.clone(), c.federation, c.charter.clone())?;
+    steps.push(("pipeline", memory_mib().0));
     let index = SearchIndex::open(&root.join("search"))?;
     if ingest.reindex_if_stale(&index)? {
         println!("note:          the index was stale at open and was rebuilt");
     }
     let index = std::sync::Arc::new(index);
     let ingest = ingest.with_search(index.clone());
+    steps.push(("index", memory_mib().0));
     let (open_rss, _) = memory_mib();
+    let growth: Vec<String> = steps
+        .windows(2)
+        .map(|w| format!("{} +{:.0}", w[1].0, w[1].1 - w[0].1))
+        .collect();
     println!(
-        "open:          store and index opened in {:.2} s",
-        started.elapsed().as_secs_f64()
+        "open:          store and index opened in {:.2} s (resident MiB: {:.0} before, {})",
+        started.elapsed().as_secs_f64(),
+        steps[0].1,
+        growth.join(", ")
     );
 
     // Search: a mix of text, filters and both, as brokers ask.
