@@ -26,8 +26,15 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// clear and scan, files to create, merges later): with ten nodes in one process publishing
 /// 100 records a second (`kim bench propagation`), committing each publish at once kept
 /// tantivy busy for half of both cores. The first publish after a quiet spell is committed at
-/// once; publishes during a burst share the next commit, at most this long later.
+/// once; publishes during a burst share the next commit, at least this long after the last.
 pub const COMMIT_SPACING: Duration = Duration::from_millis(250);
+/// Commits take at most one part in this many of the indexer's time: after a commit that took
+/// `t`, the next waits at least `t` times this (never more than [`COMMIT_SPACING_MAX`]). When
+/// the machine is busy, commits take longer and so come less often, leaving the CPU to
+/// replication and the API.
+pub const COMMIT_DUTY: u32 = 10;
+/// Longest a caller waits for its publish to become searchable, however slow commits are.
+pub const COMMIT_SPACING_MAX: Duration = Duration::from_secs(1);
 /// Documents waiting for a commit that make it worth doing at once whatever the spacing: the
 /// commit's fixed cost is spread over them (a bulk import is not slowed down to the spacing).
 pub const COMMIT_DOCS_AT_ONCE: usize = 256;
@@ -227,6 +234,8 @@ fn run(
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // When the next commit is due: set by the first change since the last commit.
     let mut due: Option<Instant> = None;
+    // How long the last commit took.
+    let mut cost = Duration::ZERO;
     loop {
         let job = match due {
             Some(at) => jobs.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -248,12 +257,13 @@ fn run(
                 dirty = true;
                 waiting.extend(done);
                 pending += docs.len();
+                let duty = (cost * COMMIT_DUTY).min(COMMIT_SPACING_MAX);
                 let at = if commit && pending >= COMMIT_DOCS_AT_ONCE {
                     Instant::now()
                 } else if commit {
-                    last_commit + COMMIT_SPACING
+                    last_commit + COMMIT_SPACING.max(duty)
                 } else {
-                    last_commit + COMMIT_INTERVAL
+                    last_commit + COMMIT_INTERVAL.max(duty)
                 };
                 ask(&mut due, at);
             }
@@ -299,7 +309,9 @@ fn run(
                 }
             }
             if dirty {
+                let started = Instant::now();
                 commit(index);
+                cost = started.elapsed();
                 commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 pending = 0;
                 // Saved searches match against the index, so only now that the items are
