@@ -198,6 +198,15 @@ const RECORD_LOG: &str = "records.log";
 /// chunks than its keys name was cut short while it was written (before anything else of its
 /// write set) or while it was removed (after everything else), in whatever order its chunks
 /// were removed.
+/// `z` ‖ pointer: bytes to erase from the record log once the write set that stopped
+/// referencing them is on disk (see [`Store::flush`]).
+fn erase_key(pointer: &[u8; log::POINTER_LEN]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + log::POINTER_LEN);
+    key.push(b'z');
+    key.extend_from_slice(pointer);
+    key
+}
+
 fn journal_key(chunk: usize, chunks: usize) -> [u8; 8] {
     let mut key = [0u8; 8];
     key[..4].copy_from_slice(&(chunk as u32).to_be_bytes());
@@ -319,6 +328,9 @@ pub struct Store {
     dir: PathBuf,
     /// One write set at a time per store: the journal has one place.
     applying: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Record bytes that applied write sets stopped referencing, erased by the next flush once
+    /// sled has those write sets on disk (each is also marked under a `z` key).
+    unerased: std::sync::Arc<std::sync::Mutex<Vec<[u8; log::POINTER_LEN]>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -386,6 +398,7 @@ impl Store {
             db,
             dir,
             applying: std::sync::Arc::new(std::sync::Mutex::new(())),
+            unerased: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
         };
         // Refuse a newer layout before touching anything, then finish the last write set,
         // then upgrade an older layout.
@@ -399,6 +412,7 @@ impl Store {
         store.recover_journal()?;
         store.migrate(found)?;
         store.forget_lost_records()?;
+        store.erase_marked()?;
         Ok(store)
     }
 
@@ -685,6 +699,11 @@ impl Store {
                 journal.erase.push(pointer.encode());
             }
         }
+        // Erased only once this write set is on disk: erasing now, a crash could leave sled
+        // without the write set and pointing at bytes already gone.
+        for pointer in &journal.erase {
+            journal.changes.push((erase_key(pointer), Some(Vec::new())));
+        }
         let pointers = self
             .log
             .append(records.iter().map(|((_, id), bytes)| (id, &bytes[..])))
@@ -710,12 +729,16 @@ impl Store {
                     .map_err(sled)?;
             }
             self.write_changes(&journal.changes).map_err(sled)?;
-            self.erase(&journal.erase)?;
             for i in 0..chunks {
                 self.journal.remove(journal_key(i, chunks)).map_err(sled)?;
             }
             Ok(())
         })();
+        if written.is_ok()
+            && let Ok(mut unerased) = self.unerased.lock()
+        {
+            unerased.extend(journal.erase.iter().copied());
+        }
         if let Err(cause) = written {
             // Finish or undo it now, so the next write set does not overwrite the journal.
             if let Err(again) = self.recover_journal_locked() {
@@ -726,11 +749,25 @@ impl Store {
         Ok(())
     }
 
-    /// Erases removed records' bytes from the record log.
-    fn erase(&self, pointers: &[[u8; log::POINTER_LEN]]) -> Result<(), StoreError> {
-        for pointer in pointers.iter().filter_map(|p| log::Pointer::decode(p)) {
-            self.log.erase(pointer).map_err(|e| self.log_error(e))?;
+    /// Erases the record bytes marked under `z` keys (their write sets are on disk: open
+    /// calls this after recovery has flushed), then drops the marks.
+    fn erase_marked(&self) -> Result<(), StoreError> {
+        let mut marks = Vec::new();
+        for kv in self.data.scan_prefix([b'z']) {
+            let (key, _) = kv.map_err(|e| self.io(e))?;
+            marks.push(key);
         }
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.db.flush().map_err(|e| self.io(e))?;
+        for key in &marks {
+            if let Some(pointer) = key.get(1..).and_then(log::Pointer::decode) {
+                self.log.erase(pointer).map_err(|e| self.log_error(e))?;
+            }
+            self.data.remove(key).map_err(|e| self.io(e))?;
+        }
+        self.db.flush().map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -800,17 +837,26 @@ impl Store {
                 .contains_key(keys_of(record))
                 .map_err(|e| self.io(e))?;
         }
+        // Bytes to erase are only marked here and erased at the end of open, once these
+        // changes are on disk.
         if complete {
             self.write_changes(&journal.changes)
                 .map_err(|e| self.io(e))?;
-            self.erase(&journal.erase)?;
+            for pointer in &journal.erase {
+                self.data
+                    .insert(erase_key(pointer), &[])
+                    .map_err(|e| self.io(e))?;
+            }
         } else {
             // The new records' bytes are in the log, unreferenced once their pointers go.
             for record in &journal.records {
                 if let Some(value) = self.data.remove(keys_of(record)).map_err(|e| self.io(e))?
-                    && let Some(pointer) = log::Pointer::decode(&value)
+                    && log::Pointer::decode(&value).is_some()
+                    && let Ok(pointer) = <[u8; log::POINTER_LEN]>::try_from(&value[..])
                 {
-                    self.log.erase(pointer).map_err(|e| self.log_error(e))?;
+                    self.data
+                        .insert(erase_key(&pointer), &[])
+                        .map_err(|e| self.io(e))?;
                 }
             }
         }
@@ -835,12 +881,27 @@ impl Store {
         let db = self.db.clone();
         let data = self.data.clone();
         let log = std::sync::Arc::clone(&self.log);
+        // Write sets applied so far: once sled has them on disk, the bytes they stopped
+        // referencing can go.
+        let erase = self
+            .unerased
+            .lock()
+            .map(|mut pending| std::mem::take(&mut *pending))
+            .unwrap_or_default();
         // The record log first, then sled, which learns how far the log is synced.
         tokio::task::spawn_blocking(move || {
             let synced = log.sync().map_err(|e| format!("record log: {e}"))?;
             data.insert(META_LOG_SYNCED, &synced.to_be_bytes())
                 .map_err(|e| e.to_string())?;
-            db.flush().map(|_| ()).map_err(|e| e.to_string())
+            db.flush().map_err(|e| e.to_string())?;
+            // A crash from here on leaves the `z` marks, and open erases them.
+            for pointer in &erase {
+                if let Some(decoded) = log::Pointer::decode(pointer) {
+                    log.erase(decoded).map_err(|e| format!("record log: {e}"))?;
+                }
+                data.remove(erase_key(pointer)).map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
         })
         .await
         .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
