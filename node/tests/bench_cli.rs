@@ -107,3 +107,38 @@ fn bench_ingest_prints_the_ratio_of_the_fastest_runs() {
     assert!(!ok);
     assert!(stderr.contains("must be at least 1"), "{stderr}");
 }
+
+#[test]
+fn bench_propagation_delivers_everything_and_reports_the_rate_it_reached() {
+    let (ok, stdout, stderr) = kim(&[
+        "bench",
+        "propagation",
+        "--nodes",
+        "3",
+        "--seconds",
+        "1",
+        "--rate",
+        "20",
+        "--degree",
+        "2",
+    ]);
+    assert!(ok, "kim bench propagation failed: {stderr}");
+    for who in ["  bare gossipsub", "  KIM             p50"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(who))
+            .unwrap_or_else(|| panic!("no {who:?} line in:\n{stdout}"));
+        assert!(line.ends_with("delivered 20/20"), "{line}");
+    }
+    // The publishing rate is reported, so a run that fell behind its nominal rate shows it.
+    let origins = stdout
+        .lines()
+        .find(|l| l.starts_with("  KIM origins"))
+        .unwrap_or_else(|| panic!("no origins line in:\n{stdout}"));
+    let rate: f64 = origins
+        .split_whitespace()
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {origins:?}"));
+    assert!(rate > 0.0, "{origins}");
+}
