@@ -1519,6 +1519,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn removed_bytes_stay_until_the_removal_is_on_disk_and_open_finishes_the_erasure()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir("erase-later");
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+        let secret = b"an acknowledged revision, superseded by one not yet flushed".repeat(50);
+        let (old, new) = (id_of(&secret), id_of(b"revision 2"));
+        let mut writes = WriteSet::default();
+        writes.put_record(&old, &secret);
+        store.apply(writes)?;
+        store.flush().await?;
+        let log_bytes = || std::fs::read(dir.join(RECORD_LOG));
+        let mut writes = WriteSet::default();
+        writes.put_record(&new, b"revision 2");
+        writes.remove_record(&old);
+        store.apply(writes)?;
+        // Applied but not flushed: a crash now may lose the write set, so the acknowledged
+        // revision's bytes must still be there, marked for erasure.
+        assert!(log_bytes()?.windows(secret.len()).any(|w| w == secret));
+        assert_eq!(store.data.scan_prefix([b'z']).count(), 1);
+        // sled gets the write set to disk, then the process dies before erasing.
+        store.db.flush()?;
+        drop(store);
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.record(&old)?, None);
+        assert_eq!(store.record(&new)?, Some(b"revision 2".to_vec()));
+        assert!(!log_bytes()?.windows(42).any(|w| w == &secret[..42]));
+        assert_eq!(store.data.scan_prefix([b'z']).count(), 0, "marks dropped");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_removed_record_is_erased_from_the_disk() -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
