@@ -752,22 +752,36 @@ impl Store {
     /// Erases the record bytes marked under `z` keys (their write sets are on disk: open
     /// calls this after recovery has flushed), then drops the marks.
     fn erase_marked(&self) -> Result<(), StoreError> {
-        let mut marks = Vec::new();
+        let mut marked = Vec::new();
         for kv in self.data.scan_prefix([b'z']) {
             let (key, _) = kv.map_err(|e| self.io(e))?;
-            marks.push(key);
+            match key.get(1..).and_then(|p| p.try_into().ok()) {
+                Some(pointer) => marked.push(pointer),
+                // Not a mark this store writes: nothing to erase.
+                None => {
+                    self.data.remove(key).map_err(|e| self.io(e))?;
+                }
+            }
         }
-        if marks.is_empty() {
+        if marked.is_empty() {
             return Ok(());
         }
-        self.db.flush().map_err(|e| self.io(e))?;
-        for key in &marks {
-            if let Some(pointer) = key.get(1..).and_then(log::Pointer::decode) {
-                self.log.erase(pointer).map_err(|e| self.log_error(e))?;
+        self.flush_now()?;
+        self.erase_now(&marked)?;
+        self.flush_now()
+    }
+
+    /// Erases record bytes from the log and drops their `z` marks. Only for bytes that no
+    /// write set on disk refers to any more.
+    fn erase_now(&self, pointers: &[[u8; log::POINTER_LEN]]) -> Result<(), StoreError> {
+        for pointer in pointers {
+            if let Some(decoded) = log::Pointer::decode(pointer) {
+                self.log.erase(decoded).map_err(|e| self.log_error(e))?;
             }
-            self.data.remove(key).map_err(|e| self.io(e))?;
+            self.data
+                .remove(erase_key(pointer))
+                .map_err(|e| self.io(e))?;
         }
-        self.db.flush().map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -851,11 +865,10 @@ impl Store {
             // The new records' bytes are in the log, unreferenced once their pointers go.
             for record in &journal.records {
                 if let Some(value) = self.data.remove(keys_of(record)).map_err(|e| self.io(e))?
-                    && log::Pointer::decode(&value).is_some()
-                    && let Ok(pointer) = <[u8; log::POINTER_LEN]>::try_from(&value[..])
+                    && let Some(pointer) = log::Pointer::decode(&value)
                 {
                     self.data
-                        .insert(erase_key(&pointer), &[])
+                        .insert(erase_key(&pointer.encode()), &[])
                         .map_err(|e| self.io(e))?;
                 }
             }
@@ -878,9 +891,6 @@ impl Store {
 
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        let data = self.data.clone();
-        let log = std::sync::Arc::clone(&self.log);
         // Write sets applied so far: once sled has them on disk, the bytes they stopped
         // referencing can go.
         let erase = self
@@ -888,27 +898,24 @@ impl Store {
             .lock()
             .map(|mut pending| std::mem::take(&mut *pending))
             .unwrap_or_default();
-        // The record log first, then sled, which learns how far the log is synced.
+        let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let synced = log.sync().map_err(|e| format!("record log: {e}"))?;
-            data.insert(META_LOG_SYNCED, &synced.to_be_bytes())
-                .map_err(|e| e.to_string())?;
-            db.flush().map_err(|e| e.to_string())?;
-            // A crash from here on leaves the `z` marks, and open erases them.
-            for pointer in &erase {
-                if let Some(decoded) = log::Pointer::decode(pointer) {
-                    log.erase(decoded).map_err(|e| format!("record log: {e}"))?;
-                }
-                data.remove(erase_key(pointer)).map_err(|e| e.to_string())?;
+            // The record log first, then sled, which learns how far the log is synced.
+            let flushed = store
+                .sync_log_now()
+                .and_then(|()| store.flush_now())
+                // A crash from here on leaves the `z` marks, and open erases them.
+                .and_then(|()| store.erase_now(&erase));
+            if flushed.is_err()
+                && let Ok(mut pending) = store.unerased.lock()
+            {
+                // Left for the next flush (their marks stay on disk meanwhile).
+                pending.extend(erase);
             }
-            Ok::<(), String>(())
+            flushed
         })
         .await
         .map_err(|e| self.damaged(format!("flush task failed: {e}")))?
-        .map_err(|cause| StoreError::Io {
-            dir: self.dir.clone(),
-            cause,
-        })
     }
 
     /// A record's exact bytes.
