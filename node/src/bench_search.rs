@@ -47,12 +47,7 @@ pub struct Options {
 
 pub async fn run(sizes: &[usize], options: Options) -> anyhow::Result<()> {
     let Options {
-        queries,
-        matches,
-        dir,
-        keep,
-        cache_bytes,
-        measure,
+        queries, matches, ..
     } = options;
     if sizes.is_empty() || sizes.contains(&0) {
         bail!("--records must list sizes of at least 1, e.g. --records 100000,1000000");
@@ -65,22 +60,26 @@ pub async fn run(sizes: &[usize], options: Options) -> anyhow::Result<()> {
         cores(),
         load_average()
     );
-    if let Some(root) = measure {
+    if let Some(root) = &options.measure {
         let [size] = sizes else {
             bail!("--measure takes the one size the kept federation has, e.g. --records 1000000");
         };
         println!();
         println!("== {size} records (kept data in {}) ==", root.display());
-        return measure_size(&root, *size, queries, matches, cache_bytes).await;
+        return measure_size(root, *size, &options).await;
     }
     for &size in sizes {
-        let root = dir.clone().unwrap_or_else(std::env::temp_dir).join(format!(
-            "kim-bench-search-{}-{}-{size}",
-            std::process::id(),
-            system_now_ms()
-        ));
-        let result = one_size(&root, size, queries, matches, cache_bytes).await;
-        if !keep {
+        let root = options
+            .dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!(
+                "kim-bench-search-{}-{}-{size}",
+                std::process::id(),
+                system_now_ms()
+            ));
+        let result = one_size(&root, size, &options).await;
+        if !options.keep {
             let _ = std::fs::remove_dir_all(&root);
         }
         result?;
@@ -216,13 +215,7 @@ fn record(c: &Corpus, rng: &mut ChaCha8Rng, i: u64, now_ms: u64) -> anyhow::Resu
 
 /// Runs one size: the build in a child process (`kim bench search-build`), so that the memory
 /// this process reports afterwards is a node's serving the replica, not the generator's.
-async fn one_size(
-    root: &Path,
-    size: usize,
-    queries: usize,
-    matches: usize,
-    cache_bytes: u64,
-) -> anyhow::Result<()> {
+async fn one_size(root: &Path, size: usize, options: &Options) -> anyhow::Result<()> {
     println!();
     println!("== {size} records (data in {}) ==", root.display());
     let exe = std::env::current_exe().context("cannot find the kim binary to run the build")?;
@@ -240,25 +233,30 @@ async fn one_size(
     if !status.success() {
         bail!("the build step failed ({status})");
     }
-    measure_size(root, size, queries, matches, cache_bytes).await
+    measure_size(root, size, options).await
 }
 
 /// Measures the federation the build step left in `root`, as a node serving it.
-async fn measure_size(
-    root: &Path,
-    size: usize,
-    queries: usize,
-    matches: usize,
-    cache_bytes: u64,
-) -> anyhow::Result<()> {
-    let record_bytes: u64 = std::fs::read_to_string(root.join("record-bytes"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .context("the build step left no record-bytes file")?;
-    let now_ms: u64 = std::fs::read_to_string(root.join("now-ms"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .context("the build step left no now-ms file")?;
+async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Result<()> {
+    let &Options {
+        queries,
+        matches,
+        cache_bytes,
+        ..
+    } = options;
+    let kept = |name: &str| -> anyhow::Result<u64> {
+        std::fs::read_to_string(root.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "{} has no readable {name} file: give a directory that `kim bench search --keep` left",
+                    root.display()
+                )
+            })
+    };
+    let record_bytes = kept("record-bytes")?;
+    let now_ms = kept("now-ms")?;
 
     // Open the data as a node does at start: store, pipeline, index (current, so no rebuild).
     let c = corpus()?;
