@@ -207,6 +207,11 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) {
     }
 }
 
+/// Moves the commit `due` forward to `at` if that is sooner.
+fn sooner(due: &mut Option<Instant>, at: Instant) {
+    *due = Some(due.map_or(at, |d| d.min(at)));
+}
+
 /// How long after the last commit network arrivals are committed, given what it cost.
 fn network_wait(cost: Duration) -> Duration {
     COMMIT_INTERVAL.max((cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX))
@@ -232,9 +237,6 @@ fn run(
             Some(at) => jobs.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let ask = |due: &mut Option<Instant>, at: Instant| {
-            *due = Some(due.map_or(at, |d| d.min(at)));
-        };
         match job {
             Ok(Job::Update {
                 docs,
@@ -252,16 +254,16 @@ fn run(
                 } else {
                     last_commit + network_wait(cost)
                 };
-                ask(&mut due, at);
+                sooner(&mut due, at);
             }
             Ok(Job::Remove { items, generation }) => {
                 remove_items(index, &items, &generation);
                 dirty = true;
-                ask(&mut due, last_commit + network_wait(cost));
+                sooner(&mut due, last_commit + network_wait(cost));
             }
             Ok(Job::Flush(done)) => {
                 waiting.push(done);
-                ask(&mut due, Instant::now());
+                sooner(&mut due, Instant::now());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
