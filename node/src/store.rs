@@ -14,6 +14,8 @@
 //!   - `n` id → pointer to the record's bytes (directly delivered records: never in the sync
 //!     set)
 //!   - `x` name → value (metadata: format version, federation, charter, state digest)
+//!   - `z` pointer → () (record bytes no write set refers to any more, erased from the log
+//!     once that is on disk: by the next flush, or at open after a crash)
 //! - `journal`: the journal of the write set being applied, in chunks (empty between write
 //!   sets; see [`Store::apply`]). Its own tree, so its big values never sit in `data`'s leaves.
 //! - `local`: data that never leaves the node (drafts, contact persons, internal notes, private
