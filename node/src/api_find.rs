@@ -127,6 +127,7 @@ async fn search(
     QueryParams(params): QueryParams<SearchParams>,
 ) -> Result<axum::Json<SearchResults>, ApiError> {
     let query = params.to_query(system_now_ms()).map_err(bad_parameter)?;
+    state.service.ingest().search_fresh().await;
     blocking(move || {
         let index = state
             .service
@@ -194,6 +195,7 @@ async fn offer_matches(
             .ok_or_else(|| bad_parameter(format!("region {r:?} is not 64 hex digits")))?,
         None => state.service.region(),
     };
+    state.service.ingest().search_fresh().await;
     blocking(move || {
         Ok(axum::Json(find_matches(
             state.service.ingest(),
@@ -277,6 +279,8 @@ async fn list_notifications(
     if !(1..=1000).contains(&limit) {
         return Err(bad_parameter("limit must be between 1 and 1000"));
     }
+    // Notifications are raised at the index commit: this node's own publishes raise theirs now.
+    state.service.ingest().search_fresh().await;
     Ok(axum::Json(saved::notifications(
         state.service.ingest().store(),
         q.unread.unwrap_or(false),
@@ -307,6 +311,8 @@ async fn mark_notifications_read(
     State(state): State<AppState>,
     body: Result<JsonBody<MarkRead>, ApiError>,
 ) -> Result<axum::Json<Marked>, ApiError> {
+    // "All" means every notification this node's own publishes raised, too.
+    state.service.ingest().search_fresh().await;
     let outcome = body.and_then(|JsonBody(input)| {
         let store = state.service.ingest().store();
         match (input.all, input.ids.is_empty()) {
@@ -336,6 +342,7 @@ async fn mark_notifications_read(
 async fn federation_overview(
     State(state): State<AppState>,
 ) -> Result<axum::Json<Overview>, ApiError> {
+    state.service.ingest().search_fresh().await;
     blocking(move || {
         Ok(axum::Json(overview(
             state.service.ingest(),
@@ -365,6 +372,7 @@ async fn federation_potential(
     if threshold > 100 {
         return Err(bad_parameter("threshold must be between 0 and 100"));
     }
+    state.service.ingest().search_fresh().await;
     blocking(move || {
         potential(state.service.ingest(), threshold, system_now_ms())
             .map(axum::Json)

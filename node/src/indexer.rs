@@ -1,13 +1,24 @@
 //! Keeps the search index in step with the store without putting tantivy on the ingest path.
 //!
-//! The pipeline hands each durable batch's new winners to one indexer thread. Records staff
-//! publish or import are committed at once and the call waits for it (read-your-writes);
-//! records from the network are committed together at most every [`COMMIT_INTERVAL`], so a
-//! gossip hop never waits for a tantivy commit (tens of milliseconds). Every commit carries the
-//! store digest it reflects as its generation: after a crash between the store flush and the
-//! index commit, the generation no longer matches and the index is rebuilt at start.
+//! The pipeline hands each durable batch's new winners to one indexer thread and goes on: no
+//! publish, import or gossip hop waits for a tantivy commit, whose fixed cost (a new segment's
+//! hash table, a term dictionary per field, files, later merges) is milliseconds however
+//! little it holds. Commits are spaced by what they cost ([`COMMIT_DUTY`]): a lone publish on
+//! an idle node is committed at once, a burst is committed together.
+//!
+//! Read-your-writes is kept where it is read: whatever reads the index first calls
+//! [`Indexer::fresh`], which commits at once if staff changes handed over before the call are
+//! not yet committed (nothing to do, and no wait, in the common case). Records from the network
+//! become searchable within [`COMMIT_INTERVAL`]–[`COMMIT_INTERVAL_MAX`]. This is the search
+//! engines' refresh model (a write is durable when acknowledged, searchable at the next
+//! refresh), with the refresh forced by a reader that could otherwise miss its own write.
+//!
+//! Every commit carries the store digest it reflects as its generation: after a crash between
+//! the store flush and the index commit, the generation no longer matches and the index is
+//! rebuilt at start.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +36,9 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// this (never more than [`COMMIT_INTERVAL_MAX`]). A tantivy commit has a fixed cost however
 /// little it holds (a new segment's hash table cleared and scanned, files created, merges
 /// later); when the machine is busy, commits take longer and so come less often, leaving the
-/// CPU to replication and the API. Commits a caller waits for are never held back.
+/// CPU to replication and the API. Staff changes are spaced by this rule alone (no floor), so
+/// an idle node commits a lone publish at once; a reader never waits for the spacing
+/// ([`Indexer::fresh`]).
 pub const COMMIT_DUTY: u32 = 10;
 /// Longest a network arrival waits to become searchable, however slow commits are.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(1);
@@ -33,13 +46,24 @@ pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// An item whose winner changed: region, kind, item key.
 pub type Slot = (RegionId, Kind, String);
 
+/// Where an update came from, which decides how soon it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Published or imported by staff on this node: committed as soon as the spacing allows,
+    /// and at once when a reader asks ([`Indexer::fresh`]).
+    Local,
+    /// Arrived by gossip, sync or direct delivery: committed with others, within
+    /// [`COMMIT_INTERVAL`]–[`COMMIT_INTERVAL_MAX`].
+    Network,
+}
+
 enum Job {
     Update {
         docs: Vec<(RegionId, Record)>,
         items: Vec<Slot>,
         generation: String,
-        commit: bool,
-        done: Option<oneshot::Sender<()>>,
+        /// For staff changes, their place in the order handed over ([`Handover`]).
+        local: Option<u64>,
     },
     /// Whole items to drop (their region is no longer a member).
     Remove {
@@ -69,8 +93,22 @@ fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) {
 pub struct Indexer {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    counters: Arc<Counters>,
+    /// Serialises the handover of staff changes, so their sequence numbers reach the thread in
+    /// order and "committed up to n" means every one up to n.
+    handover: std::sync::Mutex<u64>,
+}
+
+/// What the thread and the handle share.
+#[derive(Debug, Default)]
+struct Counters {
     /// Commits made since start.
-    commits: Arc<std::sync::atomic::AtomicU64>,
+    commits: AtomicU64,
+    /// Sequence number of the last staff change handed over.
+    handed: AtomicU64,
+    /// Sequence number of the last staff change committed (or given up on after a failed
+    /// commit, which the rebuild at the next start repairs).
+    committed: AtomicU64,
 }
 
 impl Drop for Indexer {
@@ -87,10 +125,10 @@ impl Drop for Indexer {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Update { docs, commit, .. } => f
+            Job::Update { docs, local, .. } => f
                 .debug_struct("Update")
                 .field("docs", &docs.len())
-                .field("commit", commit)
+                .field("local", local)
                 .finish(),
             Job::Remove { items, .. } => f
                 .debug_struct("Remove")
@@ -111,57 +149,78 @@ impl Indexer {
         clock: fn() -> u64,
     ) -> std::io::Result<Indexer> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = Arc::clone(&commits);
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("kim-indexer".into())
-            .spawn(move || run(&index, &store, clock, &rx, &counted))?;
+            .spawn(move || run(&index, &store, clock, &rx, &shared))?;
         Ok(Indexer {
             jobs: Some(jobs),
             thread: Some(thread),
-            commits,
+            counters,
+            handover: std::sync::Mutex::new(0),
         })
     }
 
     /// Commits made since start.
     pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.counters.commits.load(Ordering::Relaxed)
     }
 
     /// Queues a batch's new winners and the generation (store digest) they bring the index
-    /// to. With `commit`, the returned receiver completes once they are searchable.
+    /// to. Returns at once; when they become searchable depends on `origin`.
     pub fn submit(
         &self,
         docs: Vec<(RegionId, Record)>,
         items: Vec<Slot>,
         generation: String,
-        commit: bool,
-    ) -> Option<oneshot::Receiver<()>> {
-        let (done, wait) = if commit {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        origin: Origin,
+    ) {
         let Some(jobs) = &self.jobs else {
-            return None;
+            return;
         };
-        if jobs
-            .send(Job::Update {
+        let sent = match origin {
+            Origin::Network => jobs.send(Job::Update {
                 docs,
                 items,
                 generation,
-                commit,
-                done,
-            })
-            .is_err()
-        {
+                local: None,
+            }),
+            Origin::Local => {
+                let mut last = match self.handover.lock() {
+                    Ok(last) => last,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let seq = *last + 1;
+                let sent = jobs.send(Job::Update {
+                    docs,
+                    items,
+                    generation,
+                    local: Some(seq),
+                });
+                if sent.is_ok() {
+                    *last = seq;
+                    self.counters.handed.store(seq, Ordering::SeqCst);
+                }
+                sent
+            }
+        };
+        if sent.is_err() {
             tracing::error!(
                 "the search indexer has stopped; the index is rebuilt at the next start"
             );
-            return None;
         }
-        wait
+    }
+
+    /// Completes once every staff change handed over before this call is searchable: at once
+    /// when they are already committed (the common case, no round trip to the thread), else
+    /// after a commit made now rather than at its spaced time.
+    pub async fn fresh(&self) {
+        let handed = self.counters.handed.load(Ordering::SeqCst);
+        if self.counters.committed.load(Ordering::SeqCst) >= handed {
+            return;
+        }
+        let _ = self.flush().await;
     }
 
     /// Queues the removal of whole items (their region is no longer a member) and the
@@ -214,7 +273,56 @@ fn sooner(due: &mut Option<Instant>, at: Instant) {
 
 /// How long after the last commit network arrivals are committed, given what it cost.
 fn network_wait(cost: Duration) -> Duration {
-    COMMIT_INTERVAL.max((cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX))
+    COMMIT_INTERVAL.max(local_wait(cost))
+}
+
+/// How long after the last commit staff changes are committed, given what it cost.
+fn local_wait(cost: Duration) -> Duration {
+    (cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX)
+}
+
+/// What the indexer thread holds between commits.
+struct Pending {
+    /// Whether the writer holds changes not yet committed.
+    dirty: bool,
+    /// Items changed since the last commit (for the saved searches).
+    fresh: Vec<Slot>,
+    /// Readers waiting for the next commit.
+    waiting: Vec<oneshot::Sender<()>>,
+    /// Sequence number of the last staff change applied to the writer.
+    applied_local: u64,
+}
+
+impl Pending {
+    /// Applies one job to the writer; returns whether it came from staff (`Some(true)`), from
+    /// elsewhere (`Some(false)`), or is a reader asking for a commit now (`None`).
+    fn take(&mut self, index: &SearchIndex, job: Job) -> Option<bool> {
+        match job {
+            Job::Update {
+                docs,
+                items,
+                generation,
+                local,
+            } => {
+                apply(index, &docs, &generation);
+                self.fresh.extend(items);
+                self.dirty = true;
+                if let Some(seq) = local {
+                    self.applied_local = self.applied_local.max(seq);
+                }
+                Some(local.is_some())
+            }
+            Job::Remove { items, generation } => {
+                remove_items(index, &items, &generation);
+                self.dirty = true;
+                Some(false)
+            }
+            Job::Flush(done) => {
+                self.waiting.push(done);
+                None
+            }
+        }
+    }
 }
 
 fn run(
@@ -222,12 +330,15 @@ fn run(
     store: &Store,
     clock: fn() -> u64,
     jobs: &mpsc::Receiver<Job>,
-    commits: &std::sync::atomic::AtomicU64,
+    counters: &Counters,
 ) {
-    let mut dirty = false;
-    let mut fresh: Vec<Slot> = Vec::new();
+    let mut pending = Pending {
+        dirty: false,
+        fresh: Vec::new(),
+        waiting: Vec::new(),
+        applied_local: counters.committed.load(Ordering::SeqCst),
+    };
     let mut last_commit = Instant::now();
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // When the next commit is due: set by the first change since the last commit.
     let mut due: Option<Instant> = None;
     // How long the last commit took.
@@ -238,38 +349,19 @@ fn run(
             None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match job {
-            Ok(Job::Update {
-                docs,
-                items,
-                generation,
-                commit,
-                done,
-            }) => {
-                apply(index, &docs, &generation);
-                fresh.extend(items);
-                dirty = true;
-                waiting.extend(done);
-                let at = if commit {
-                    Instant::now()
-                } else {
-                    last_commit + network_wait(cost)
+            Ok(job) => {
+                let at = match pending.take(index, job) {
+                    Some(true) => last_commit + local_wait(cost),
+                    Some(false) => last_commit + network_wait(cost),
+                    None => Instant::now(),
                 };
                 sooner(&mut due, at);
             }
-            Ok(Job::Remove { items, generation }) => {
-                remove_items(index, &items, &generation);
-                dirty = true;
-                sooner(&mut due, last_commit + network_wait(cost));
-            }
-            Ok(Job::Flush(done)) => {
-                waiting.push(done);
-                sooner(&mut due, Instant::now());
-            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if dirty {
+                if pending.dirty {
                     commit(index);
-                    crate::saved::notify(store, index, &fresh, clock());
+                    crate::saved::notify(store, index, &pending.fresh, clock());
                 }
                 break;
             }
@@ -277,40 +369,27 @@ fn run(
         if due.is_some_and(|at| at <= Instant::now()) {
             // Take whatever else is already queued into the same commit.
             while let Ok(job) = jobs.try_recv() {
-                match job {
-                    Job::Update {
-                        docs,
-                        items,
-                        generation,
-                        done,
-                        ..
-                    } => {
-                        apply(index, &docs, &generation);
-                        fresh.extend(items);
-                        waiting.extend(done);
-                        dirty = true;
-                    }
-                    Job::Remove { items, generation } => {
-                        remove_items(index, &items, &generation);
-                        dirty = true;
-                    }
-                    Job::Flush(done) => waiting.push(done),
-                }
+                pending.take(index, job);
             }
-            if dirty {
+            if pending.dirty {
                 let started = Instant::now();
                 commit(index);
                 cost = started.elapsed();
-                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
                 // Saved searches match against the index, so only now that the items are
-                // searchable; before the waiting callers hear back, so a publish that returns
-                // has raised its notifications.
-                crate::saved::notify(store, index, &std::mem::take(&mut fresh), clock());
+                // searchable; before a reader waiting for freshness hears back, so a
+                // notification list read after a publish shows what the publish raised.
+                crate::saved::notify(store, index, &std::mem::take(&mut pending.fresh), clock());
                 last_commit = Instant::now();
             }
-            dirty = false;
+            // Also after a failed commit: the rebuild at the next start repairs the index, and
+            // readers must not force a commit on every read until then.
+            counters
+                .committed
+                .store(pending.applied_local, Ordering::SeqCst);
+            pending.dirty = false;
             due = None;
-            for done in waiting.drain(..) {
+            for done in pending.waiting.drain(..) {
                 let _ = done.send(());
             }
         }
@@ -351,38 +430,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn paced_publishes_are_searchable_on_return() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_burst_of_staff_publishes_shares_commits_and_is_searchable_when_read()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
         let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
         let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
-        let docs = offers(10)?;
-        // Ten publishes 20 ms apart, each waiting to be searchable, as staff in a hurry or a
-        // script would send them.
-        let mut waits = Vec::new();
+        let docs = offers(20)?;
+        // Twenty publishes back to back, as a script sends them: none waits for the index.
         for (i, (region, record)) in docs.iter().enumerate() {
             let items = vec![slot(region, record)];
-            let wait = indexer
-                .submit(
-                    vec![(*region, record.clone())],
-                    items,
-                    format!("g{i}"),
-                    true,
-                )
-                .ok_or("the indexer refused the update")?;
-            waits.push(wait);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for (i, wait) in waits.into_iter().enumerate() {
-            wait.await?;
-            let searchable = index.count(&Query::default())?;
-            assert!(
-                searchable > i,
-                "publish {i} returned before it was searchable ({searchable} documents)"
+            indexer.submit(
+                vec![(*region, record.clone())],
+                items,
+                format!("g{i}"),
+                Origin::Local,
             );
         }
-        assert_eq!(index.count(&Query::default())?, 10);
-        assert!(indexer.commits() >= 1);
+        // A reader then sees every one of them.
+        indexer.fresh().await;
+        assert_eq!(index.count(&Query::default())?, 20);
+        let commits = indexer.commits();
+        assert!(
+            (1..20).contains(&commits),
+            "twenty publishes handed over together took {commits} commits"
+        );
+        // Nothing pending: reading again commits nothing.
+        indexer.fresh().await;
+        assert_eq!(indexer.commits(), commits);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_lone_staff_publish_becomes_searchable_without_a_reader()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let docs = offers(1)?;
+        let (region, record) = &docs[0];
+        indexer.submit(
+            vec![(*region, record.clone())],
+            vec![slot(region, record)],
+            "g".into(),
+            Origin::Local,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while index.count(&Query::default())? == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "an idle indexer left a publish uncommitted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(indexer.commits() <= 1);
         Ok(())
     }
 
@@ -396,8 +498,12 @@ mod tests {
         let docs = offers(3)?;
         for (region, record) in &docs {
             let items = vec![slot(region, record)];
-            let wait = indexer.submit(vec![(*region, record.clone())], items, "g".into(), false);
-            assert!(wait.is_none(), "a network record is not waited for");
+            indexer.submit(
+                vec![(*region, record.clone())],
+                items,
+                "g".into(),
+                Origin::Network,
+            );
         }
         // An explicit flush commits what is pending at once (within the interval).
         indexer.flush().await?;

@@ -673,13 +673,9 @@ impl Ingest {
         let count = passed.len();
         if !passed.is_empty() {
             match self.write(&passed, generation, checked_state, source).await {
-                Ok((outcomes, searchable)) => {
+                Ok(outcomes) => {
                     for ((i, _), outcome) in passed.iter().zip(outcomes) {
                         results[*i] = Some(outcome.map_err(|err| self.reject(err, source)));
-                    }
-                    // Outside the writer lock: other batches proceed while the index commits.
-                    if let Some(searchable) = searchable {
-                        let _ = searchable.await;
                     }
                 }
                 Err(err) => {
@@ -708,8 +704,8 @@ impl Ingest {
     }
 
     /// Hands the batch's new winners to the indexer with the store's new digest as their
-    /// generation; when staff published or imported them, returns what completes once they
-    /// are searchable (awaited after the writer lock is released).
+    /// generation, without waiting for them to be searchable ([`Ingest::search_fresh`] is
+    /// where a reader waits for its own writes).
     /// A failure there never loses data: the index is rebuilt from the store at the next start
     /// because its generation no longer matches.
     fn update_index(
@@ -719,7 +715,7 @@ impl Ingest {
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
         source: Source,
-    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    ) {
         let docs: Vec<(kim_protocol::RegionId, Record)> = changed
             .iter()
             .filter_map(|(region, position)| {
@@ -731,8 +727,12 @@ impl Ingest {
             .iter()
             .map(|(region, r)| slot_of(region, &r.content))
             .collect();
-        let wait = matches!(source, Source::Api | Source::Import);
-        indexer.submit(docs, items, digest.hash().to_hex(), wait)
+        let origin = if matches!(source, Source::Api | Source::Import) {
+            crate::indexer::Origin::Local
+        } else {
+            crate::indexer::Origin::Network
+        };
+        indexer.submit(docs, items, digest.hash().to_hex(), origin);
     }
 
     /// Flushes what gossip and sync stored since the last flush, if anything; the node calls
@@ -753,6 +753,16 @@ impl Ingest {
     pub async fn flush_search(&self) {
         if let Some(indexer) = &self.indexer {
             let _ = indexer.flush().await;
+        }
+    }
+
+    /// Completes once every record staff published or imported before this call is searchable
+    /// (read-your-writes): every reader of the index calls this first. Costs
+    /// nothing when those are already committed; otherwise commits now. Records from the
+    /// network may still be on their way (within [`crate::indexer::COMMIT_INTERVAL_MAX`]).
+    pub async fn search_fresh(&self) {
+        if let Some(indexer) = &self.indexer {
+            indexer.fresh().await;
         }
     }
 
@@ -796,13 +806,7 @@ impl Ingest {
         generation: u64,
         checked_state: kim_protocol::Hash32,
         source: Source,
-    ) -> Result<
-        (
-            Vec<Result<Accepted, Rejected>>,
-            Option<tokio::sync::oneshot::Receiver<()>>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<Vec<Result<Accepted, Rejected>>, StoreError> {
         let mut recent = self.writer.lock().await;
         let now = self.generation.load(Ordering::Acquire);
         // What was written since this batch's held check: the remembered id sets of those
@@ -970,10 +974,9 @@ impl Ingest {
             }
         }
         // Handed over under the lock, so the indexer sees write sets in the order applied.
-        let searchable = self
-            .indexer
-            .as_ref()
-            .and_then(|indexer| self.update_index(indexer, checked, &changed, &digest, source));
+        if let Some(indexer) = &self.indexer {
+            self.update_index(indexer, checked, &changed, &digest, source);
+        }
         // The flush waits outside the lock: the next batch applies meanwhile, and one flush
         // then covers both.
         drop(recent);
@@ -988,7 +991,7 @@ impl Ingest {
             flush_us = applied.elapsed().as_micros() as u64,
             "store write"
         );
-        Ok((outcomes, searchable))
+        Ok(outcomes)
     }
 }
 
@@ -1108,7 +1111,7 @@ mod tests {
                 .is_some()
         );
         let passed = vec![(0usize, late.clone())];
-        let (outcomes, _) = ingest
+        let outcomes = ingest
             .write(&passed, generation, state_at_check, Source::Sync)
             .await?;
         assert_eq!(
@@ -1192,7 +1195,7 @@ mod tests {
                 ingest.writer.lock().await.sets.clear();
             }
             let state = ingest.membership().digest;
-            let (outcomes, _) = ingest
+            let outcomes = ingest
                 .write(&passed, generation_seen, state, Source::Sync)
                 .await?;
             assert!(

@@ -134,6 +134,8 @@ impl Federation {
     /// Ingests records as import does; panics if any is refused.
     async fn import(&self, records: Vec<Record>) -> usize {
         let results = self.ingest.ingest_verified(records, Source::Import).await;
+        // What the API does before every read of the index or the notifications.
+        self.ingest.search_fresh().await;
         results
             .iter()
             .map(|r| r.as_ref().expect("record accepted"))

@@ -77,6 +77,8 @@ async fn index_follows_publish_revise_withdraw_and_is_rebuilt_when_lost() -> any
                 offer_input("sensor", "Wireless sensors for bridges"),
             )
             .await?;
+        // Readers ask for this node's own writes first, as the API does.
+        service.ingest().search_fresh().await;
         // English stemming: "sensor" finds "sensors", "plant" finds "plants".
         assert_eq!(keys(&index, "sensor"), vec!["sensor"]);
         assert_eq!(keys(&index, "plant"), vec!["dryer"]);
@@ -88,12 +90,16 @@ async fn index_follows_publish_revise_withdraw_and_is_rebuilt_when_lost() -> any
                 offer_input("sensor", "Acoustic monitoring of bridges"),
             )
             .await?;
+        // Readers ask for this node's own writes first, as the API does.
+        service.ingest().search_fresh().await;
         assert!(keys(&index, "wireless").is_empty());
         assert_eq!(keys(&index, "acoustic"), vec!["sensor"]);
         // A withdrawal removes it.
         service
             .withdraw(Collection::Offers, "dryer", "sold".into())
             .await?;
+        // Readers ask for this node's own writes first, as the API does.
+        service.ingest().search_fresh().await;
         assert!(keys(&index, "drying").is_empty());
         assert_eq!(
             index.generation(),
