@@ -3,8 +3,8 @@
 //! The pipeline hands each durable batch's new winners to one indexer thread and goes on: no
 //! publish, import or gossip hop waits for a tantivy commit, whose fixed cost (a new segment's
 //! hash table, a term dictionary per field, files, later merges) is milliseconds however
-//! little it holds. Commits are spaced by what they cost ([`COMMIT_DUTY`]): a lone publish on
-//! an idle node is committed at once, a burst is committed together.
+//! little it holds. Commits are made at most every [`COMMIT_INTERVAL`], and spaced further
+//! when they are slow ([`COMMIT_DUTY`]), so whatever arrives in between shares one.
 //!
 //! Read-your-writes is kept where it is read: whatever reads the index first calls
 //! [`Indexer::fresh`], which commits at once if staff changes handed over before the call are
@@ -29,31 +29,29 @@ use tokio::sync::oneshot;
 use crate::search::{SearchError, SearchIndex};
 use crate::store::Store;
 
-/// Longest time a record that arrived from the network waits to become searchable.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// Commits of network arrivals take at most one part in this many of the indexer's time:
-/// after a commit that took `t`, the next one for network arrivals waits at least `t` times
-/// this (never more than [`COMMIT_INTERVAL_MAX`]). A tantivy commit has a fixed cost however
-/// little it holds (a new segment's hash table cleared and scanned, files created, merges
-/// later); when the machine is busy, commits take longer and so come less often, leaving the
-/// CPU to replication and the API. Staff changes are spaced by this rule alone (no floor), so
-/// an idle node commits a lone publish at once; a reader never waits for the spacing
-/// ([`Indexer::fresh`]).
+/// Shortest time between two commits a reader did not ask for: the search engines' usual
+/// refresh interval. A change waits at most this long to become searchable on an idle machine.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Commits take at most one part in this many of the indexer's time: after a commit that took
+/// `t`, the next one waits at least `t` times this (never more than [`COMMIT_INTERVAL_MAX`]).
+/// A tantivy commit has a fixed cost however little it holds (a new segment's hash table
+/// cleared and scanned, files created and registered, merges later); when the machine is busy,
+/// commits take longer and so come less often, leaving the CPU to replication and the API. A
+/// reader never waits for the spacing ([`Indexer::fresh`]).
 pub const COMMIT_DUTY: u32 = 10;
-/// Longest a network arrival waits to become searchable, however slow commits are.
-pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Longest a change waits to become searchable, however slow commits are.
+pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
 /// An item whose winner changed: region, kind, item key.
 pub type Slot = (RegionId, Kind, String);
 
-/// Where an update came from, which decides how soon it is committed.
+/// Where an update came from, which decides whether a reader waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// Published or imported by staff on this node: committed as soon as the spacing allows,
-    /// and at once when a reader asks ([`Indexer::fresh`]).
+    /// Published or imported by staff on this node: committed at once when a reader asks
+    /// ([`Indexer::fresh`]), else at the next spaced commit.
     Local,
-    /// Arrived by gossip, sync or direct delivery: committed with others, within
-    /// [`COMMIT_INTERVAL`]–[`COMMIT_INTERVAL_MAX`].
+    /// Arrived by gossip, sync or direct delivery: committed at the next spaced commit.
     Network,
 }
 
@@ -271,14 +269,9 @@ fn sooner(due: &mut Option<Instant>, at: Instant) {
     *due = Some(due.map_or(at, |d| d.min(at)));
 }
 
-/// How long after the last commit network arrivals are committed, given what it cost.
-fn network_wait(cost: Duration) -> Duration {
-    COMMIT_INTERVAL.max(local_wait(cost))
-}
-
-/// How long after the last commit staff changes are committed, given what it cost.
-fn local_wait(cost: Duration) -> Duration {
-    (cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX)
+/// How long after the last commit the next one is made, given what the last one cost.
+fn commit_wait(cost: Duration) -> Duration {
+    COMMIT_INTERVAL.max((cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX))
 }
 
 /// What the indexer thread holds between commits.
@@ -294,9 +287,8 @@ struct Pending {
 }
 
 impl Pending {
-    /// Applies one job to the writer; returns whether it came from staff (`Some(true)`), from
-    /// elsewhere (`Some(false)`), or is a reader asking for a commit now (`None`).
-    fn take(&mut self, index: &SearchIndex, job: Job) -> Option<bool> {
+    /// Applies one job to the writer; returns whether it is a reader asking for a commit now.
+    fn take(&mut self, index: &SearchIndex, job: Job) -> bool {
         match job {
             Job::Update {
                 docs,
@@ -310,16 +302,16 @@ impl Pending {
                 if let Some(seq) = local {
                     self.applied_local = self.applied_local.max(seq);
                 }
-                Some(local.is_some())
+                false
             }
             Job::Remove { items, generation } => {
                 remove_items(index, &items, &generation);
                 self.dirty = true;
-                Some(false)
+                false
             }
             Job::Flush(done) => {
                 self.waiting.push(done);
-                None
+                true
             }
         }
     }
@@ -350,10 +342,10 @@ fn run(
         };
         match job {
             Ok(job) => {
-                let at = match pending.take(index, job) {
-                    Some(true) => last_commit + local_wait(cost),
-                    Some(false) => last_commit + network_wait(cost),
-                    None => Instant::now(),
+                let at = if pending.take(index, job) {
+                    Instant::now()
+                } else {
+                    last_commit + commit_wait(cost)
                 };
                 sooner(&mut due, at);
             }
@@ -376,6 +368,11 @@ fn run(
                 commit(index);
                 cost = started.elapsed();
                 counters.commits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    items = pending.fresh.len(),
+                    took_us = cost.as_micros() as u64,
+                    "search index committed"
+                );
                 // Saved searches match against the index, so only now that the items are
                 // searchable; before a reader waiting for freshness hears back, so a
                 // notification list read after a publish shows what the publish raised.

@@ -336,6 +336,8 @@ pub struct Ingest {
     generation: AtomicU64,
     /// Set when gossip or sync applied a write set that no flush has covered yet.
     unflushed: std::sync::atomic::AtomicBool,
+    /// Counts write sets that stored a membership record or a region profile.
+    access_changes: AtomicU64,
     clock: fn() -> u64,
     /// The search index, updated after each durable write (absent in tools that only store).
     search: Option<Arc<crate::search::SearchIndex>>,
@@ -369,6 +371,7 @@ impl Ingest {
             writer: tokio::sync::Mutex::new(RecentWrites::default()),
             generation: AtomicU64::new(0),
             unflushed: std::sync::atomic::AtomicBool::new(false),
+            access_changes: AtomicU64::new(0),
             clock: system_now_ms,
             search: None,
             indexer: None,
@@ -389,6 +392,13 @@ impl Ingest {
         }
         self.search = Some(index);
         self
+    }
+
+    /// How many write sets have stored a membership record or a region profile: what decides
+    /// which peers may connect and where members listen. Unchanged across a batch means that
+    /// batch changed neither.
+    pub fn access_changes(&self) -> u64 {
+        self.access_changes.load(Ordering::Acquire)
     }
 
     /// The search index, if attached.
@@ -959,6 +969,15 @@ impl Ingest {
         self.generation.store(now + 1, Ordering::Release);
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
+        }
+        // Which peers may connect, and where members listen, follow from membership records
+        // and region profiles only: the node recomputes them when this counter moves.
+        if membership_changed
+            || checked.iter().zip(&outcomes).any(|((_, r), o)| {
+                r.content.kind == Kind::RegionProfile && o.as_ref().is_ok_and(Accepted::is_new)
+            })
+        {
+            self.access_changes.fetch_add(1, Ordering::AcqRel);
         }
         if membership_changed {
             self.reevaluate_membership()?;

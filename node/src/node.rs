@@ -585,9 +585,12 @@ impl Records for NodeRecords {
         } else {
             Vec::new()
         };
+        let access = self.ingest.access_changes();
         let verdicts = Records::ingest(self.ingest.as_ref(), records, origin).await;
-        if verdicts.contains(&Verdict::New) {
+        if self.ingest.access_changes() != access {
             self.changed.notify_one();
+        }
+        if verdicts.contains(&Verdict::New) {
             for (id, verdict) in ids.iter().zip(&verdicts) {
                 if *verdict == Verdict::New {
                     let _ = self.arrivals.send(Arrival { id: *id, origin });
@@ -904,6 +907,7 @@ async fn announce(
     // Nothing handled yet: the first pass (at start) signs whatever decisions a restart left
     // unsigned in the current state.
     let mut last_state = kim_protocol::Hash32([0; 32]);
+    let mut seen_access = ingest.access_changes();
 
     loop {
         tokio::select! {
@@ -913,7 +917,12 @@ async fn announce(
                     Ok(()) | Err(net::NetError::NoPeers) => {}
                     Err(e) => tracing::debug!(cause = %e, "gossip publish failed; sync will carry the record"),
                 }
-                changed.notify_one();
+                // Only this node's own membership decisions and profile change who may connect.
+                let now = ingest.access_changes();
+                if now != seen_access {
+                    seen_access = now;
+                    changed.notify_one();
+                }
             }
             () = changed.notified() => {
                 on_membership(&service, &net, &member, &mut last_state).await;
