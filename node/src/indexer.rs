@@ -32,8 +32,9 @@ use crate::store::Store;
 /// Shortest time between two commits a reader did not ask for: the search engines' usual
 /// refresh interval. A change waits at most this long to become searchable on an idle machine.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-/// Commits take at most one part in this many of the indexer's time: after a commit that took
-/// `t`, the next one waits at least `t` times this (never more than [`COMMIT_INTERVAL_MAX`]).
+/// Commits take at most one part in this many of the time: after a commit that took `t`, the
+/// next one waits at least `t` times this, times the number of nodes in the process (never
+/// more than [`COMMIT_INTERVAL_MAX`]).
 /// A tantivy commit has a fixed cost however little it holds (a new segment's hash table
 /// cleared and scanned, files created and registered, merges later); when the machine is busy,
 /// commits take longer and so come less often, leaving the CPU to replication and the API. A
@@ -269,9 +270,16 @@ fn sooner(due: &mut Option<Instant>, at: Instant) {
     *due = Some(due.map_or(at, |d| d.min(at)));
 }
 
-/// How long after the last commit the next one is made, given what the last one cost.
+/// Indexer threads running in this process: one per node, several when a test, the demo or a
+/// benchmark hosts many nodes in one process.
+static LIVE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// How long after the last commit the next one is made, given what the last one cost. The
+/// duty is shared by every indexer in the process, so however many nodes it hosts, their
+/// commits together take about a tenth of one core.
 fn commit_wait(cost: Duration) -> Duration {
-    COMMIT_INTERVAL.max((cost * COMMIT_DUTY).min(COMMIT_INTERVAL_MAX))
+    let live = LIVE.load(Ordering::Relaxed).max(1);
+    COMMIT_INTERVAL.max((cost * COMMIT_DUTY * live).min(COMMIT_INTERVAL_MAX))
 }
 
 /// What the indexer thread holds between commits.
@@ -324,6 +332,15 @@ fn run(
     jobs: &mpsc::Receiver<Job>,
     counters: &Counters,
 ) {
+    /// Counts this thread in [`LIVE`] while it runs, however it ends.
+    struct Live;
+    impl Drop for Live {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    let _live = Live;
     let mut pending = Pending {
         dirty: false,
         fresh: Vec::new(),
