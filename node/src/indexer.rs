@@ -341,6 +341,7 @@ fn run(
     }
     LIVE.fetch_add(1, Ordering::Relaxed);
     let _live = Live;
+    crate::search::lower_this_thread_priority();
     let mut pending = Pending {
         dirty: false,
         fresh: Vec::new(),
@@ -499,6 +500,63 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(indexer.commits() <= 1);
+        Ok(())
+    }
+
+    /// The nice value of every thread of this process with the given name (Linux `/proc`).
+    #[cfg(target_os = "linux")]
+    fn nice_of_threads(name: &str) -> Result<Vec<i64>, Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let path = task?.path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("stat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            if comm.trim() != name {
+                continue;
+            }
+            // Fields after the parenthesised name: state is field 3, nice field 19.
+            let after = stat.rsplit_once(')').ok_or("stat without a name")?.1;
+            let nice = after
+                .split_whitespace()
+                .nth(16)
+                .ok_or("stat too short")?
+                .parse()?;
+            out.push(nice);
+        }
+        Ok(out)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn index_maintenance_runs_at_a_lower_cpu_priority()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let base = i64::from(rustix::process::getpriority_process(None)?);
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let docs = offers(1)?;
+        let (region, record) = &docs[0];
+        indexer.submit(
+            vec![(*region, record.clone())],
+            vec![slot(region, record)],
+            "g".into(),
+            Origin::Local,
+        );
+        // After a commit the indexer thread has run, and tantivy's workers were respawned by it.
+        indexer.fresh().await;
+        let lowered = (base + i64::from(crate::search::INDEXING_NICE_INCREMENT)).min(19);
+        let indexers = nice_of_threads("kim-indexer")?;
+        assert!(
+            indexers.contains(&lowered),
+            "no indexer thread runs at nice {lowered}: {indexers:?}"
+        );
+        // The caller keeps its priority.
+        assert_eq!(i64::from(rustix::process::getpriority_process(None)?), base);
         Ok(())
     }
 

@@ -548,6 +548,23 @@ impl std::fmt::Debug for SearchIndex {
     }
 }
 
+/// How much less CPU priority index maintenance gets than replication and the API: nice + 10,
+/// about a tenth of a core's share when both want it, full speed when nothing else runs.
+pub const INDEXING_NICE_INCREMENT: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`INDEXING_NICE_INCREMENT`] (Linux: the nice
+/// value belongs to the thread, and threads it spawns inherit it). Indexing is background
+/// work: under load, gossip hops, sync and publishes go first, and the index catches up when
+/// the CPU is free again. Failing only costs that preference, so it is logged, not returned.
+pub(crate) fn lower_this_thread_priority() {
+    let lowered = rustix::process::getpriority_process(None).and_then(|nice| {
+        rustix::process::setpriority_process(None, (nice + INDEXING_NICE_INCREMENT).min(19))
+    });
+    if let Err(e) = lowered {
+        tracing::debug!(cause = %e, "cannot lower the indexing threads' priority");
+    }
+}
+
 impl SearchIndex {
     /// Opens the index in `dir` (created if missing) with the default writer heap.
     ///
@@ -580,9 +597,19 @@ impl SearchIndex {
             }
         };
         register_tokenizers(&index);
-        let writer = index
-            .writer_with_num_threads(1, heap_bytes.max(15_000_000))
-            .map_err(|e| open_err(e.to_string()))?;
+        // Created on a thread of lowered priority, so tantivy's indexing, merging and segment
+        // threads inherit it (the indexer thread, which commits and so respawns the indexing
+        // workers, lowers its own too).
+        let writer = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    lower_this_thread_priority();
+                    index.writer_with_num_threads(1, heap_bytes.max(15_000_000))
+                })
+                .join()
+        })
+        .map_err(|_| open_err("the thread creating the index writer panicked".into()))?
+        .map_err(|e| open_err(e.to_string()))?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

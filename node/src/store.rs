@@ -7,8 +7,8 @@
 //!   - `r` id → pointer to the record's bytes in the record log (the sync set: winners,
 //!     tombstones, equivocation evidence, membership records)
 //!   - `i` region ‖ kind ‖ key → [`ItemEntry`] (the current winner of each item)
-//!   - `k` kind ‖ updated-at (BE) ‖ id → () (list by kind, newest first)
-//!   - `a` region ‖ kind ‖ updated-at (BE) ‖ id → () (list by author region)
+//!   - `k` kind ‖ created-at (BE) ‖ id → the item's `i` key (list by kind, newest first; a
+//!     listing of one region scans that region's `i` entries instead)
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
 //!   - `e` region ‖ kind ‖ key ‖ 0 ‖ id → () (equivocation evidence for an item's revision)
 //!   - `n` id → pointer to the record's bytes (directly delivered records: never in the sync
@@ -1691,7 +1691,19 @@ mod tests {
             .write(true)
             .open(dir.join(RECORD_LOG))?;
         let synced = {
-            let store = sled::open(&dir)?;
+            // sled's background thread may hold the lock a moment after the store is dropped;
+            // Store::open retries for that, the raw open here does too.
+            let mut attempts = 0;
+            let store = loop {
+                match sled::open(&dir) {
+                    Ok(store) => break store,
+                    Err(e) if attempts < OPEN_LOCKED_RETRIES && e.to_string().contains("lock") => {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let data = store.open_tree("data")?;
             let value = data.get(META_LOG_SYNCED)?.ok_or("no synced length")?;
             u64::from_be_bytes(value.as_ref().try_into()?)
