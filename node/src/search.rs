@@ -240,8 +240,12 @@ const STEM_CACHE_WORDS: usize = 100_000;
 #[derive(Clone)]
 struct CachedStemmer {
     stem: TextAnalyzer,
-    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    cache: std::sync::Arc<std::sync::Mutex<StemCache>>,
 }
+
+/// Word → stem. foldhash instead of SipHash: a lookup per token is the hot path of indexing,
+/// and its per-process random seed still keeps crafted words from colliding on purpose.
+type StemCache = std::collections::HashMap<String, String, foldhash::fast::RandomState>;
 
 impl CachedStemmer {
     fn new(language: Language) -> CachedStemmer {
@@ -253,25 +257,32 @@ impl CachedStemmer {
         }
     }
 
-    fn stem(&mut self, word: &str) -> String {
+    /// Replaces `word` by its stem, in place (no allocation when the stem is cached).
+    fn stem(&mut self, word: &mut String) {
         if let Ok(cache) = self.cache.lock()
-            && let Some(stem) = cache.get(word)
+            && let Some(stem) = cache.get(word.as_str())
         {
-            return stem.clone();
+            if stem != word {
+                word.clear();
+                word.push_str(stem);
+            }
+            return;
         }
-        let mut stream = self.stem.token_stream(word);
-        let stem = if stream.advance() {
-            stream.token().text.clone()
-        } else {
-            word.to_owned()
+        let stem = {
+            let mut stream = self.stem.token_stream(word);
+            if stream.advance() {
+                stream.token().text.clone()
+            } else {
+                word.clone()
+            }
         };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= STEM_CACHE_WORDS {
                 cache.clear();
             }
-            cache.insert(word.to_owned(), stem.clone());
+            cache.insert(word.clone(), stem.clone());
         }
-        stem
+        *word = stem;
     }
 }
 
@@ -313,8 +324,7 @@ impl<T: TokenStream> TokenStream for CachedStemmerStream<'_, T> {
         if !self.tail.advance() {
             return false;
         }
-        let token = self.tail.token_mut();
-        token.text = self.stemmer.stem(&token.text);
+        self.stemmer.stem(&mut self.tail.token_mut().text);
         true
     }
 
