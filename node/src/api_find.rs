@@ -120,6 +120,8 @@ pub struct SearchResults {
 
 /// Full-text search over every offer, request, knowledge item, organisation and project this
 /// node holds (its own and the federation's), with filters; relevance-ranked.
+/// What this node published or imported before the call is always found; records from other
+/// regions become searchable within seconds of arriving (at most 5 s).
 #[utoipa::path(get, path = "/api/v1/search", tag = "find", params(SearchParams),
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)))]
 async fn search(
