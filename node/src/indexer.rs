@@ -444,23 +444,35 @@ mod tests {
         (*region, record.content.kind, record.content.key.clone())
     }
 
+    /// A store, an index and their indexer under `dir`.
+    fn start(
+        dir: &std::path::Path,
+    ) -> Result<(Arc<SearchIndex>, Indexer), Box<dyn std::error::Error>> {
+        let store = Store::open(&dir.join("store"), 8 << 20, true)?;
+        let index = Arc::new(SearchIndex::open(&dir.join("search"))?);
+        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        Ok((index, indexer))
+    }
+
+    /// Hands one record to the indexer as the pipeline does.
+    fn submit_one(indexer: &Indexer, (region, record): &(RegionId, Record), origin: Origin) {
+        indexer.submit(
+            vec![(*region, record.clone())],
+            vec![slot(region, record)],
+            "g".into(),
+            origin,
+        );
+    }
+
     #[tokio::test]
     async fn a_burst_of_staff_publishes_shares_commits_and_is_searchable_when_read()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let (index, indexer) = start(dir.path())?;
         let docs = offers(20)?;
         // Twenty publishes back to back, as a script sends them: none waits for the index.
-        for (i, (region, record)) in docs.iter().enumerate() {
-            let items = vec![slot(region, record)];
-            indexer.submit(
-                vec![(*region, record.clone())],
-                items,
-                format!("g{i}"),
-                Origin::Local,
-            );
+        for doc in &docs {
+            submit_one(&indexer, doc, Origin::Local);
         }
         // A reader then sees every one of them.
         indexer.fresh().await;
@@ -480,17 +492,9 @@ mod tests {
     async fn a_lone_staff_publish_becomes_searchable_without_a_reader()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let (index, indexer) = start(dir.path())?;
         let docs = offers(1)?;
-        let (region, record) = &docs[0];
-        indexer.submit(
-            vec![(*region, record.clone())],
-            vec![slot(region, record)],
-            "g".into(),
-            Origin::Local,
-        );
+        submit_one(&indexer, &docs[0], Origin::Local);
         let deadline = Instant::now() + Duration::from_secs(30);
         while index.count(&Query::default())? == 0 {
             assert!(
@@ -536,17 +540,9 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let base = i64::from(rustix::process::getpriority_process(None)?);
         let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let (_index, indexer) = start(dir.path())?;
         let docs = offers(1)?;
-        let (region, record) = &docs[0];
-        indexer.submit(
-            vec![(*region, record.clone())],
-            vec![slot(region, record)],
-            "g".into(),
-            Origin::Local,
-        );
+        submit_one(&indexer, &docs[0], Origin::Local);
         // After a commit the indexer thread has run, and tantivy's workers were respawned by it.
         indexer.fresh().await;
         let lowered = (base + i64::from(crate::search::INDEXING_NICE_INCREMENT)).min(19);
@@ -564,18 +560,10 @@ mod tests {
     async fn network_records_wait_for_the_interval_unless_flushed()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        let indexer = Indexer::start(Arc::clone(&index), store, crate::ingest::system_now_ms)?;
+        let (index, indexer) = start(dir.path())?;
         let docs = offers(3)?;
-        for (region, record) in &docs {
-            let items = vec![slot(region, record)];
-            indexer.submit(
-                vec![(*region, record.clone())],
-                items,
-                "g".into(),
-                Origin::Network,
-            );
+        for doc in &docs {
+            submit_one(&indexer, doc, Origin::Network);
         }
         // An explicit flush commits what is pending at once (within the interval).
         indexer.flush().await?;
