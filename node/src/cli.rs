@@ -95,6 +95,36 @@ pub enum ItemCommand {
     DeleteDraft { key: String },
 }
 
+/// Where the node of `data` answers: the address the running node wrote to `DATA/api-address`,
+/// else the configured `api_listen`.
+fn api_base(data: &DataDir) -> anyhow::Result<String> {
+    let file = data.api_address();
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let url = text.trim();
+            anyhow::ensure!(
+                url.starts_with("http://") && url.len() > "http://".len(),
+                "{} does not hold an API address ({url:?}); remove it and restart the node",
+                file.display()
+            );
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", file.display()));
+        }
+    }
+    let config = Config::load(&data.root)?;
+    anyhow::ensure!(
+        config.api_listen.port() != 0,
+        "the node is not running: its api_listen ({}) takes a port chosen at start, and {} \
+         (written while it runs) is missing; start it with `kim --data-dir DIR run`",
+        config.api_listen,
+        file.display()
+    );
+    Ok(format!("http://{}", config.api_listen))
+}
+
 /// A minimal HTTP client for the node API.
 #[derive(Debug)]
 pub struct Client {
@@ -109,10 +139,7 @@ impl Client {
     pub fn new(data: &DataDir, args: &ClientArgs) -> anyhow::Result<Client> {
         let base = match &args.api {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None => {
-                let config = Config::load(&data.root)?;
-                format!("http://{}", config.api_listen)
-            }
+            None => api_base(data)?,
         };
         let token_path = args.token_file.clone().unwrap_or_else(|| data.token());
         let token = std::fs::read_to_string(&token_path)

@@ -107,7 +107,9 @@ country = {country}
 federation = {federation}
 
 # HTTP API (and dashboard) address. Keep it on loopback unless a reverse proxy with TLS
-# fronts it; every route but /api/v1/health needs the bearer token in `api-token`.
+# fronts it; every route but /api/v1/health needs the bearer token in `api-token`. Port 0
+# takes a free port at start; the running node writes its URL to `api-address` in the data
+# directory, where the CLI looks first.
 api_listen = "{api}"
 
 # libp2p listen addresses (multiaddrs) and peers to dial at start, e.g.
@@ -255,6 +257,11 @@ impl DataDir {
     }
     pub fn token(&self) -> PathBuf {
         self.root.join("api-token")
+    }
+    /// The URL the running node's API answers on, written once it listens and removed when it
+    /// stops, so that the CLI finds a node whose `api_listen` port is 0 (chosen at start).
+    pub fn api_address(&self) -> PathBuf {
+        self.root.join("api-address")
     }
     pub fn store(&self) -> PathBuf {
         self.root.join("store")

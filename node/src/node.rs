@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -650,6 +651,8 @@ pub struct Running {
     outbox: Option<JoinHandle<()>>,
     blob_sweeper: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
+    /// `DATA/api-address`, removed again on a clean stop.
+    address_file: PathBuf,
 }
 
 impl Running {
@@ -704,9 +707,30 @@ impl Running {
         }
         self.state.service.ingest().flush_search().await;
         self.store.flush().await?;
+        if let Err(e) = std::fs::remove_file(&self.address_file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %self.address_file.display(), cause = %e, "cannot remove the API address file");
+        }
         tracing::info!("node stopped; store flushed");
         result
     }
+}
+
+/// Writes the URL a client on this machine reaches the API at (loopback when the node listens on
+/// every address), replacing the file whole so that a reader never sees half of it.
+fn write_api_address(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut reachable = addr;
+    if addr.ip().is_unspecified() {
+        reachable.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("http://{reachable}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("cannot write the API address to {}", path.display()))
 }
 
 /// What the network takes from the configuration.
@@ -858,6 +882,8 @@ pub async fn start(
                 .context("HTTP server failed")
         }
     });
+    let address_file = data.api_address();
+    write_api_address(&address_file, api_addr)?;
     tracing::info!(
         api = %api_addr,
         peer_id = %own,
@@ -880,6 +906,7 @@ pub async fn start(
         outbox: Some(outbox),
         blob_sweeper: Some(blob_sweeper),
         flusher: Some(flusher),
+        address_file,
     })
 }
 

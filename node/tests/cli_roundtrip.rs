@@ -91,7 +91,7 @@ fn init_creates_secrets_0600_and_a_documented_config_and_refuses_to_overwrite() 
     // Every option the node understands is written, each under a comment saying what it does.
     let text = std::fs::read_to_string(data.join("config.toml")).unwrap();
     let config = kim_node::config::Config::load(data).expect("config.toml loads");
-    assert_eq!(config.api_listen.port(), node.port);
+    assert_eq!(config.api_listen.to_string(), "127.0.0.1:0");
     assert_eq!(config.region_name, "Steiermark");
     assert_eq!(config.nuts, "AT22");
     assert_eq!(config.country, "AT");
@@ -632,10 +632,9 @@ fn clear_messages_when_the_node_is_down_or_the_token_is_wrong() {
     ] {
         let out = node.kim(&args).fails();
         assert!(
-            out.stderr.contains(&format!(
-                "cannot reach the node at http://127.0.0.1:{}",
-                node.port
-            )) && out.stderr.contains("is it running?"),
+            out.stderr.contains("the node is not running")
+                && out.stderr.contains("api-address")
+                && out.stderr.contains("kim --data-dir DIR run"),
             "{args:?}: {}",
             out.stderr
         );
@@ -688,7 +687,7 @@ fn clear_messages_when_the_node_is_down_or_the_token_is_wrong() {
     );
     // A second node on the same data directory but another port: the store is locked.
     let out = command()
-        .env("KIM_API_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("KIM_API_LISTEN", "127.0.0.1:0")
         .arg("--data-dir")
         .arg(&node.data)
         .arg("run")
@@ -738,6 +737,10 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_everything() {
         let log = node.log();
         let stopped = log.matches("node stopped; store flushed").count();
         assert_eq!(stopped, round + 1, "log after SIG{signal}:\n{log}");
+        assert!(
+            !node.data.join("api-address").exists(),
+            "a stopped node leaves no api-address behind"
+        );
         assert!(
             !log.contains('\u{1b}'),
             "colour codes in a log file:\n{log}"

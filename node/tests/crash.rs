@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -38,12 +37,6 @@ fn command() -> Command {
     cmd
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// A node's data directory and, while it runs, its `kim run` process (killed on drop).
 #[derive(Debug)]
 struct Node {
@@ -55,16 +48,14 @@ struct Node {
 }
 
 impl Node {
-    /// `kim init` in `root/node` on a free port.
+    /// `kim init` in `root/node`, its API on a port the kernel chooses when it starts.
     fn init(root: &Path) -> Node {
         let data = root.join("node");
-        let port = free_port();
         let out = command()
             .arg("--data-dir")
             .arg(&data)
             .args(["init", "--region-name", "Steiermark", "--nuts", "AT22"])
-            .arg("--api-listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
             .output()
             .expect("run kim init");
@@ -79,7 +70,7 @@ impl Node {
             .to_string();
         Node {
             data,
-            port,
+            port: 0,
             token,
             log: root.join("node.log"),
             child: None,
@@ -93,6 +84,14 @@ impl Node {
     /// Starts `kim run` and waits until the API answers; fails with the log if the node exits.
     async fn start(&mut self, http: &reqwest::Client) {
         assert!(self.child.is_none(), "node already running");
+        // The killed run's file names a port that another process may hold by now.
+        let address = self.data.join("api-address");
+        match std::fs::remove_file(&address) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the old api-address: {e}"),
+        }
+        self.port = 0;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -121,14 +120,19 @@ impl Node {
                     self.log()
                 );
             }
-            let health = http.get(format!("{}/health", self.base())).send().await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return;
+            if let Some(port) = std::fs::read_to_string(&address)
+                .ok()
+                .and_then(|url| url.trim().rsplit(':').next()?.parse().ok())
+            {
+                self.port = port;
+                let health = http.get(format!("{}/health", self.base())).send().await;
+                if health.is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "node did not answer on port {}; log:\n{}",
-                self.port,
+                "node did not write its api-address and answer on it; log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

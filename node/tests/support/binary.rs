@@ -84,21 +84,29 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// The API port of the node that runs on `data`, once it has written `DATA/api-address`.
+pub fn running_port(data: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(data.join("api-address")).ok()?;
+    text.trim().rsplit(':').next()?.parse().ok()
+}
+
 /// A node's data directory and, while it runs, its `kim run` process (killed on drop).
 #[derive(Debug)]
 pub struct Node {
     pub data: PathBuf,
+    /// The API port of the running node (0 before the first start): the node listens on a port
+    /// the kernel chooses and writes it to `DATA/api-address`, so no other test can take it
+    /// between choosing and binding.
     pub port: u16,
     pub log: PathBuf,
     pub child: Option<Child>,
 }
 
 impl Node {
-    /// `kim init` in `root/node` on a free port.
+    /// `kim init` in `root/node`, its API on a port chosen when it starts.
     pub fn init(root: &Path) -> Node {
         let data = root.join("node");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = "127.0.0.1:0";
         kim(
             &data,
             &[
@@ -108,7 +116,7 @@ impl Node {
                 "--nuts",
                 "AT22",
                 "--api-listen",
-                &listen,
+                listen,
                 "--p2p-listen",
                 "/ip4/127.0.0.1/tcp/0",
             ],
@@ -116,7 +124,7 @@ impl Node {
         .ok();
         Node {
             data,
-            port,
+            port: 0,
             log: root.join("node.log"),
             child: None,
         }
@@ -125,6 +133,12 @@ impl Node {
     /// Starts `kim run` and waits until the API answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node already running");
+        // A file left by a killed run names a port some other process may hold by now.
+        match std::fs::remove_file(self.data.join("api-address")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the old api-address: {e}"),
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -150,13 +164,15 @@ impl Node {
                 self.child = None;
                 panic!("kim run exited with {status}; log:\n{}", self.log());
             }
-            if health(self.port) {
+            if let Some(port) = running_port(&self.data)
+                && health(port)
+            {
+                self.port = port;
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "node did not answer on port {}; log:\n{}",
-                self.port,
+                "node did not write its api-address and answer on it; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -241,7 +257,6 @@ pub fn free_p2p_port() -> u16 {
 /// `kim init` of one region in `root/dir`, with a dialable p2p address.
 pub fn init_region(root: &Path, dir: &str, name: &str, nuts: &str, language: &str) -> Node {
     let data = root.join(dir);
-    let port = free_port();
     kim(
         &data,
         &[
@@ -255,7 +270,7 @@ pub fn init_region(root: &Path, dir: &str, name: &str, nuts: &str, language: &st
             "--agency",
             &format!("Development agency of {name}"),
             "--api-listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--p2p-listen",
             &format!("/ip4/127.0.0.1/tcp/{}", free_p2p_port()),
         ],
@@ -263,7 +278,7 @@ pub fn init_region(root: &Path, dir: &str, name: &str, nuts: &str, language: &st
     .ok();
     Node {
         data,
-        port,
+        port: 0,
         log: root.join(format!("{dir}.log")),
         child: None,
     }
