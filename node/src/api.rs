@@ -479,7 +479,19 @@ pub struct Status {
     pub state_digest: String,
     pub rejections: BTreeMap<String, u64>,
     pub store_bytes: u64,
+    /// The search index: documents waiting for the indexer and commits since start.
+    pub search: SearchView,
     pub uptime_ms: u64,
+}
+
+/// The search index part of the status.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchView {
+    /// New winners handed to the indexer and not yet indexed (at most
+    /// `kim_node::indexer::QUEUE_DOCS_MAX`; beyond it, ingest waits for the indexer).
+    pub backlog: u64,
+    /// Index commits made since the node started.
+    pub commits: u64,
 }
 
 /// The network part of the status.
@@ -627,6 +639,10 @@ async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         store_bytes: ingest.store().size_on_disk(),
+        search: SearchView {
+            backlog: ingest.index_backlog() as u64,
+            commits: ingest.index_commits(),
+        },
         uptime_ms: system_now_ms().saturating_sub(state.started_at_ms),
     }))
 }

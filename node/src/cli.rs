@@ -21,7 +21,8 @@ macro_rules! println {
 /// How to reach the node: from the data directory unless overridden.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Node API base URL (default: from the data directory's config.toml).
+    /// Node API base URL (default: the running node's `api-address` in the data directory, else
+    /// `api_listen` from its config.toml).
     #[arg(long, global = true, env = "KIM_API")]
     pub api: Option<String>,
     /// File holding the API token (default: the data directory's api-token).
@@ -573,6 +574,10 @@ pub async fn status(client: &Client) -> anyhow::Result<()> {
             println!("  {k:<30} {v}");
         }
         println!("store:       {} bytes", s["store_bytes"]);
+        println!(
+            "search:      {} waiting to be indexed, {} commits",
+            s["search"]["backlog"], s["search"]["commits"]
+        );
     });
     Ok(())
 }

@@ -43,6 +43,12 @@ pub const COMMIT_DUTY: u32 = 10;
 /// Longest a change waits to become searchable, however slow commits are.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
+/// Documents handed over and not yet taken by the indexer thread, at most. A batch that would
+/// pass it waits for the thread (backpressure on the ingest pipeline) instead of growing the
+/// queue without bound when records arrive faster than they can be indexed (a large sync on a
+/// busy machine). About 3 KB each while queued (record bytes and decoded content).
+pub const QUEUE_DOCS_MAX: usize = 16_384;
+
 /// An item whose winner changed: region, kind, item key.
 pub type Slot = (RegionId, Kind, String);
 
@@ -63,6 +69,8 @@ enum Job {
         generation: String,
         /// For staff changes, their place in the order handed over ([`Handover`]).
         local: Option<u64>,
+        /// The documents' places in the queue, given back once the thread has taken them.
+        _queued: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// Whole items to drop (their region is no longer a member).
     Remove {
@@ -96,6 +104,9 @@ pub struct Indexer {
     /// Serialises the handover of staff changes, so their sequence numbers reach the thread in
     /// order and "committed up to n" means every one up to n.
     handover: std::sync::Mutex<u64>,
+    /// Free places in the queue ([`QUEUE_DOCS_MAX`]).
+    room: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
 }
 
 /// What the thread and the handle share.
@@ -147,6 +158,17 @@ impl Indexer {
         store: Store,
         clock: fn() -> u64,
     ) -> std::io::Result<Indexer> {
+        Indexer::start_with_capacity(index, store, clock, QUEUE_DOCS_MAX)
+    }
+
+    /// [`Indexer::start`] with room for `capacity` queued documents.
+    pub fn start_with_capacity(
+        index: Arc<SearchIndex>,
+        store: Store,
+        clock: fn() -> u64,
+        capacity: usize,
+    ) -> std::io::Result<Indexer> {
+        let capacity = capacity.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let (jobs, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let shared = Arc::clone(&counters);
@@ -158,7 +180,14 @@ impl Indexer {
             thread: Some(thread),
             counters,
             handover: std::sync::Mutex::new(0),
+            room: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
         })
+    }
+
+    /// Documents handed over that the indexer thread has not taken yet.
+    pub fn backlog(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 
     /// Commits made since start.
@@ -167,8 +196,10 @@ impl Indexer {
     }
 
     /// Queues a batch's new winners and the generation (store digest) they bring the index
-    /// to. Returns at once; when they become searchable depends on `origin`.
-    pub fn submit(
+    /// to. Returns once they are queued, which is at once unless [`QUEUE_DOCS_MAX`] documents
+    /// are already waiting (then when the thread has taken enough of them); when they become
+    /// searchable depends on `origin`.
+    pub async fn submit(
         &self,
         docs: Vec<(RegionId, Record)>,
         items: Vec<Slot>,
@@ -178,12 +209,17 @@ impl Indexer {
         let Some(jobs) = &self.jobs else {
             return;
         };
+        // A batch bigger than the whole queue takes all of it. The semaphore is never closed:
+        // if the thread has gone, its receiver's drop released every queued job's places.
+        let wanted = docs.len().clamp(1, self.capacity) as u32;
+        let queued = Arc::clone(&self.room).acquire_many_owned(wanted).await.ok();
         let sent = match origin {
             Origin::Network => jobs.send(Job::Update {
                 docs,
                 items,
                 generation,
                 local: None,
+                _queued: queued,
             }),
             Origin::Local => {
                 let mut last = match self.handover.lock() {
@@ -196,6 +232,7 @@ impl Indexer {
                     items,
                     generation,
                     local: Some(seq),
+                    _queued: queued,
                 });
                 if sent.is_ok() {
                     *last = seq;
@@ -303,7 +340,9 @@ impl Pending {
                 items,
                 generation,
                 local,
+                _queued,
             } => {
+                // Its places in the queue are given back when `_queued` drops, at the end.
                 apply(index, &docs, &generation);
                 self.fresh.extend(items);
                 self.dirty = true;
@@ -455,13 +494,15 @@ mod tests {
     }
 
     /// Hands one record to the indexer as the pipeline does.
-    fn submit_one(indexer: &Indexer, (region, record): &(RegionId, Record), origin: Origin) {
-        indexer.submit(
-            vec![(*region, record.clone())],
-            vec![slot(region, record)],
-            "g".into(),
-            origin,
-        );
+    async fn submit_one(indexer: &Indexer, (region, record): &(RegionId, Record), origin: Origin) {
+        indexer
+            .submit(
+                vec![(*region, record.clone())],
+                vec![slot(region, record)],
+                "g".into(),
+                origin,
+            )
+            .await;
     }
 
     #[tokio::test]
@@ -472,7 +513,7 @@ mod tests {
         let docs = offers(20)?;
         // Twenty publishes back to back, as a script sends them: none waits for the index.
         for doc in &docs {
-            submit_one(&indexer, doc, Origin::Local);
+            submit_one(&indexer, doc, Origin::Local).await;
         }
         // A reader then sees every one of them.
         indexer.fresh().await;
@@ -494,7 +535,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (index, indexer) = start(dir.path())?;
         let docs = offers(1)?;
-        submit_one(&indexer, &docs[0], Origin::Local);
+        submit_one(&indexer, &docs[0], Origin::Local).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while index.count(&Query::default())? == 0 {
             assert!(
@@ -542,7 +583,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (_index, indexer) = start(dir.path())?;
         let docs = offers(1)?;
-        submit_one(&indexer, &docs[0], Origin::Local);
+        submit_one(&indexer, &docs[0], Origin::Local).await;
         // After a commit the indexer thread has run, and tantivy's workers were respawned by it.
         indexer.fresh().await;
         let lowered = (base + i64::from(crate::search::INDEXING_NICE_INCREMENT)).min(19);
@@ -563,12 +604,60 @@ mod tests {
         let (index, indexer) = start(dir.path())?;
         let docs = offers(3)?;
         for doc in &docs {
-            submit_one(&indexer, doc, Origin::Network);
+            submit_one(&indexer, doc, Origin::Network).await;
         }
         // An explicit flush commits what is pending at once (within the interval).
         indexer.flush().await?;
         assert_eq!(index.count(&Query::default())?, 3);
         assert!(indexer.commits() >= 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_the_next_batch_back_until_the_thread_takes_some()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        let indexer = Indexer::start_with_capacity(
+            Arc::clone(&index),
+            store,
+            crate::ingest::system_now_ms,
+            2,
+        )?;
+        let docs = offers(4)?;
+        // The thread is held up: another thread has the index writer, as a rebuild would.
+        let (held_tx, held) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let index = Arc::clone(&index);
+            move || {
+                let writer = index.writer_for_test();
+                let _ = held_tx.send(writer.is_ok());
+                let _ = release_rx.recv();
+            }
+        });
+        assert!(held.recv()?, "cannot take the index writer");
+        submit_one(&indexer, &docs[0], Origin::Network).await;
+        submit_one(&indexer, &docs[1], Origin::Network).await;
+        assert_eq!(indexer.backlog(), 2);
+        // The queue is full: the next batch waits instead of piling up.
+        let mut third = std::pin::pin!(submit_one(&indexer, &docs[2], Origin::Network));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut third)
+                .await
+                .is_err(),
+            "a batch was queued beyond the queue's capacity"
+        );
+        assert_eq!(indexer.backlog(), 2);
+        // Once the thread can work, it goes through, and nothing was lost.
+        release.send(())?;
+        holder.join().map_err(|_| "the writer's holder panicked")?;
+        tokio::time::timeout(Duration::from_secs(30), third).await?;
+        submit_one(&indexer, &docs[3], Origin::Network).await;
+        indexer.flush().await?;
+        assert_eq!(index.count(&Query::default())?, 4);
+        assert_eq!(indexer.backlog(), 0);
         Ok(())
     }
 }

@@ -718,7 +718,7 @@ impl Ingest {
     /// where a reader waits for its own writes).
     /// A failure there never loses data: the index is rebuilt from the store at the next start
     /// because its generation no longer matches.
-    fn update_index(
+    async fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
         checked: &[(usize, Record)],
@@ -742,7 +742,23 @@ impl Ingest {
         } else {
             crate::indexer::Origin::Network
         };
-        indexer.submit(docs, items, digest.hash().to_hex(), origin);
+        indexer
+            .submit(docs, items, digest.hash().to_hex(), origin)
+            .await;
+    }
+
+    /// Documents waiting for the search indexer (0 without one).
+    pub fn index_backlog(&self) -> usize {
+        self.indexer
+            .as_ref()
+            .map_or(0, crate::indexer::Indexer::backlog)
+    }
+
+    /// Search index commits since start (0 without an indexer).
+    pub fn index_commits(&self) -> u64 {
+        self.indexer
+            .as_ref()
+            .map_or(0, crate::indexer::Indexer::commits)
     }
 
     /// Flushes what gossip and sync stored since the last flush, if anything; the node calls
@@ -994,7 +1010,8 @@ impl Ingest {
         }
         // Handed over under the lock, so the indexer sees write sets in the order applied.
         if let Some(indexer) = &self.indexer {
-            self.update_index(indexer, checked, &changed, &digest, source);
+            self.update_index(indexer, checked, &changed, &digest, source)
+                .await;
         }
         // The flush waits outside the lock: the next batch applies meanwhile, and one flush
         // then covers both.

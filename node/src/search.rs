@@ -634,6 +634,12 @@ impl SearchIndex {
         })
     }
 
+    /// Holds the index writer, as a rebuild does, so that a test can hold every other writer up.
+    #[cfg(test)]
+    pub(crate) fn writer_for_test(&self) -> Result<MutexGuard<'_, IndexWriter>> {
+        self.writer()
+    }
+
     fn writer(&self) -> Result<MutexGuard<'_, IndexWriter>> {
         self.writer.lock().map_err(|_| SearchError::Poisoned)
     }

@@ -660,6 +660,15 @@ async fn status_counts_what_was_published_and_refused() -> anyhow::Result<()> {
     );
     // Ten winners (one a tombstone) beside the charter and the profile.
     assert_eq!(status["sync_set"], json!(12));
+    // A search makes this node's own publishes searchable first: afterwards nothing waits for
+    // the indexer, and the status counts the commit.
+    get_ok(&node, "/search?q=innovation").await?;
+    let searched = get_ok(&node, "/status").await?;
+    assert_eq!(searched["search"]["backlog"], json!(0), "{searched}");
+    assert!(
+        searched["search"]["commits"].as_u64().unwrap_or(0) >= 1,
+        "{searched}"
+    );
 
     let mut bad = sample_input("offers", "st-bad", 77);
     bad["body"]["nuts"] = json!("ZZ99");
