@@ -1,7 +1,7 @@
 //! The client side of the `kim` command line: subcommands that talk to a running node over its
 //! HTTP API, printing readable tables by default and JSON with `--json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -102,12 +102,26 @@ fn api_base(data: &DataDir) -> anyhow::Result<String> {
     let file = data.api_address();
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let url = text.trim();
+            let mut lines = text.lines();
+            let url = lines.next().unwrap_or("").trim();
             anyhow::ensure!(
                 url.starts_with("http://") && url.len() > "http://".len(),
                 "{} does not hold an API address ({url:?}); remove it and restart the node",
                 file.display()
             );
+            // A node killed without a clean stop leaves the file behind; its port may belong
+            // to another program by now, which must not be sent the token.
+            let pid = lines.find_map(|l| l.trim().strip_prefix("pid="));
+            if let Some(pid) = pid
+                && Path::new("/proc/self").exists()
+                && !Path::new("/proc").join(pid).exists()
+            {
+                anyhow::bail!(
+                    "the node is not running: {} was left by process {pid}, which has ended; \
+                     start it with `kim --data-dir DIR run`",
+                    file.display()
+                );
+            }
             return Ok(url.trim_end_matches('/').to_string());
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -49,6 +49,14 @@ pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(5);
 /// busy machine). About 3 KB each while queued (record bytes and decoded content).
 pub const QUEUE_DOCS_MAX: usize = 16_384;
 
+/// Longest the thread goes on taking queued jobs into a commit that is due.
+const DRAIN_MAX: Duration = Duration::from_millis(250);
+
+/// The generation written after an update was lost (a failed update, removal or commit, whose
+/// rollback also dropped the other uncommitted changes): it never matches a store digest, so
+/// the index is rebuilt at the next start rather than claiming to match the store.
+const LOST_GENERATION: &str = "incomplete: rebuild at the next start";
+
 /// An item whose winner changed: region, kind, item key.
 pub type Slot = (RegionId, Kind, String);
 
@@ -80,7 +88,8 @@ enum Job {
     Flush(oneshot::Sender<()>),
 }
 
-fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) {
+/// Removes the items; false if that failed (and the uncommitted changes were rolled back).
+fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) -> bool {
     let result = (|| -> Result<(), SearchError> {
         for (region, kind, key) in items {
             index.remove(*region, *kind, key)?;
@@ -91,8 +100,15 @@ fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) {
     if let Err(err) = result {
         tracing::error!(cause = %err, "search index removal failed; it will be rebuilt at the next start");
         let _ = index.rollback();
+        return false;
     }
+    true
 }
+
+/// Places in the indexer's queue for one batch ([`Indexer::room`]), given back once the
+/// indexer thread has indexed it (or dropped unused).
+#[derive(Debug)]
+pub struct Room(Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// The handle the pipeline holds. Dropping it commits what is pending and waits for the thread
 /// to end, so the index's writer lock is free when the handle is gone.
@@ -195,12 +211,33 @@ impl Indexer {
         self.counters.commits.load(Ordering::Relaxed)
     }
 
+    /// Waits for room for `docs` documents in the queue: at once unless [`QUEUE_DOCS_MAX`]
+    /// documents are already waiting, else until the thread has taken enough of them. Take
+    /// it before the store write whose documents it will carry, so that once the write is
+    /// applied the handover ([`Indexer::submit`]) has nothing left to wait for: a caller
+    /// cancelled while waiting here has written nothing the index could miss.
+    pub async fn room(&self, docs: usize) -> Room {
+        if docs == 0 || self.jobs.is_none() {
+            return Room(None);
+        }
+        // A batch bigger than the whole queue takes all of it. The semaphore is never closed:
+        // if the thread has gone, its receiver's drop released every queued job's places.
+        let wanted = docs.min(self.capacity) as u32;
+        Room(Arc::clone(&self.room).acquire_many_owned(wanted).await.ok())
+    }
+
+    /// Room that does not wait: for staff publishes, one or a few documents at a time, which
+    /// must not wait behind a sync's backlog on a thread of lower priority.
+    pub fn room_unbounded(&self) -> Room {
+        Room(None)
+    }
+
     /// Queues a batch's new winners and the generation (store digest) they bring the index
-    /// to. Returns once they are queued, which is at once unless [`QUEUE_DOCS_MAX`] documents
-    /// are already waiting (then when the thread has taken enough of them); when they become
-    /// searchable depends on `origin`.
-    pub async fn submit(
+    /// to, in the room taken for them. Never waits; when they become searchable depends on
+    /// `origin`.
+    pub fn submit(
         &self,
+        room: Room,
         docs: Vec<(RegionId, Record)>,
         items: Vec<Slot>,
         generation: String,
@@ -209,10 +246,7 @@ impl Indexer {
         let Some(jobs) = &self.jobs else {
             return;
         };
-        // A batch bigger than the whole queue takes all of it. The semaphore is never closed:
-        // if the thread has gone, its receiver's drop released every queued job's places.
-        let wanted = docs.len().clamp(1, self.capacity) as u32;
-        let queued = Arc::clone(&self.room).acquire_many_owned(wanted).await.ok();
+        let queued = room.0;
         let sent = match origin {
             Origin::Network => jobs.send(Job::Update {
                 docs,
@@ -281,14 +315,18 @@ impl Indexer {
     }
 }
 
-fn commit(index: &SearchIndex) {
+/// Commits; false if that failed (and the uncommitted changes were rolled back).
+fn commit(index: &SearchIndex) -> bool {
     if let Err(err) = index.commit() {
         tracing::error!(cause = %err, "search index commit failed; it will be rebuilt at the next start");
         let _ = index.rollback();
+        return false;
     }
+    true
 }
 
-fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) {
+/// Indexes the documents; false if that failed (and the uncommitted changes were rolled back).
+fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) -> bool {
     let result = (|| -> Result<(), SearchError> {
         for (region, record) in docs {
             index.upsert(record, *region)?;
@@ -299,7 +337,9 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) {
     if let Err(err) = result {
         tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
         let _ = index.rollback();
+        return false;
     }
+    true
 }
 
 /// Moves the commit `due` forward to `at` if that is sooner.
@@ -329,9 +369,19 @@ struct Pending {
     waiting: Vec<oneshot::Sender<()>>,
     /// Sequence number of the last staff change applied to the writer.
     applied_local: u64,
+    /// Whether an update was lost since start: every later commit then carries
+    /// [`LOST_GENERATION`], so the index is rebuilt at the next start.
+    lost: bool,
 }
 
 impl Pending {
+    /// After a lost update, whatever is committed next claims no store state.
+    fn mark_if_lost(&self, index: &SearchIndex) {
+        if self.lost {
+            index.set_generation(LOST_GENERATION);
+        }
+    }
+
     /// Applies one job to the writer; returns whether it is a reader asking for a commit now.
     fn take(&mut self, index: &SearchIndex, job: Job) -> bool {
         match job {
@@ -343,7 +393,8 @@ impl Pending {
                 _queued,
             } => {
                 // Its places in the queue are given back when `_queued` drops, at the end.
-                apply(index, &docs, &generation);
+                self.lost |= !apply(index, &docs, &generation);
+                self.mark_if_lost(index);
                 self.fresh.extend(items);
                 self.dirty = true;
                 if let Some(seq) = local {
@@ -352,7 +403,8 @@ impl Pending {
                 false
             }
             Job::Remove { items, generation } => {
-                remove_items(index, &items, &generation);
+                self.lost |= !remove_items(index, &items, &generation);
+                self.mark_if_lost(index);
                 self.dirty = true;
                 false
             }
@@ -386,6 +438,7 @@ fn run(
         fresh: Vec::new(),
         waiting: Vec::new(),
         applied_local: counters.committed.load(Ordering::SeqCst),
+        lost: false,
     };
     let mut last_commit = Instant::now();
     // When the next commit is due: set by the first change since the last commit.
@@ -408,21 +461,28 @@ fn run(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if pending.dirty {
-                    commit(index);
+                if pending.dirty && commit(index) {
                     crate::saved::notify(store, index, &pending.fresh, clock());
                 }
                 break;
             }
         }
         if due.is_some_and(|at| at <= Instant::now()) {
-            // Take whatever else is already queued into the same commit.
-            while let Ok(job) = jobs.try_recv() {
+            // Take what else is already queued into the same commit, for a bounded time: with
+            // the queue full, a waiting batch refills it as fast as it drains, and an unbounded
+            // drain would put off the commit (and readers waiting for it) until the load ends.
+            let draining = Instant::now();
+            while draining.elapsed() < DRAIN_MAX
+                && let Ok(job) = jobs.try_recv()
+            {
                 pending.take(index, job);
             }
             if pending.dirty {
                 let started = Instant::now();
-                commit(index);
+                if !commit(index) {
+                    pending.lost = true;
+                    pending.mark_if_lost(index);
+                }
                 cost = started.elapsed();
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
@@ -495,14 +555,14 @@ mod tests {
 
     /// Hands one record to the indexer as the pipeline does.
     async fn submit_one(indexer: &Indexer, (region, record): &(RegionId, Record), origin: Origin) {
-        indexer
-            .submit(
-                vec![(*region, record.clone())],
-                vec![slot(region, record)],
-                "g".into(),
-                origin,
-            )
-            .await;
+        let room = indexer.room(1).await;
+        indexer.submit(
+            room,
+            vec![(*region, record.clone())],
+            vec![slot(region, record)],
+            "g".into(),
+            origin,
+        );
     }
 
     #[tokio::test]

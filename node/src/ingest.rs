@@ -718,9 +718,10 @@ impl Ingest {
     /// where a reader waits for its own writes).
     /// A failure there never loses data: the index is rebuilt from the store at the next start
     /// because its generation no longer matches.
-    async fn update_index(
+    fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
+        room: crate::indexer::Room,
         checked: &[(usize, Record)],
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
@@ -742,9 +743,7 @@ impl Ingest {
         } else {
             crate::indexer::Origin::Network
         };
-        indexer
-            .submit(docs, items, digest.hash().to_hex(), origin)
-            .await;
+        indexer.submit(room, docs, items, digest.hash().to_hex(), origin);
     }
 
     /// Documents waiting for the search indexer (0 without one).
@@ -971,6 +970,16 @@ impl Ingest {
             outcomes.push(Ok(outcome));
         }
         writes.set_digest(&digest);
+        // Room in the indexer's queue is taken before the write: once it is applied, nothing
+        // between it and the handover to the indexer may wait, or a cancelled caller would
+        // leave the index without these items under a generation that claims them. Replicated
+        // and imported batches wait here while the indexer is a full queue behind (bounded
+        // memory); a staff publish never waits for it.
+        let room = match &self.indexer {
+            Some(indexer) if matches!(source, Source::Api) => Some(indexer.room_unbounded()),
+            Some(indexer) => Some(indexer.room(changed.len()).await),
+            None => None,
+        };
         let resolved = std::time::Instant::now();
         self.store.apply(writes)?;
         // The in-memory state follows the applied write set at once, with no await in between:
@@ -983,6 +992,11 @@ impl Ingest {
         }
         recent.remember(now + 1, stored_ids);
         self.generation.store(now + 1, Ordering::Release);
+        // Handed over under the lock, so the indexer sees write sets in the order applied, and
+        // before anything below can fail: the items are in the store now.
+        if let (Some(indexer), Some(room)) = (&self.indexer, room) {
+            self.update_index(indexer, room, checked, &changed, &digest, source);
+        }
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;
         }
@@ -1007,11 +1021,6 @@ impl Ingest {
             if !gone.is_empty() {
                 self.purge_regions(&gone)?;
             }
-        }
-        // Handed over under the lock, so the indexer sees write sets in the order applied.
-        if let Some(indexer) = &self.indexer {
-            self.update_index(indexer, checked, &changed, &digest, source)
-                .await;
         }
         // The flush waits outside the lock: the next batch applies meanwhile, and one flush
         // then covers both.

@@ -686,6 +686,12 @@ impl Running {
 
     /// Stops the server and the network and flushes the store.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // First, so that no error below can leave it naming a port that is about to be free.
+        if let Err(e) = std::fs::remove_file(&self.address_file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %self.address_file.display(), cause = %e, "cannot remove the API address file");
+        }
         let _ = self.stop.send(true);
         let mut result = self.server_outcome.take().unwrap_or(Ok(()));
         if let Some(server) = self.server.take() {
@@ -707,18 +713,14 @@ impl Running {
         }
         self.state.service.ingest().flush_search().await;
         self.store.flush().await?;
-        if let Err(e) = std::fs::remove_file(&self.address_file)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %self.address_file.display(), cause = %e, "cannot remove the API address file");
-        }
         tracing::info!("node stopped; store flushed");
         result
     }
 }
 
 /// Writes the URL a client on this machine reaches the API at (loopback when the node listens on
-/// every address), replacing the file whole so that a reader never sees half of it.
+/// every address) and, on a second line, `pid=` this process, so that a client can tell a file
+/// a killed node left behind. Replaced whole, so that a reader never sees half of it.
 fn write_api_address(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let mut reachable = addr;
     if addr.ip().is_unspecified() {
@@ -728,9 +730,12 @@ fn write_api_address(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
         });
     }
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, format!("http://{reachable}\n"))
-        .and_then(|()| std::fs::rename(&partial, path))
-        .with_context(|| format!("cannot write the API address to {}", path.display()))
+    std::fs::write(
+        &partial,
+        format!("http://{reachable}\npid={}\n", std::process::id()),
+    )
+    .and_then(|()| std::fs::rename(&partial, path))
+    .with_context(|| format!("cannot write the API address to {}", path.display()))
 }
 
 /// What the network takes from the configuration.

@@ -562,11 +562,15 @@ impl std::fmt::Debug for SearchIndex {
 /// about a tenth of a core's share when both want it, full speed when nothing else runs.
 pub const INDEXING_NICE_INCREMENT: i32 = 10;
 
-/// Lowers the calling thread's CPU priority by [`INDEXING_NICE_INCREMENT`] (Linux: the nice
-/// value belongs to the thread, and threads it spawns inherit it). Indexing is background
+/// Lowers the calling thread's CPU priority by [`INDEXING_NICE_INCREMENT`] (on Linux, where the
+/// nice value belongs to the thread and threads it spawns inherit it; nothing elsewhere). Indexing is background
 /// work: under load, gossip hops, sync and publishes go first, and the index catches up when
 /// the CPU is free again. Failing only costs that preference, so it is logged, not returned.
 pub(crate) fn lower_this_thread_priority() {
+    // Elsewhere the nice value belongs to the whole process, and the node's must stay.
+    if !cfg!(target_os = "linux") {
+        return;
+    }
     let lowered = rustix::process::getpriority_process(None).and_then(|nice| {
         rustix::process::setpriority_process(None, (nice + INDEXING_NICE_INCREMENT).min(19))
     });

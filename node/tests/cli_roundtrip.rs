@@ -712,6 +712,31 @@ fn clear_messages_when_the_node_is_down_or_the_token_is_wrong() {
 }
 
 #[test]
+fn a_killed_node_is_reported_as_not_running_and_gets_no_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::init(tmp.path());
+    node.start();
+    node.kim(&["status"]).ok();
+    let pid = node.child.as_ref().unwrap().id();
+    node.stop_with("KILL");
+    // The killed node could not remove its address file; the port in it may be another
+    // program's by now, so the CLI does not send the token there.
+    assert!(node.data.join("api-address").exists());
+    let out = node.kim(&["status"]).fails();
+    assert!(
+        out.stderr
+            .contains(&format!("was left by process {pid}, which has ended"))
+            && out.stderr.contains("kim --data-dir DIR run"),
+        "{}",
+        out.stderr
+    );
+    // A restart replaces it.
+    node.start();
+    node.kim(&["status"]).ok();
+    assert!(node.stop_with("TERM").success());
+}
+
+#[test]
 fn sigterm_and_sigint_stop_cleanly_and_a_restart_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let mut node = Node::init(tmp.path());

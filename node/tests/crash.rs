@@ -122,7 +122,7 @@ impl Node {
             }
             if let Some(port) = std::fs::read_to_string(&address)
                 .ok()
-                .and_then(|url| url.trim().rsplit(':').next()?.parse().ok())
+                .and_then(|text| text.lines().next()?.trim().rsplit(':').next()?.parse().ok())
             {
                 self.port = port;
                 let health = http.get(format!("{}/health", self.base())).send().await;

@@ -87,7 +87,7 @@ pub fn free_port() -> u16 {
 /// The API port of the node that runs on `data`, once it has written `DATA/api-address`.
 pub fn running_port(data: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(data.join("api-address")).ok()?;
-    text.trim().rsplit(':').next()?.parse().ok()
+    text.lines().next()?.trim().rsplit(':').next()?.parse().ok()
 }
 
 /// A node's data directory and, while it runs, its `kim run` process (killed on drop).
