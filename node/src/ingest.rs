@@ -682,17 +682,18 @@ impl Ingest {
         let checked_at = started.elapsed();
         let count = passed.len();
         if !passed.is_empty() {
-            match self.write(&passed, generation, checked_state, source).await {
+            let positions: Vec<usize> = passed.iter().map(|(i, _)| *i).collect();
+            match self.write(passed, generation, checked_state, source).await {
                 Ok(outcomes) => {
-                    for ((i, _), outcome) in passed.iter().zip(outcomes) {
-                        results[*i] = Some(outcome.map_err(|err| self.reject(err, source)));
+                    for (i, outcome) in positions.into_iter().zip(outcomes) {
+                        results[i] = Some(outcome.map_err(|err| self.reject(err, source)));
                     }
                 }
                 Err(err) => {
                     let err = Rejected::from(err);
                     tracing::error!(cause = %err, "store write failed; batch not acknowledged");
-                    for (i, _) in &passed {
-                        results[*i] = Some(Err(self.reject(err.clone(), source)));
+                    for i in positions {
+                        results[i] = Some(Err(self.reject(err.clone(), source)));
                     }
                 }
             }
@@ -722,15 +723,20 @@ impl Ingest {
         &self,
         indexer: &crate::indexer::Indexer,
         room: crate::indexer::Room,
-        checked: &[(usize, Record)],
+        checked: Vec<(usize, Record)>,
         changed: &[(kim_protocol::RegionId, usize)],
         digest: &StateDigest,
         source: Source,
     ) {
+        // The records move to the indexer: the batch needs them no more.
+        let mut records: Vec<Option<Record>> = checked.into_iter().map(|(_, r)| Some(r)).collect();
         let docs: Vec<(kim_protocol::RegionId, Record)> = changed
             .iter()
             .filter_map(|(region, position)| {
-                checked.get(*position).map(|(_, r)| (*region, r.clone()))
+                records
+                    .get_mut(*position)
+                    .and_then(Option::take)
+                    .map(|r| (*region, r))
             })
             .collect();
         // Saved searches see every new item, whatever path it came by, once it is searchable.
@@ -827,7 +833,7 @@ impl Ingest {
     #[allow(clippy::type_complexity)]
     async fn write(
         &self,
-        checked: &[(usize, Record)],
+        checked: Vec<(usize, Record)>,
         generation: u64,
         checked_state: kim_protocol::Hash32,
         source: Source,
@@ -992,6 +998,9 @@ impl Ingest {
         }
         recent.remember(now + 1, stored_ids);
         self.generation.store(now + 1, Ordering::Release);
+        let profile_changed = checked.iter().zip(&outcomes).any(|((_, r), o)| {
+            r.content.kind == Kind::RegionProfile && o.as_ref().is_ok_and(Accepted::is_new)
+        });
         // Handed over under the lock, so the indexer sees write sets in the order applied, and
         // before anything below can fail: the items are in the store now.
         if let (Some(indexer), Some(room)) = (&self.indexer, room) {
@@ -1002,11 +1011,7 @@ impl Ingest {
         }
         // Which peers may connect, and where members listen, follow from membership records
         // and region profiles only: the node recomputes them when this counter moves.
-        if membership_changed
-            || checked.iter().zip(&outcomes).any(|((_, r), o)| {
-                r.content.kind == Kind::RegionProfile && o.as_ref().is_ok_and(Accepted::is_new)
-            })
-        {
+        if membership_changed || profile_changed {
             self.access_changes.fetch_add(1, Ordering::AcqRel);
         }
         if membership_changed {
@@ -1157,7 +1162,7 @@ mod tests {
         );
         let passed = vec![(0usize, late.clone())];
         let outcomes = ingest
-            .write(&passed, generation, state_at_check, Source::Sync)
+            .write(passed.clone(), generation, state_at_check, Source::Sync)
             .await?;
         assert_eq!(
             outcomes[0].as_ref().err().map(Rejected::code),
@@ -1241,7 +1246,7 @@ mod tests {
             }
             let state = ingest.membership().digest;
             let outcomes = ingest
-                .write(&passed, generation_seen, state, Source::Sync)
+                .write(passed.clone(), generation_seen, state, Source::Sync)
                 .await?;
             assert!(
                 outcomes
