@@ -128,7 +128,7 @@ pub struct Indexer {
 /// What the thread and the handle share.
 #[derive(Debug, Default)]
 struct Counters {
-    /// Commits made since start.
+    /// Commits made (and succeeded) since start.
     commits: AtomicU64,
     /// Sequence number of the last staff change handed over.
     handed: AtomicU64,
@@ -479,12 +479,13 @@ fn run(
             }
             if pending.dirty {
                 let started = Instant::now();
-                if !commit(index) {
+                if commit(index) {
+                    counters.commits.fetch_add(1, Ordering::Relaxed);
+                } else {
                     pending.lost = true;
                     pending.mark_if_lost(index);
                 }
                 cost = started.elapsed();
-                counters.commits.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     items = pending.fresh.len(),
                     took_us = cost.as_micros() as u64,

@@ -957,10 +957,12 @@ async fn announce(
                 }
             }
             () = changed.notified() => {
+                seen_access = ingest.access_changes();
                 on_membership(&service, &net, &member, &mut last_state).await;
                 refresh_access(&net, &ingest, &access).await;
             }
             _ = timer.tick() => {
+                seen_access = ingest.access_changes();
                 on_membership(&service, &net, &member, &mut last_state).await;
                 refresh_access(&net, &ingest, &access).await;
             }
