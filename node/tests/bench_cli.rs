@@ -142,3 +142,32 @@ fn bench_propagation_delivers_everything_and_reports_the_rate_it_reached() {
         .unwrap_or_else(|| panic!("no rate in {origins:?}"));
     assert!(rate > 0.0, "{origins}");
 }
+
+#[test]
+fn bench_catchup_syncs_every_record_and_reports_rate_wire_and_cpu() {
+    let (ok, stdout, stderr) = kim(&["bench", "catchup", "--records", "600"]);
+    assert!(ok, "kim bench catchup failed: {stderr}");
+    let rate = stdout
+        .lines()
+        .find(|l| l.contains("600 records") && l.contains("records/s end to end"))
+        .unwrap_or_else(|| panic!("no rate line in:\n{stdout}"));
+    assert!(rate.contains("(target ≥ 20,000)"), "{rate}");
+    let wire = stdout
+        .lines()
+        .find(|l| l.contains("sync bytes on the wire"))
+        .unwrap_or_else(|| panic!("no wire line in:\n{stdout}"));
+    // The records' own bytes plus framing: more than the records, and not twice them.
+    let ratio: f64 = wire
+        .split(" = ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {wire:?}"));
+    assert!((1.0..2.0).contains(&ratio), "{wire}");
+    assert!(
+        stdout.lines().any(|l| l.contains("CPU meanwhile")
+            && l.contains("us per record")
+            && l.contains("search indexing")),
+        "no CPU line in:\n{stdout}"
+    );
+}
