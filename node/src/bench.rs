@@ -374,40 +374,6 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
-/// CPU seconds used so far by this process's threads that maintain the search index (the
-/// indexer, tantivy's indexing, merge and segment threads), from `/proc/self/task` (Linux).
-/// Threads that ended are not counted.
-pub(crate) fn index_threads_cpu_seconds() -> Option<f64> {
-    const NAMES: [&str; 5] = [
-        "kim-indexer",
-        "thrd-tantivy-in",
-        "merge_thread",
-        "segment_updater",
-        "docstore-compre",
-    ];
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let Ok(task) = task else { continue };
-        let path = task.path();
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
-        ) else {
-            continue; // the thread ended meanwhile
-        };
-        if !NAMES.iter().any(|n| comm.trim().starts_with(n)) {
-            continue;
-        }
-        let Some(rest) = stat.rfind(')').and_then(|at| stat.get(at + 1..)) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
-    }
-    Some(ticks as f64 / 100.0)
-}
-
 /// What one measured run cost: per second of wall time and CPU microseconds per record.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
