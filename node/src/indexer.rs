@@ -43,10 +43,11 @@ pub const COMMIT_DUTY: u32 = 10;
 /// Longest a change waits to become searchable, however slow commits are.
 pub const COMMIT_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
-/// Documents handed over and not yet taken by the indexer thread, at most. A batch that would
-/// pass it waits for the thread (backpressure on the ingest pipeline) instead of growing the
-/// queue without bound when records arrive faster than they can be indexed (a large sync on a
-/// busy machine). About 3 KB each while queued (record bytes and decoded content).
+/// Documents handed over and not yet taken by the indexer thread, at most. A replicated or
+/// imported batch that would pass it waits for the thread (backpressure on the ingest
+/// pipeline) instead of growing the queue without bound when records arrive faster than they
+/// can be indexed (a large sync on a busy machine). Staff publishes, a few documents at a
+/// time, do not wait ([`Indexer::room_unbounded`]). About 3 KB each while queued.
 pub const QUEUE_DOCS_MAX: usize = 16_384;
 
 /// Longest the thread goes on taking queued jobs into a commit that is due.
@@ -201,7 +202,8 @@ impl Indexer {
         })
     }
 
-    /// Documents handed over that the indexer thread has not taken yet.
+    /// Documents handed over that the indexer thread has not taken yet: replicated and
+    /// imported ones, which hold room in the queue (staff publishes take none).
     pub fn backlog(&self) -> usize {
         self.capacity.saturating_sub(self.room.available_permits())
     }
