@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,7 @@ use kim_protocol::{Body, FederationId, Hash32, Kind, Record};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use crate::config::write_atomic;
 use crate::ingest::Ingest;
 use crate::net::{
     DecodeError, Framed, FramedCodec, NetClient, NetError, Reader, put_refusal, put_varint,
@@ -426,29 +427,6 @@ impl Partial {
     pub fn is_complete(&self) -> bool {
         (0..self.state.have.len() as u64).all(|i| self.present(i))
     }
-}
-
-/// Writes `bytes` to a temporary file beside `dest`, syncs it, renames it over `dest` and syncs
-/// the directory.
-fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dest.with_extension(format!(
-        "{}-{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dest)?;
-        sync_dir(dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", dest.display()))
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {

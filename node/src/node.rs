@@ -720,7 +720,7 @@ impl Running {
 
 /// Writes the URL a client on this machine reaches the API at (loopback when the node listens on
 /// every address) and, on a second line, `pid=` this process, so that a client can tell a file
-/// a killed node left behind. Replaced whole, so that a reader never sees half of it.
+/// a killed node left behind.
 fn write_api_address(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let mut reachable = addr;
     if addr.ip().is_unspecified() {
@@ -729,13 +729,8 @@ fn write_api_address(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let partial = path.with_extension("partial");
-    std::fs::write(
-        &partial,
-        format!("http://{reachable}\npid={}\n", std::process::id()),
-    )
-    .and_then(|()| std::fs::rename(&partial, path))
-    .with_context(|| format!("cannot write the API address to {}", path.display()))
+    let text = format!("http://{reachable}\npid={}\n", std::process::id());
+    crate::config::write_atomic(path, text.as_bytes())
 }
 
 /// What the network takes from the configuration.
@@ -819,6 +814,11 @@ pub async fn start(
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Written before any task is spawned: nothing after it can fail, so no error leaves a
+    // running server behind, and the listener already queues connections for it.
+    let api_addr = listener.local_addr()?;
+    let address_file = data.api_address();
+    write_api_address(&address_file, api_addr)?;
     let network = tokio::spawn(event_loop.run(until_stopped(stopped.clone())));
     drop(ingest);
     let outbox = tokio::spawn({
@@ -877,7 +877,6 @@ pub async fn start(
         }
     });
     let (app, _) = router(node.state.clone(), body_limit);
-    let api_addr = listener.local_addr()?;
     let server = tokio::spawn({
         let shutdown = until_stopped(stopped);
         async move {
@@ -887,8 +886,6 @@ pub async fn start(
                 .context("HTTP server failed")
         }
     });
-    let address_file = data.api_address();
-    write_api_address(&address_file, api_addr)?;
     tracing::info!(
         api = %api_addr,
         peer_id = %own,
