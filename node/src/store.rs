@@ -404,30 +404,7 @@ impl Store {
             // Every acknowledged write is flushed explicitly; a periodic flusher would only add
             // background work.
             .flush_every_ms(None);
-        // sled releases its file lock only when its background threads drop their last
-        // handle, so a store closed a moment ago in this process can still look locked:
-        // retry a lock conflict briefly before reporting it.
-        let mut attempts = 0;
-        let db = loop {
-            // sled may panic on some kinds of damage; turn that into an operator-facing error.
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-            match opened {
-                Ok(Ok(db)) => break db,
-                Ok(Err(err)) => match classify(&dir, err) {
-                    StoreError::Locked { .. } if attempts < OPEN_LOCKED_RETRIES => {
-                        attempts += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    other => return Err(other),
-                },
-                Err(_) => {
-                    return Err(StoreError::Damaged {
-                        dir,
-                        cause: "the storage engine failed while opening it".into(),
-                    });
-                }
-            }
-        };
+        let db = open_db(&config, &dir)?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Damaged {
                 dir: dir.clone(),
@@ -1314,6 +1291,33 @@ impl Store {
     }
 }
 
+/// Opens sled with `config`. sled releases its file lock only when its background threads drop
+/// their last handle, so a store closed a moment ago in this process can still look locked: a
+/// lock conflict is retried briefly before it is reported. sled may panic on some kinds of
+/// damage; that becomes an operator-facing error.
+fn open_db(config: &sled::Config, dir: &Path) -> Result<sled::Db, StoreError> {
+    let mut attempts = 0;
+    loop {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match opened {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(err)) => match classify(dir, err) {
+                StoreError::Locked { .. } if attempts < OPEN_LOCKED_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return Err(other),
+            },
+            Err(_) => {
+                return Err(StoreError::Damaged {
+                    dir: dir.to_path_buf(),
+                    cause: "the storage engine failed while opening it".into(),
+                });
+            }
+        }
+    }
+}
+
 fn classify(dir: &Path, err: sled::Error) -> StoreError {
     let dir = dir.to_path_buf();
     match err {
@@ -1338,6 +1342,8 @@ fn classify(dir: &Path, err: sled::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_journal_is_written_as_postcard_writes_it() -> Result<(), postcard::Error> {
         let empty = Journal {
@@ -1364,8 +1370,6 @@ mod tests {
         assert_eq!(back.changes, journal.changes);
         Ok(())
     }
-
-    use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -1766,19 +1770,9 @@ mod tests {
             .write(true)
             .open(dir.join(RECORD_LOG))?;
         let synced = {
-            // sled's background thread may hold the lock a moment after the store is dropped;
-            // Store::open retries for that, the raw open here does too.
-            let mut attempts = 0;
-            let store = loop {
-                match sled::open(&dir) {
-                    Ok(store) => break store,
-                    Err(e) if attempts < OPEN_LOCKED_RETRIES && e.to_string().contains("lock") => {
-                        attempts += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
+            // sled's background thread may hold the lock a moment after the store is dropped:
+            // the raw open here retries as Store::open does.
+            let store = open_db(&sled::Config::new().path(&dir), &dir)?;
             let data = store.open_tree("data")?;
             let value = data.get(META_LOG_SYNCED)?.ok_or("no synced length")?;
             u64::from_be_bytes(value.as_ref().try_into()?)
