@@ -98,12 +98,18 @@ fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) -> bool {
         index.set_generation(generation);
         Ok(())
     })();
-    if let Err(err) = result {
-        tracing::error!(cause = %err, "search index removal failed; it will be rebuilt at the next start");
-        let _ = index.rollback();
-        return false;
-    }
-    true
+    kept_or_rolled_back(index, result, "removal")
+}
+
+/// True if `result` is Ok; else logs the failure of `what` and rolls back every uncommitted
+/// change (the next start rebuilds the index, see [`LOST_GENERATION`]).
+fn kept_or_rolled_back(index: &SearchIndex, result: Result<(), SearchError>, what: &str) -> bool {
+    let Err(err) = result else {
+        return true;
+    };
+    tracing::error!(cause = %err, "search index {what} failed; it will be rebuilt at the next start");
+    let _ = index.rollback();
+    false
 }
 
 /// Places in the indexer's queue for one batch ([`Indexer::room`]), given back once the
@@ -319,12 +325,7 @@ impl Indexer {
 
 /// Commits; false if that failed (and the uncommitted changes were rolled back).
 fn commit(index: &SearchIndex) -> bool {
-    if let Err(err) = index.commit() {
-        tracing::error!(cause = %err, "search index commit failed; it will be rebuilt at the next start");
-        let _ = index.rollback();
-        return false;
-    }
-    true
+    kept_or_rolled_back(index, index.commit(), "commit")
 }
 
 /// Indexes the documents; false if that failed (and the uncommitted changes were rolled back).
@@ -336,12 +337,7 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) -> 
         index.set_generation(generation);
         Ok(())
     })();
-    if let Err(err) = result {
-        tracing::error!(cause = %err, "search index update failed; it will be rebuilt at the next start");
-        let _ = index.rollback();
-        return false;
-    }
-    true
+    kept_or_rolled_back(index, result, "update")
 }
 
 /// Moves the commit `due` forward to `at` if that is sooner.

@@ -563,9 +563,10 @@ impl std::fmt::Debug for SearchIndex {
 pub const INDEXING_NICE_INCREMENT: i32 = 10;
 
 /// Lowers the calling thread's CPU priority by [`INDEXING_NICE_INCREMENT`] (on Linux, where the
-/// nice value belongs to the thread and threads it spawns inherit it; nothing elsewhere). Indexing is background
-/// work: under load, gossip hops, sync and publishes go first, and the index catches up when
-/// the CPU is free again. Failing only costs that preference, so it is logged, not returned.
+/// nice value belongs to the thread and threads it spawns inherit it; nothing elsewhere).
+/// Indexing is background work: under load, gossip hops, sync and publishes go first, and the
+/// index catches up when the CPU is free again. Failing only costs that preference, so it is
+/// logged, not returned.
 pub(crate) fn lower_this_thread_priority() {
     // Elsewhere the nice value belongs to the whole process, and the node's must stay.
     if !cfg!(target_os = "linux") {
