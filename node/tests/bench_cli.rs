@@ -14,16 +14,26 @@ fn kim(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The first line of `stdout` that `matches`, named `what` in the failure.
+fn line<'a>(stdout: &'a str, what: &str, matches: impl Fn(&str) -> bool) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| matches(l))
+        .unwrap_or_else(|| panic!("no {what} line in:\n{stdout}"))
+}
+
+/// The `n`th whitespace-separated word of `text`, as a number.
+fn nth_number(text: &str, n: usize) -> f64 {
+    text.split_whitespace()
+        .nth(n)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number at word {n} of {text:?}"))
+}
+
 /// The first number after column `at` on the line of `stdout` that starts with `prefix`.
 fn figure(stdout: &str, prefix: &str, at: usize) -> f64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line for {prefix} in:\n{stdout}"));
-    line.get(at..)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no figure in {line:?}"))
+    let line = line(stdout, prefix, |l| l.starts_with(prefix));
+    nth_number(line.get(at..).unwrap_or(""), 0)
 }
 
 #[test]
@@ -69,16 +79,8 @@ fn bench_blobs_moves_a_file_between_two_nodes_and_prints_its_rate() {
     for run in ["run 1:", "run 2:"] {
         assert!(stdout.contains(run), "{run} missing in:\n{stdout}");
     }
-    let mean = stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with("mean"))
-        .unwrap_or_else(|| panic!("no mean in:\n{stdout}"));
-    let figure: f64 = mean
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no figure in {mean:?}"));
-    assert!(figure > 0.0, "{mean}");
+    let mean = line(&stdout, "mean", |l| l.trim_start().starts_with("mean"));
+    assert!(nth_number(mean, 1) > 0.0, "{mean}");
     let (ok, _, stderr) = kim(&["bench", "blobs", "--mb", "0"]);
     assert!(!ok);
     assert!(stderr.contains("--mb must be at least 1"), "{stderr}");
@@ -124,50 +126,27 @@ fn bench_propagation_delivers_everything_and_reports_the_rate_it_reached() {
     ]);
     assert!(ok, "kim bench propagation failed: {stderr}");
     for who in ["  bare gossipsub", "  KIM             p50"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(who))
-            .unwrap_or_else(|| panic!("no {who:?} line in:\n{stdout}"));
-        assert!(line.ends_with("delivered 20/20"), "{line}");
+        let delivered = line(&stdout, who, |l| l.starts_with(who));
+        assert!(delivered.ends_with("delivered 20/20"), "{delivered}");
     }
     // The publishing rate is reported, so a run that fell behind its nominal rate shows it.
-    let origins = stdout
-        .lines()
-        .find(|l| l.starts_with("  KIM origins"))
-        .unwrap_or_else(|| panic!("no origins line in:\n{stdout}"));
-    let rate: f64 = origins
-        .split_whitespace()
-        .nth(4)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no rate in {origins:?}"));
-    assert!(rate > 0.0, "{origins}");
+    let origins = line(&stdout, "origins", |l| l.starts_with("  KIM origins"));
+    assert!(nth_number(origins, 4) > 0.0, "{origins}");
 }
 
 #[test]
 fn bench_catchup_syncs_every_record_and_reports_rate_wire_and_cpu() {
     let (ok, stdout, stderr) = kim(&["bench", "catchup", "--records", "600"]);
     assert!(ok, "kim bench catchup failed: {stderr}");
-    let rate = stdout
-        .lines()
-        .find(|l| l.contains("600 records") && l.contains("records/s end to end"))
-        .unwrap_or_else(|| panic!("no rate line in:\n{stdout}"));
+    let rate = line(&stdout, "rate", |l| {
+        l.contains("600 records") && l.contains("records/s end to end")
+    });
     assert!(rate.contains("(target ≥ 20,000)"), "{rate}");
-    let wire = stdout
-        .lines()
-        .find(|l| l.contains("sync bytes on the wire"))
-        .unwrap_or_else(|| panic!("no wire line in:\n{stdout}"));
+    let wire = line(&stdout, "wire", |l| l.contains("sync bytes on the wire"));
     // The records' own bytes plus framing: more than the records, and not twice them.
-    let ratio: f64 = wire
-        .split(" = ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ratio in {wire:?}"));
+    let ratio = nth_number(wire.split(" = ").nth(1).unwrap_or(""), 0);
     assert!((1.0..2.0).contains(&ratio), "{wire}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("CPU meanwhile") && l.contains("us per record")),
-        "no CPU line in:\n{stdout}"
-    );
+    line(&stdout, "CPU", |l| {
+        l.contains("CPU meanwhile") && l.contains("us per record")
+    });
 }

@@ -20,6 +20,12 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng as _, SeedableRng};
 use serde_json::{Value, json};
 
+mod support {
+    pub mod binary;
+}
+
+use support::binary::{forget_api_address, running_port};
+
 const KIM: &str = env!("CARGO_BIN_EXE_kim");
 
 /// Number of SIGKILLs.
@@ -84,13 +90,7 @@ impl Node {
     /// Starts `kim run` and waits until the API answers; fails with the log if the node exits.
     async fn start(&mut self, http: &reqwest::Client) {
         assert!(self.child.is_none(), "node already running");
-        // The killed run's file names a port that another process may hold by now.
-        let address = self.data.join("api-address");
-        match std::fs::remove_file(&address) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("cannot remove the old api-address: {e}"),
-        }
+        forget_api_address(&self.data);
         self.port = 0;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -120,10 +120,7 @@ impl Node {
                     self.log()
                 );
             }
-            if let Some(port) = std::fs::read_to_string(&address)
-                .ok()
-                .and_then(|text| text.lines().next()?.trim().rsplit(':').next()?.parse().ok())
-            {
+            if let Some(port) = running_port(&self.data) {
                 self.port = port;
                 let health = http.get(format!("{}/health", self.base())).send().await;
                 if health.is_ok_and(|r| r.status().is_success()) {

@@ -78,16 +78,20 @@ pub fn kim(data: &Path, args: &[&str]) -> Out {
     }
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// The API port of the node that runs on `data`, once it has written `DATA/api-address`.
 pub fn running_port(data: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(data.join("api-address")).ok()?;
     text.lines().next()?.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// Removes the `api-address` a killed run left in `data`: it names a port some other process
+/// may hold by now, and a test waiting for the next run's file must not read it.
+pub fn forget_api_address(data: &Path) {
+    match std::fs::remove_file(data.join("api-address")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot remove the old api-address: {e}"),
+    }
 }
 
 /// A node's data directory and, while it runs, its `kim run` process (killed on drop).
@@ -133,12 +137,7 @@ impl Node {
     /// Starts `kim run` and waits until the API answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node already running");
-        // A file left by a killed run names a port some other process may hold by now.
-        match std::fs::remove_file(self.data.join("api-address")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("cannot remove the old api-address: {e}"),
-        }
+        forget_api_address(&self.data);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
