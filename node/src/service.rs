@@ -674,27 +674,33 @@ impl Service {
                 region: *region,
                 key: key.to_string(),
             })?;
-        self.view_entry(&entry)
+        self.view_entry(&entry)?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind,
+                region: *region,
+                key: key.to_string(),
+            })
     }
 
-    fn load(&self, id: &RecordId) -> Result<Record, ServiceError> {
-        let bytes = self.ingest.store().record(id)?.ok_or_else(|| {
+    /// The current winner's record of the item `entry` was read for (see
+    /// [`Store::winner_record`]); `None` if the item is gone.
+    fn load(&self, entry: &ItemEntry) -> Result<Option<Record>, ServiceError> {
+        let Some((current, bytes)) = self.ingest.store().winner_record(entry)? else {
+            return Ok(None);
+        };
+        Record::decode(bytes).map(Some).map_err(|e| {
             ServiceError::Store(StoreError::Damaged {
                 dir: self.ingest.store().dir().to_path_buf(),
-                cause: format!("indexed record {id} is missing"),
-            })
-        })?;
-        Record::decode(bytes).map_err(|e| {
-            ServiceError::Store(StoreError::Damaged {
-                dir: self.ingest.store().dir().to_path_buf(),
-                cause: format!("stored record {id} does not decode: {e}"),
+                cause: format!("stored record {} does not decode: {e}", current.id),
             })
         })
     }
 
-    fn view_entry(&self, entry: &ItemEntry) -> Result<ItemView, ServiceError> {
-        let record = self.load(&entry.id)?;
-        self.view_record(&record, Some(entry.region))
+    /// The item's view, `None` if it is gone.
+    fn view_entry(&self, entry: &ItemEntry) -> Result<Option<ItemView>, ServiceError> {
+        self.load(entry)?
+            .map(|record| self.view_record(&record, Some(entry.region)))
+            .transpose()
     }
 
     fn view_record(
@@ -770,8 +776,10 @@ impl Service {
                 if filter.nuts_prefix.is_none() && filter.nace_prefix.is_none() && text.is_none() {
                     return true;
                 }
-                let record = match self.load(&entry.id) {
-                    Ok(r) => r,
+                let record = match self.load(entry) {
+                    Ok(Some(r)) => r,
+                    // Gone since it was listed.
+                    Ok(None) => return false,
                     Err(e) => {
                         failure = Some(e);
                         return false;
@@ -795,7 +803,7 @@ impl Service {
         }
         let views = entries
             .iter()
-            .map(|e| self.view_entry(e))
+            .filter_map(|e| self.view_entry(e).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         Ok((views, next))
     }

@@ -39,6 +39,8 @@ use serde::{Deserialize, Serialize};
 pub const STORE_FORMAT_VERSION: u32 = 2;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
+/// How often [`Store::winner_record`] follows an item whose winner is replaced while it reads.
+const WINNER_READS_MAX: usize = 8;
 /// Default sled page-cache size; set explicitly because sled's default is 1 GiB.
 pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
@@ -978,6 +980,38 @@ impl Store {
     }
 
     /// The current winner of an item.
+    /// The record `entry` names, with the entry it was read under. A reader holds no snapshot:
+    /// between reading an item's entry and loading its record, a write set may replace the
+    /// winner and remove the old record (insertions go first, so the new winner is already
+    /// there). The item is then read again and its current winner loaded. `None` if the item
+    /// itself is gone (its region was purged); damage only if the entry still names a record
+    /// that is missing.
+    pub fn winner_record(
+        &self,
+        entry: &ItemEntry,
+    ) -> Result<Option<(ItemEntry, Vec<u8>)>, StoreError> {
+        let mut entry = entry.clone();
+        for _ in 0..WINNER_READS_MAX {
+            if let Some(bytes) = self.record(&entry.id)? {
+                return Ok(Some((entry, bytes)));
+            }
+            match self.item(&entry.region, entry.kind, &entry.key)? {
+                Some(current) if current.id != entry.id => entry = current,
+                Some(_) => {
+                    return Err(self.damaged(format!("indexed record {} is missing", entry.id)));
+                }
+                None => return Ok(None),
+            }
+        }
+        Err(StoreError::Io {
+            dir: self.dir.clone(),
+            cause: format!(
+                "{} item {:?} changed {WINNER_READS_MAX} times while it was read; retry",
+                entry.kind, entry.key
+            ),
+        })
+    }
+
     pub fn item(
         &self,
         region: &RegionId,
@@ -1733,6 +1767,52 @@ mod tests {
             created_at_ms,
             expires_at_ms: None,
         }
+    }
+
+    #[test]
+    fn an_entry_read_before_its_item_changed_still_finds_the_current_winner()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir("winner-record");
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+        let (first, second) = (id_of(b"revision 1"), id_of(b"revision 2"));
+        let old = item_won_by(first, "offer", 1);
+        let mut writes = WriteSet::default();
+        writes.put_record(&first, b"revision 1");
+        writes.set_item(&old, None);
+        store.apply(writes)?;
+        // A reader took `old` from the index; then a revision replaced it and removed its record.
+        let new = ItemEntry {
+            id: second,
+            revision: 2,
+            ..old.clone()
+        };
+        let mut writes = WriteSet::default();
+        writes.put_record(&second, b"revision 2");
+        writes.remove_record(&first);
+        writes.set_item(&new, Some(&old));
+        store.apply(writes)?;
+        assert_eq!(store.record(&first)?, None);
+        assert_eq!(
+            store.winner_record(&old)?,
+            Some((new.clone(), b"revision 2".to_vec()))
+        );
+        // The item gone altogether (its region purged): nothing, not damage.
+        let mut writes = WriteSet::default();
+        writes.remove_record(&second);
+        writes.remove_item(&new);
+        store.apply(writes)?;
+        assert_eq!(store.winner_record(&old)?, None);
+        // An entry that still names a missing record is damage.
+        let mut writes = WriteSet::default();
+        writes.set_item(&old, None);
+        store.apply(writes)?;
+        assert!(
+            matches!(store.winner_record(&old), Err(StoreError::Damaged { cause, .. }) if cause.contains("is missing")),
+            "a winner without its record must be reported"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 
     #[tokio::test]
