@@ -55,8 +55,13 @@ const DRAIN_MAX: Duration = Duration::from_millis(250);
 
 /// The generation written after an update was lost (a failed update, removal or commit, whose
 /// rollback also dropped the other uncommitted changes): it never matches a store digest, so
-/// the index is rebuilt at the next start rather than claiming to match the store.
+/// the index is rebuilt (by the indexer at once, see [`rebuild_live`], or at the next start if
+/// the node stops first) rather than claiming to match the store.
 const LOST_GENERATION: &str = "incomplete: rebuild at the next start";
+
+/// How long after a failed rebuild the indexer tries again (a full disk, say, takes an
+/// operator to clear).
+const REBUILD_RETRY: Duration = Duration::from_secs(30);
 
 /// An item whose winner changed: region, kind, item key.
 pub type Slot = (RegionId, Kind, String);
@@ -102,12 +107,12 @@ fn remove_items(index: &SearchIndex, items: &[Slot], generation: &str) -> bool {
 }
 
 /// True if `result` is Ok; else logs the failure of `what` and rolls back every uncommitted
-/// change (the next start rebuilds the index, see [`LOST_GENERATION`]).
+/// change (the indexer then rebuilds the index from the store, see [`LOST_GENERATION`]).
 fn kept_or_rolled_back(index: &SearchIndex, result: Result<(), SearchError>, what: &str) -> bool {
     let Err(err) = result else {
         return true;
     };
-    tracing::error!(cause = %err, "search index {what} failed; it will be rebuilt at the next start");
+    tracing::error!(cause = %err, "search index {what} failed; rebuilding it from the store");
     let _ = index.rollback();
     false
 }
@@ -140,7 +145,7 @@ struct Counters {
     /// Sequence number of the last staff change handed over.
     handed: AtomicU64,
     /// Sequence number of the last staff change committed (or given up on after a failed
-    /// commit, which the rebuild at the next start repairs).
+    /// commit, which the rebuild that follows repairs).
     committed: AtomicU64,
 }
 
@@ -340,6 +345,94 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) -> 
     kept_or_rolled_back(index, result, "update")
 }
 
+/// Throws the index away and indexes every live item winner in `store`, committing once with
+/// `generation`; returns the documents indexed. Runs at start when the index is stale, and
+/// while the node runs after an update was lost: only (region, entry) pairs are collected
+/// first, and each record is read and decoded while the index takes it, so a million items
+/// need tens of megabytes, not the replica in memory. Writes that land meanwhile are handed
+/// to the indexer as usual and applied after it (replacing whatever it indexed for them).
+pub fn rebuild_from_store(
+    store: &Store,
+    index: &SearchIndex,
+    generation: &str,
+) -> anyhow::Result<u64> {
+    let mut winners = Vec::new();
+    for entry in store.item_entries() {
+        let entry = entry?;
+        if !entry.tombstone && crate::search::is_searchable(entry.kind) {
+            winners.push(entry);
+        }
+    }
+    let total = winners.len();
+    let failure: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
+    let mut done = 0usize;
+    let records = winners.into_iter().filter_map(|entry| {
+        if failure.borrow().is_some() {
+            return None;
+        }
+        done += 1;
+        if done.is_multiple_of(100_000) {
+            tracing::info!(done, total, "rebuilding the search index");
+        }
+        // The winner may have changed since it was listed: follow it (a withdrawn or purged
+        // item is skipped; the write that did it is queued for the indexer anyway).
+        let loaded = store
+            .winner_record(&entry)
+            .map_err(anyhow::Error::from)
+            .and_then(|found| match found {
+                Some((current, bytes)) if !current.tombstone => Record::decode(bytes)
+                    .map(|record| Some((current.region, record)))
+                    .map_err(|e| {
+                        anyhow::anyhow!("stored record {} does not decode: {e}", current.id)
+                    }),
+                _ => Ok(None),
+            });
+        match loaded {
+            Ok(found) => found,
+            Err(e) => {
+                *failure.borrow_mut() = Some(e);
+                None
+            }
+        }
+    });
+    let rebuilt = index.rebuild(records, generation);
+    if let Some(err) = failure.into_inner() {
+        // The index holds part of the items: mark it stale so that it is rebuilt again.
+        index.set_generation(LOST_GENERATION);
+        let _ = index.commit();
+        return Err(err.context("search index rebuild stopped"));
+    }
+    rebuilt.map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))
+}
+
+/// After an update was lost, rebuilds the index from the store while the node runs; false if
+/// that failed too (the index then still says it is incomplete).
+fn rebuild_live(index: &SearchIndex, store: &Store) -> bool {
+    let started = Instant::now();
+    let rebuilt = store
+        .digest()
+        .map_err(anyhow::Error::from)
+        .and_then(|digest| rebuild_from_store(store, index, &digest.hash().to_hex()));
+    match rebuilt {
+        Ok(items) => {
+            tracing::info!(
+                items,
+                ms = started.elapsed().as_millis() as u64,
+                "search index rebuilt after a lost update"
+            );
+            true
+        }
+        Err(err) => {
+            tracing::error!(
+                cause = format!("{err:#}"),
+                retry_s = REBUILD_RETRY.as_secs(),
+                "search index rebuild after a lost update failed"
+            );
+            false
+        }
+    }
+}
+
 /// Moves the commit `due` forward to `at` if that is sooner.
 fn sooner(due: &mut Option<Instant>, at: Instant) {
     *due = Some(due.map_or(at, |d| d.min(at)));
@@ -368,7 +461,7 @@ struct Pending {
     /// Sequence number of the last staff change applied to the writer.
     applied_local: u64,
     /// Whether an update was lost since start: every later commit then carries
-    /// [`LOST_GENERATION`], so the index is rebuilt at the next start.
+    /// [`LOST_GENERATION`] until the rebuild from the store succeeds.
     lost: bool,
 }
 
@@ -443,6 +536,8 @@ fn run(
     let mut due: Option<Instant> = None;
     // How long the last commit took.
     let mut cost = Duration::ZERO;
+    // When to try again a rebuild that failed.
+    let mut rebuild_at: Option<Instant> = None;
     loop {
         let job = match due {
             Some(at) => jobs.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -475,9 +570,20 @@ fn run(
             {
                 pending.take(index, job);
             }
-            if pending.dirty {
+            // After a lost update, the index is rebuilt from the store instead of committed
+            // (retried every REBUILD_RETRY while that fails; commits go on meanwhile).
+            let rebuild = pending.lost && rebuild_at.is_none_or(|at| at <= Instant::now());
+            if pending.dirty || rebuild {
                 let started = Instant::now();
-                if commit(index) {
+                if rebuild {
+                    if rebuild_live(index, store) {
+                        pending.lost = false;
+                        rebuild_at = None;
+                        counters.commits.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        rebuild_at = Some(Instant::now() + REBUILD_RETRY);
+                    }
+                } else if commit(index) {
                     counters.commits.fetch_add(1, Ordering::Relaxed);
                 } else {
                     pending.lost = true;
@@ -495,7 +601,7 @@ fn run(
                 crate::saved::notify(store, index, &std::mem::take(&mut pending.fresh), clock());
                 last_commit = Instant::now();
             }
-            // Also after a failed commit: the rebuild at the next start repairs the index, and
+            // Also after a failed commit: the rebuild that follows repairs the index, and
             // readers must not force a commit on every read until then.
             counters
                 .committed
@@ -505,6 +611,10 @@ fn run(
             for done in pending.waiting.drain(..) {
                 let _ = done.send(());
             }
+        }
+        if pending.lost {
+            // Lost by this commit or by an update since: rebuild at once, or at the retry.
+            sooner(&mut due, rebuild_at.unwrap_or_else(Instant::now));
         }
     }
 }

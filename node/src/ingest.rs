@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use anyhow::Context as _;
 use kim_protocol::digest::StateDigest;
 use kim_protocol::envelope::{Body, Kind, Record, verify_batch};
 use kim_protocol::limits::RECORD_BYTES_MAX;
@@ -415,50 +414,7 @@ impl Ingest {
         }
         tracing::info!("search index missing or stale; rebuilding from the store");
         let started = std::time::Instant::now();
-        // Only the (region, id) pairs are collected; records are read and decoded one at a
-        // time while the index takes them, so a rebuild at a million records needs tens of
-        // megabytes, not the whole replica in memory.
-        let mut winners = Vec::new();
-        for entry in self.store.item_entries() {
-            let entry = entry?;
-            if !entry.tombstone && crate::search::is_searchable(entry.kind) {
-                winners.push((entry.region, entry.id));
-            }
-        }
-        let total = winners.len();
-        let failure: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
-        let mut done = 0usize;
-        let records = winners.into_iter().map_while(|(region, id)| {
-            done += 1;
-            if done.is_multiple_of(100_000) {
-                tracing::info!(done, total, "rebuilding the search index");
-            }
-            let loaded = self
-                .store
-                .record(&id)
-                .map_err(anyhow::Error::from)
-                .and_then(|bytes| {
-                    let bytes = bytes.with_context(|| format!("item winner {id} is missing"))?;
-                    Record::decode(bytes)
-                        .map_err(|e| anyhow::anyhow!("stored record {id} does not decode: {e}"))
-                });
-            match loaded {
-                Ok(record) => Some((region, record)),
-                Err(e) => {
-                    *failure.borrow_mut() = Some(e);
-                    None
-                }
-            }
-        });
-        let rebuilt = index.rebuild(records, &generation);
-        if let Some(err) = failure.into_inner() {
-            // The index holds part of the items: mark it stale so the next start tries again.
-            index.set_generation("incomplete");
-            let _ = index.commit();
-            return Err(err.context("search index rebuild stopped"));
-        }
-        rebuilt.map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))?;
-        let count = total;
+        let count = crate::indexer::rebuild_from_store(&self.store, index, &generation)?;
         tracing::info!(
             items = count,
             ms = started.elapsed().as_millis() as u64,
@@ -1213,6 +1169,54 @@ mod tests {
     /// A batch whose held check ran before another batch stored the same records (two sources
     /// delivering the same records at once) must change nothing when it reaches the writer:
     /// not even equivocation evidence, which resolution alone would store and count again.
+    /// A failed search-index commit drops the changes it held (they are rolled back), while the
+    /// store keeps the records. The indexer then rebuilds the index from the store while the
+    /// node runs, so nothing stored stays unsearchable until a restart, and the index never
+    /// claims a store state it does not hold.
+    #[tokio::test]
+    async fn a_failed_index_commit_is_repaired_by_a_rebuild_from_the_store()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::search::{Query, SearchIndex};
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(&dir.path().join("store"))?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        ingest.reindex_if_stale(&index)?;
+        let ingest = ingest.with_search(Arc::clone(&index));
+        let generation_before = index.generation();
+
+        let lost = offer(&ingest, &key, 1, "lost-in-the-index")?;
+        index.fail_next_commit_for_test();
+        assert!(
+            ingest
+                .ingest_one(lost.bytes.clone(), Source::Sync)
+                .await?
+                .is_new()
+        );
+        ingest.flush_search().await;
+        // The commit failed: the index did not take the record, nor claim its store state.
+        assert_eq!(index.generation(), generation_before);
+
+        let later = offer(&ingest, &key, 2, "indexed-later")?;
+        assert!(
+            ingest
+                .ingest_one(later.bytes.clone(), Source::Sync)
+                .await?
+                .is_new()
+        );
+        ingest.flush_search().await;
+        assert_eq!(
+            index.count(&Query::default())?,
+            2,
+            "the lost record was not re-indexed"
+        );
+        assert_eq!(
+            index.generation(),
+            Some(ingest.digest().hash().to_hex()),
+            "after the rebuild the index matches the store"
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_batch_checked_before_a_concurrent_write_changes_nothing()
     -> Result<(), Box<dyn std::error::Error>> {

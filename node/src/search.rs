@@ -548,6 +548,9 @@ pub struct SearchIndex {
     fields: Fields,
     /// Generation to write with the next commit.
     pending_generation: Mutex<Option<String>>,
+    /// Makes the next commit fail, as a full disk would (tests of the failure paths).
+    #[cfg(test)]
+    fail_next_commit: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -636,6 +639,8 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             pending_generation: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_commit: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -643,6 +648,13 @@ impl SearchIndex {
     #[cfg(test)]
     pub(crate) fn writer_for_test(&self) -> Result<MutexGuard<'_, IndexWriter>> {
         self.writer()
+    }
+
+    /// Makes the next commit fail before anything is written, as an I/O error would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commit_for_test(&self) {
+        self.fail_next_commit
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, IndexWriter>> {
@@ -729,6 +741,15 @@ impl SearchIndex {
             .map_err(|_| SearchError::Poisoned)?
             .take()
             .or_else(|| self.generation());
+        #[cfg(test)]
+        if self
+            .fail_next_commit
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(SearchError::Tantivy(tantivy::TantivyError::SystemError(
+                "injected commit failure".into(),
+            )));
+        }
         let mut prepared = writer.prepare_commit()?;
         if let Some(generation) = generation {
             prepared.set_payload(&format!("{SCHEMA_VERSION}:{generation}"));
