@@ -382,8 +382,22 @@ impl Ingest {
 
     /// Attaches the search index: from now on every durable write updates it. The caller has
     /// made sure the index matches the store (see [`Ingest::reindex_if_stale`]).
-    pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Ingest {
-        match crate::indexer::Indexer::start(Arc::clone(&index), self.store.clone(), self.clock) {
+    pub fn with_search(self, index: Arc<crate::search::SearchIndex>) -> Ingest {
+        self.with_search_queue(index, crate::indexer::QUEUE_DOCS_MAX)
+    }
+
+    /// [`Ingest::with_search`] with room for `capacity` documents in the indexer's queue.
+    fn with_search_queue(
+        mut self,
+        index: Arc<crate::search::SearchIndex>,
+        capacity: usize,
+    ) -> Ingest {
+        match crate::indexer::Indexer::start_with_capacity(
+            Arc::clone(&index),
+            self.store.clone(),
+            self.clock,
+            capacity,
+        ) {
             Ok(indexer) => self.indexer = Some(indexer),
             Err(e) => {
                 tracing::error!(cause = %e, "cannot start the search indexer; search stays as it is")
@@ -1214,6 +1228,70 @@ mod tests {
             Some(ingest.digest().hash().to_hex()),
             "after the rebuild the index matches the store"
         );
+        Ok(())
+    }
+
+    /// A replicated batch that finds the indexer's queue full waits before its store write. A
+    /// caller that gives up meanwhile (a sync session dropped, an import whose client left)
+    /// leaves nothing behind in the store or the index, and the same record goes through
+    /// once the queue has room.
+    #[tokio::test]
+    async fn a_batch_cancelled_while_the_index_queue_is_full_leaves_nothing_half_done()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::search::{Query, SearchIndex};
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(&dir.path().join("store"))?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        ingest.reindex_if_stale(&index)?;
+        let ingest = ingest.with_search_queue(Arc::clone(&index), 1);
+
+        // The indexer is held up (another thread has the index writer, as a rebuild would)
+        // with one document taken: the queue is full.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let index = Arc::clone(&index);
+            move || {
+                let writer = index.writer_for_test();
+                let _ = held_tx.send(writer.is_ok());
+                let _ = release_rx.recv();
+            }
+        });
+        assert!(held.recv()?, "cannot take the index writer");
+        let first = offer(&ingest, &key, 1, "first")?;
+        assert!(
+            ingest
+                .ingest_one(first.bytes.clone(), Source::Sync)
+                .await?
+                .is_new()
+        );
+        let digest = ingest.digest();
+
+        // The next batch waits for room; its caller gives up.
+        let second = offer(&ingest, &key, 2, "second")?;
+        let waiting = ingest.ingest_one(second.bytes.clone(), Source::Sync);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), waiting)
+                .await
+                .is_err(),
+            "a batch was written while the indexer's queue was full"
+        );
+        assert!(!ingest.store().holds(&second.id, true)?);
+        assert_eq!(ingest.digest(), digest);
+
+        // Once the indexer can work, the same record is accepted and everything is searchable
+        // under the store's state.
+        release.send(())?;
+        holder.join().map_err(|_| "the writer's holder panicked")?;
+        assert!(
+            ingest
+                .ingest_one(second.bytes.clone(), Source::Sync)
+                .await?
+                .is_new()
+        );
+        ingest.flush_search().await;
+        assert_eq!(index.count(&Query::default())?, 2);
+        assert_eq!(index.generation(), Some(ingest.digest().hash().to_hex()));
         Ok(())
     }
 
