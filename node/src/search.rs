@@ -24,10 +24,10 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use kim_protocol::RegionId;
 use kim_protocol::codes;
 use kim_protocol::envelope::{Body, Content, Kind, Record};
 use kim_protocol::types::{CooperationKind, Date, PartnershipType};
-use kim_protocol::{RecordId, RegionId};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{
@@ -35,7 +35,7 @@ use tantivy::query::{
     TermQuery,
 };
 use tantivy::schema::{
-    FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value,
+    FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer,
@@ -47,7 +47,11 @@ use tantivy::{
 
 /// Bump when the schema or the analysis changes: a stored generation of another schema version
 /// reads as `None`, so the node rebuilds.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: first schema.
+/// - 2: the winner's record id is no longer stored (a hit names its item; the store says
+///   which record currently wins it).
+pub const SCHEMA_VERSION: u32 = 2;
 /// Default indexing heap; tantivy's writer flushes a segment when it is full.
 pub const WRITER_HEAP_BYTES: usize = 16 * 1024 * 1024;
 /// Most hits one search returns, whatever the caller asks.
@@ -138,13 +142,13 @@ pub struct Query {
     pub offset: usize,
 }
 
-/// One search result: the item and the winner record indexed for it.
+/// One search result: an item. Its current winner record is the store's to say
+/// (`Store::item`), which also covers a revision applied since the last index commit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
     pub region: RegionId,
     pub kind: Kind,
     pub key: String,
-    pub record: RecordId,
     /// BM25 score; 0 for filter-only searches.
     pub score: f32,
 }
@@ -152,7 +156,6 @@ pub struct Hit {
 #[derive(Debug, Clone, Copy)]
 struct Fields {
     item: Field,
-    record: Field,
     region: Field,
     kind: Field,
     coop_kind: Field,
@@ -198,7 +201,6 @@ fn schema() -> (Schema, Fields) {
     };
     let fields = Fields {
         item: b.add_text_field("item", keyword.clone().set_stored()),
-        record: b.add_text_field("record", STORED),
         region: b.add_text_field("region", keyword.clone()),
         kind: b.add_text_field("kind", keyword.clone()),
         coop_kind: b.add_text_field("coop_kind", keyword.clone()),
@@ -681,28 +683,22 @@ impl SearchIndex {
     /// owning region (the store's `ItemEntry::region`, not necessarily the author key).
     /// Returns whether a document was added. Visible after [`commit`](Self::commit).
     pub fn upsert(&self, record: &Record, region: RegionId) -> Result<bool> {
-        self.upsert_content(&record.content, record.id, region)
+        self.upsert_content(&record.content, region)
     }
 
-    /// As [`upsert`](Self::upsert), from decoded content and its record id.
-    pub fn upsert_content(
-        &self,
-        content: &Content,
-        id: RecordId,
-        region: RegionId,
-    ) -> Result<bool> {
+    /// As [`upsert`](Self::upsert), from decoded content.
+    pub fn upsert_content(&self, content: &Content, region: RegionId) -> Result<bool> {
         if !is_searchable(content.kind) {
             return Ok(false);
         }
         let writer = self.writer()?;
-        self.upsert_with(&writer, content, id, region)
+        self.upsert_with(&writer, content, region)
     }
 
     fn upsert_with(
         &self,
         writer: &IndexWriter,
         content: &Content,
-        id: RecordId,
         region: RegionId,
     ) -> Result<bool> {
         if !is_searchable(content.kind) {
@@ -710,7 +706,7 @@ impl SearchIndex {
         }
         let key = item_key(&region, content.kind, &content.key);
         writer.delete_term(Term::from_field_text(self.fields.item, &key));
-        let Some(doc) = self.document(content, id, &region, &key) else {
+        let Some(doc) = self.document(content, &region, &key) else {
             return Ok(false);
         };
         writer.add_document(doc)?;
@@ -785,7 +781,7 @@ impl SearchIndex {
         writer.delete_all_documents()?;
         let mut indexed = 0u64;
         for (region, record) in winners {
-            if self.upsert_with(&writer, &record.content, record.id, region)? {
+            if self.upsert_with(&writer, &record.content, region)? {
                 indexed += 1;
             }
         }
@@ -833,18 +829,11 @@ impl SearchIndex {
         walk(&self.dir)
     }
 
-    fn document(
-        &self,
-        c: &Content,
-        id: RecordId,
-        region: &RegionId,
-        key: &str,
-    ) -> Option<TantivyDocument> {
+    fn document(&self, c: &Content, region: &RegionId, key: &str) -> Option<TantivyDocument> {
         let facets = facets(&c.body)?;
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.item, key);
-        doc.add_text(f.record, id.to_hex());
         doc.add_text(f.region, region.to_hex());
         doc.add_text(f.kind, c.kind.as_str());
         if let Some(kind) = facets.coop_kind {
@@ -1155,19 +1144,14 @@ impl SearchIndex {
         for (score, addr) in docs {
             let doc: TantivyDocument = searcher.doc(addr)?;
             let item = doc.get_first(self.fields.item).and_then(|v| v.as_str());
-            let record = doc
-                .get_first(self.fields.record)
-                .and_then(|v| v.as_str())
-                .and_then(RecordId::from_hex);
-            match (item.and_then(parse_item_key), record) {
-                (Some((region, kind, key)), Some(record)) => hits.push(Hit {
+            match item.and_then(parse_item_key) {
+                Some((region, kind, key)) => hits.push(Hit {
                     region,
                     kind,
                     key,
-                    record,
                     score: if has_text { score } else { 0.0 },
                 }),
-                _ => tracing::warn!(
+                None => tracing::warn!(
                     ?addr,
                     "search index document without item key; rebuild the index"
                 ),
