@@ -85,23 +85,6 @@ pub fn load_record(store: &Store, id: &RecordId) -> Result<Option<Record>, Match
     }
 }
 
-/// The current winner of a search hit's item with its id; `None` if the item was withdrawn or
-/// dropped since the index saw it.
-pub fn load_hit(
-    store: &Store,
-    hit: &crate::search::Hit,
-) -> Result<Option<(RecordId, Record)>, MatchError> {
-    let Some(entry) = store.item(&hit.region, hit.kind, &hit.key)? else {
-        return Ok(None);
-    };
-    match store.winner_record(&entry)? {
-        Some((winner, bytes)) if !winner.tombstone => Record::decode(bytes)
-            .map(|record| Some((winner.id, record)))
-            .map_err(|_| MatchError::Damaged(winner.id)),
-        _ => Ok(None),
-    }
-}
-
 /// A matching candidate from a co-operation record owned by `region`, with the public profile
 /// of its organisation when the record names one this node holds. `None` for other kinds.
 pub fn candidate(store: &Store, region: RegionId, record: &Record) -> Option<Candidate> {
@@ -250,11 +233,11 @@ pub fn find_matches(
         if hit.region == region && hit.key == key {
             continue;
         }
-        // A hit whose item was withdrawn since the index commit is skipped, not an error.
-        if let Some((id, record)) = load_hit(store, hit)?
+        // A hit whose record vanished since the index commit is skipped, not an error.
+        if let Some(record) = load_record(store, &hit.record)?
             && let Some(c) = candidate_with(store, hit.region, &record, organisations)
         {
-            others.push((id, c));
+            others.push((hit.record, c));
         }
     }
     let considered = others.len();

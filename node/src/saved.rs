@@ -254,16 +254,11 @@ fn notify_inner(
                 if !seen.insert(id.clone()) || store.local_get(&key)?.is_some() {
                     continue;
                 }
-                // An item withdrawn since this commit raises nothing.
-                let (record, winner) = match crate::matches::load_hit(store, &hit) {
-                    Ok(Some(found)) => found,
-                    Ok(None) => continue,
-                    Err(err) => {
-                        tracing::warn!(item = %hit.key, cause = %err, "cannot load a saved search's hit");
-                        continue;
-                    }
-                };
-                let title = title_of(&winner.content.body);
+                let title = crate::matches::load_record(store, &hit.record)
+                    .ok()
+                    .flatten()
+                    .map(|r| title_of(&r.content.body))
+                    .unwrap_or_default();
                 let notification = Notification {
                     id,
                     saved_search: search.id.clone(),
@@ -271,7 +266,7 @@ fn notify_inner(
                     region: hit.region,
                     kind: hit.kind,
                     key: hit.key,
-                    record,
+                    record: hit.record,
                     title,
                     at_ms: now_ms,
                     read: false,
