@@ -6,7 +6,8 @@
 //!   [`Store::apply`] for how it is made atomic without sled's process-wide batch lock):
 //!   - `r` id → pointer to the record's bytes in the record log (the sync set: winners,
 //!     tombstones, equivocation evidence, membership records)
-//!   - `i` region ‖ kind ‖ key → [`ItemEntry`] (the current winner of each item)
+//!   - `i` region ‖ kind ‖ key → the current winner of each item: an [`ItemEntry`] stored
+//!     without what its key says ([`StoredItem`], format 3)
 //!   - `k` kind ‖ created-at (BE) ‖ id → the item's `i` key (list by kind, newest first; a
 //!     listing of one region scans that region's `i` entries instead)
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
@@ -36,7 +37,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// - 1: record bytes as sled values.
 /// - 2: record bytes in the record log, sled values are pointers to them.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+/// - 3: an item entry's value leaves out what its key says (region, kind, item key) and the
+///   author when it is the region's own key ([`StoredItem`]).
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
 /// How often [`Store::winner_record`] follows an item whose winner is replaced while it reads.
@@ -98,6 +101,72 @@ impl ItemEntry {
     pub fn is_live(&self, now_ms: u64) -> bool {
         self.revision().is_live(now_ms)
     }
+}
+
+/// An [`ItemEntry`] as stored under its `i` key (format 3): only what the key does not say.
+/// About 55 bytes instead of about 140; sled copies leaf values on every insert and keeps
+/// several versions of them on disk, so each byte saved here is saved several times.
+#[derive(Serialize, Deserialize)]
+struct StoredItem {
+    id: RecordId,
+    /// `None` when the author is the region's own key, as it is until a key rotation.
+    author: Option<PublicKey>,
+    revision: u64,
+    tombstone: bool,
+    created_at_ms: u64,
+    expires_at_ms: Option<u64>,
+}
+
+fn encode_item(entry: &ItemEntry) -> Vec<u8> {
+    let stored = StoredItem {
+        id: entry.id,
+        author: (entry.author != entry.region).then_some(entry.author),
+        revision: entry.revision,
+        tombstone: entry.tombstone,
+        created_at_ms: entry.created_at_ms,
+        expires_at_ms: entry.expires_at_ms,
+    };
+    postcard::to_stdvec(&stored).unwrap_or_default()
+}
+
+/// The region, kind and item key an `i` key names.
+fn parse_item_key(key: &[u8]) -> Option<(RegionId, Kind, String)> {
+    if key.first() != Some(&b'i') {
+        return None;
+    }
+    let region = PublicKey(key.get(1..33)?.try_into().ok()?);
+    let byte = *key.get(33)?;
+    let kind = Kind::ALL
+        .get(usize::from(byte))
+        .copied()
+        .filter(|k| *k as u8 == byte)?;
+    let item = std::str::from_utf8(key.get(34..)?).ok()?.to_string();
+    Some((region, kind, item))
+}
+
+/// An item entry from its `i` key and its format-3 value.
+fn decode_item(key: &[u8], value: &[u8]) -> Result<ItemEntry, String> {
+    let (region, kind, item) = parse_item_key(key).ok_or("malformed item key")?;
+    let stored: StoredItem = postcard::from_bytes(value).map_err(|e| e.to_string())?;
+    Ok(ItemEntry {
+        id: stored.id,
+        region,
+        author: stored.author.unwrap_or(region),
+        kind,
+        key: item,
+        revision: stored.revision,
+        tombstone: stored.tombstone,
+        created_at_ms: stored.created_at_ms,
+        expires_at_ms: stored.expires_at_ms,
+    })
+}
+
+/// An item entry stored by format 2 (the whole [`ItemEntry`]), recognised only if it is one
+/// exactly: every byte read, and the region, kind and item key it repeats are its key's.
+fn decode_item_v2(key: &[u8], value: &[u8]) -> Option<ItemEntry> {
+    let (entry, rest) = postcard::take_from_bytes::<ItemEntry>(value).ok()?;
+    let named = parse_item_key(key)?;
+    (rest.is_empty() && (entry.region, entry.kind, entry.key.clone()) == named).then_some(entry)
 }
 
 /// One audit-log entry: who did what through the API, when, with what result.
@@ -314,7 +383,7 @@ impl WriteSet {
         if let Some(prev) = previous {
             self.remove(kind_index(prev.kind, prev.created_at_ms, &prev.id));
         }
-        let value = postcard::to_stdvec(entry).unwrap_or_default();
+        let value = encode_item(entry);
         let item = item_key(&entry.region, entry.kind, &entry.key);
         self.insert(item.clone(), value);
         self.insert(kind_index(entry.kind, entry.created_at_ms, &entry.id), item);
@@ -528,8 +597,7 @@ impl Store {
         }
         for kv in self.data.scan_prefix([b'i']) {
             let (key, value) = kv.map_err(io)?;
-            let entry: ItemEntry = postcard::from_bytes(&value)
-                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            let entry = self.item_entry(&key, &value)?;
             if replicated.contains(&entry.id.0) {
                 self.data
                     .remove(kind_index(entry.kind, entry.created_at_ms, &entry.id))
@@ -595,6 +663,44 @@ impl Store {
                 .map_err(|e| self.io(e))?;
             self.flush_now()?;
         }
+        if found < 3 {
+            self.shrink_item_entries()?;
+            self.data
+                .insert(META_FORMAT, &3u32.to_be_bytes())
+                .map_err(|e| self.io(e))?;
+            self.flush_now()?;
+        }
+        Ok(())
+    }
+
+    /// Format 2 → 3: rewrites every item entry without what its key says ([`StoredItem`]).
+    /// An entry already rewritten is recognised and left alone, so a migration cut short by a
+    /// crash goes on at the next open; the format changes only once every entry is done.
+    fn shrink_item_entries(&self) -> Result<(), StoreError> {
+        let _one = lock_apply(&self.applying);
+        let started = std::time::Instant::now();
+        let mut rewritten = 0usize;
+        for kv in self.data.scan_prefix([b'i']) {
+            let (key, value) = kv.map_err(|e| self.io(e))?;
+            let Some(entry) = decode_item_v2(&key, &value) else {
+                // Rewritten before a crash, or damaged: reading it says which.
+                self.item_entry(&key, &value)?;
+                continue;
+            };
+            self.data
+                .insert(key, encode_item(&entry))
+                .map_err(|e| self.io(e))?;
+            rewritten += 1;
+            if rewritten.is_multiple_of(100_000) {
+                tracing::info!(rewritten, "upgrading the store to format 3");
+            }
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            rewritten,
+            ms = started.elapsed().as_millis() as u64,
+            "store upgraded to format 3 (smaller item entries)"
+        );
         Ok(())
     }
 
@@ -1018,16 +1124,16 @@ impl Store {
         kind: Kind,
         key: &str,
     ) -> Result<Option<ItemEntry>, StoreError> {
-        match self
-            .data
-            .get(item_key(region, kind, key))
-            .map_err(|e| self.io(e))?
-        {
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| self.damaged(format!("item entry: {e}"))),
+        let item = item_key(region, kind, key);
+        match self.data.get(&item).map_err(|e| self.io(e))? {
+            Some(v) => self.item_entry(&item, &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Decodes an item entry stored under `key`.
+    fn item_entry(&self, key: &[u8], value: &[u8]) -> Result<ItemEntry, StoreError> {
+        decode_item(key, value).map_err(|e| self.damaged(format!("item entry: {e}")))
     }
 
     fn damaged(&self, cause: String) -> StoreError {
@@ -1068,8 +1174,7 @@ impl Store {
             let Some(value) = self.data.get(&item_key).map_err(|e| self.io(e))? else {
                 continue;
             };
-            let item: ItemEntry = postcard::from_bytes(&value)
-                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            let item = self.item_entry(&item_key, &value)?;
             if !index_key.ends_with(&item.id.0) {
                 continue;
             }
@@ -1100,9 +1205,8 @@ impl Store {
         prefix.push(kind as u8);
         let mut entries: Vec<(Vec<u8>, ItemEntry)> = Vec::new();
         for kv in self.data.scan_prefix(&prefix) {
-            let (_, value) = kv.map_err(|e| self.io(e))?;
-            let item: ItemEntry = postcard::from_bytes(&value)
-                .map_err(|e| self.damaged(format!("item entry: {e}")))?;
+            let (key, value) = kv.map_err(|e| self.io(e))?;
+            let item = self.item_entry(&key, &value)?;
             let position = kind_index(item.kind, item.created_at_ms, &item.id);
             if cursor.is_none_or(|c| position.as_slice() < c) {
                 entries.push((position, item));
@@ -1146,8 +1250,8 @@ impl Store {
     /// Every item's current winner, streamed in item-key order.
     pub fn item_entries(&self) -> impl Iterator<Item = Result<ItemEntry, StoreError>> + '_ {
         self.data.scan_prefix([b'i']).map(move |kv| {
-            let (_, v) = kv.map_err(|e| self.io(e))?;
-            postcard::from_bytes(&v).map_err(|e| self.damaged(format!("item entry: {e}")))
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            self.item_entry(&k, &v)
         })
     }
 
@@ -1751,6 +1855,88 @@ mod tests {
             matches!(&missing, Err(StoreError::Damaged { cause, .. }) if cause.contains("record log")),
             "{missing:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Format 2 → 3: every item entry is rewritten without what its key says, reads back the
+    /// same, and a migration cut short (some entries rewritten, the format not yet changed)
+    /// simply goes on at the next open.
+    #[test]
+    fn a_store_of_format_2_shrinks_its_item_entries() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir("format-3");
+        let entries: Vec<ItemEntry> = (0..3_000u64)
+            .map(|i| {
+                let mut entry = item_won_by(id_of(&i.to_be_bytes()), &format!("offer-{i}"), i);
+                entry.region = PublicKey([(i % 7) as u8; 32]);
+                // Some authors are not the region's own key (after a key rotation).
+                entry.author = if i % 5 == 0 {
+                    PublicKey([0xAA; 32])
+                } else {
+                    entry.region
+                };
+                entry.kind = if i % 2 == 0 {
+                    Kind::Cooperation
+                } else {
+                    Kind::Knowledge
+                };
+                entry.revision = i % 3 + 1;
+                entry.tombstone = i % 11 == 0;
+                entry.expires_at_ms = (i % 4 == 0).then_some(1_800_000_000_000 + i);
+                entry
+            })
+            .collect();
+        let v2_values = {
+            // What format 2 wrote: the whole entry as the value. Half of them are rewritten
+            // already, as a migration cut short by a crash leaves them.
+            let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+            let mut writes = WriteSet::default();
+            for entry in &entries {
+                writes.set_item(entry, None);
+            }
+            store.apply(writes)?;
+            for entry in entries.iter().step_by(2) {
+                let key = item_key(&entry.region, entry.kind, &entry.key);
+                store.data.insert(key, postcard::to_stdvec(entry)?)?;
+            }
+            store.data.insert(META_FORMAT, &2u32.to_be_bytes())?;
+            store.flush_now()?;
+            let bytes: usize = store
+                .data
+                .scan_prefix([b'i'])
+                .flatten()
+                .map(|(_, v)| v.len())
+                .sum();
+            bytes
+        };
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(store.format()?, 3);
+        let read = store.item_entries().collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(read.len(), entries.len());
+        for entry in &entries {
+            assert_eq!(
+                store.item(&entry.region, entry.kind, &entry.key)?.as_ref(),
+                Some(entry)
+            );
+        }
+        let v3_values: usize = store
+            .data
+            .scan_prefix([b'i'])
+            .flatten()
+            .map(|(_, v)| v.len())
+            .sum();
+        assert!(
+            v3_values * 10 < v2_values * 7,
+            "item values take {v3_values} bytes after the upgrade, {v2_values} before"
+        );
+        // Listing by kind (through the `k` index) reads the new entries too.
+        let (page, _) = store.list_items(Kind::Knowledge, None, None, 10_000, |_| true)?;
+        assert_eq!(page.len(), entries.len() / 2);
+        let region = PublicKey([3; 32]);
+        let (mine, _) =
+            store.list_items(Kind::Cooperation, Some(&region), None, 10_000, |_| true)?;
+        assert!(!mine.is_empty() && mine.iter().all(|e| e.region == region));
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
