@@ -7,7 +7,7 @@
 //!   - `r` id → pointer to the record's bytes in the record log (the sync set: winners,
 //!     tombstones, equivocation evidence, membership records)
 //!   - `i` region ‖ kind ‖ key → the current winner of each item: an [`ItemEntry`] stored
-//!     without what its key says ([`StoredItem`], format 3)
+//!     without what its key says (`StoredItem`, format 3)
 //!   - `k` kind ‖ created-at (BE) ‖ id → the item's `i` key (list by kind, newest first; a
 //!     listing of one region scans that region's `i` entries instead)
 //!   - `m` id → () (membership records, loaded at start to evaluate membership)
@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 /// - 1: record bytes as sled values.
 /// - 2: record bytes in the record log, sled values are pointers to them.
 /// - 3: an item entry's value leaves out what its key says (region, kind, item key) and the
-///   author when it is the region's own key ([`StoredItem`]).
+///   author when it is the region's own key (`StoredItem`).
 pub const STORE_FORMAT_VERSION: u32 = 3;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
