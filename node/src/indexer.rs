@@ -57,7 +57,11 @@ const DRAIN_MAX: Duration = Duration::from_millis(250);
 /// rollback also dropped the other uncommitted changes): it never matches a store digest, so
 /// the index is rebuilt (by the indexer at once, see [`rebuild_live`], or at the next start if
 /// the node stops first) rather than claiming to match the store.
-const LOST_GENERATION: &str = "incomplete: rebuild at the next start";
+const LOST_GENERATION: &str = "incomplete: rebuild from the store";
+
+/// Most items whose saved-search notification waits for a rebuild after a failed update
+/// (about 100 bytes each).
+const UNNOTIFIED_MAX: usize = 100_000;
 
 /// How long after a failed rebuild the indexer tries again (a full disk, say, takes an
 /// operator to clear).
@@ -364,49 +368,33 @@ pub fn rebuild_from_store(
         }
     }
     let total = winners.len();
-    let failure: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
     let mut done = 0usize;
     let records = winners.into_iter().filter_map(|entry| {
-        if failure.borrow().is_some() {
-            return None;
-        }
         done += 1;
         if done.is_multiple_of(100_000) {
             tracing::info!(done, total, "rebuilding the search index");
         }
         // The winner may have changed since it was listed: follow it (a withdrawn or purged
         // item is skipped; the write that did it is queued for the indexer anyway).
-        let loaded = store
-            .winner_record(&entry)
-            .map_err(anyhow::Error::from)
-            .and_then(|found| match found {
-                Some((current, bytes)) if !current.tombstone => Record::decode(bytes)
-                    .map(|record| Some((current.region, record)))
-                    .map_err(|e| {
-                        anyhow::anyhow!("stored record {} does not decode: {e}", current.id)
-                    }),
-                _ => Ok(None),
-            });
-        match loaded {
-            Ok(found) => found,
-            Err(e) => {
-                *failure.borrow_mut() = Some(e);
-                None
-            }
+        match store.winner_record(&entry) {
+            Ok(Some((current, bytes))) if !current.tombstone => Some(
+                Record::decode(bytes)
+                    .map(|record| (current.region, record))
+                    .map_err(|e| format!("stored record {} does not decode: {e}", current.id)),
+            ),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.to_string())),
         }
     });
-    let rebuilt = index.rebuild(records, generation);
-    if let Some(err) = failure.into_inner() {
-        // The index holds part of the items: mark it stale so that it is rebuilt again.
-        index.set_generation(LOST_GENERATION);
-        let _ = index.commit();
-        return Err(err.context("search index rebuild stopped"));
-    }
-    rebuilt.map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))
+    // On a failure nothing is committed: the previous index stays, and whoever asked for the
+    // rebuild decides (start fails, or the indexer retries).
+    index
+        .rebuild_from(records, generation)
+        .map_err(|e| anyhow::anyhow!("search index rebuild failed: {e}"))
 }
 
 /// After an update was lost, rebuilds the index from the store while the node runs; false if
-/// that failed too (the index then still says it is incomplete).
+/// that failed too (the previous commit stays, and its generation does not match the store).
 fn rebuild_live(index: &SearchIndex, store: &Store) -> bool {
     let started = Instant::now();
     let rebuilt = store
@@ -463,6 +451,9 @@ struct Pending {
     /// Whether an update was lost since start: every later commit then carries
     /// [`LOST_GENERATION`] until the rebuild from the store succeeds.
     lost: bool,
+    /// Items changed by updates a failure rolled back (at most [`UNNOTIFIED_MAX`]): matched
+    /// against the saved searches once a rebuild has made them searchable.
+    unnotified: Vec<Slot>,
 }
 
 impl Pending {
@@ -530,6 +521,7 @@ fn run(
         waiting: Vec::new(),
         applied_local: counters.committed.load(Ordering::SeqCst),
         lost: false,
+        unnotified: Vec::new(),
     };
     let mut last_commit = Instant::now();
     // When the next commit is due: set by the first change since the last commit.
@@ -575,30 +567,54 @@ fn run(
             let rebuild = pending.lost && rebuild_at.is_none_or(|at| at <= Instant::now());
             if pending.dirty || rebuild {
                 let started = Instant::now();
-                if rebuild {
-                    if rebuild_live(index, store) {
+                let committed = if rebuild {
+                    let rebuilt = rebuild_live(index, store);
+                    if rebuilt {
                         pending.lost = false;
                         rebuild_at = None;
-                        counters.commits.fetch_add(1, Ordering::Relaxed);
                     } else {
                         rebuild_at = Some(Instant::now() + REBUILD_RETRY);
                     }
-                } else if commit(index) {
-                    counters.commits.fetch_add(1, Ordering::Relaxed);
+                    rebuilt
                 } else {
-                    pending.lost = true;
-                    pending.mark_if_lost(index);
-                }
-                cost = started.elapsed();
+                    let kept = commit(index);
+                    if !kept {
+                        pending.lost = true;
+                        pending.mark_if_lost(index);
+                    }
+                    // A rebuild's duration says nothing about what commits cost.
+                    cost = started.elapsed();
+                    kept
+                };
                 tracing::debug!(
                     items = pending.fresh.len(),
-                    took_us = cost.as_micros() as u64,
+                    took_us = started.elapsed().as_micros() as u64,
+                    committed,
                     "search index committed"
                 );
-                // Saved searches match against the index, so only now that the items are
-                // searchable; before a reader waiting for freshness hears back, so a
-                // notification list read after a publish shows what the publish raised.
-                crate::saved::notify(store, index, &std::mem::take(&mut pending.fresh), clock());
+                if committed {
+                    counters.commits.fetch_add(1, Ordering::Relaxed);
+                    // Saved searches match against the index, so only now that the items are
+                    // searchable; before a reader waiting for freshness hears back, so a
+                    // notification list read after a publish shows what the publish raised.
+                    // A rebuild also made searchable what lost updates had held.
+                    let mut fresh = std::mem::take(&mut pending.fresh);
+                    if rebuild {
+                        fresh.append(&mut pending.unnotified);
+                    }
+                    crate::saved::notify(store, index, &fresh, clock());
+                } else {
+                    // Rolled back: notified once a rebuild has made them searchable.
+                    pending.unnotified.append(&mut pending.fresh);
+                    let excess = pending.unnotified.len().saturating_sub(UNNOTIFIED_MAX);
+                    if excess > 0 {
+                        pending.unnotified.drain(..excess);
+                        tracing::warn!(
+                            dropped = excess,
+                            "saved searches will not be told of some items a failed index update held"
+                        );
+                    }
+                }
                 last_commit = Instant::now();
             }
             // Also after a failed commit: the rebuild that follows repairs the index, and

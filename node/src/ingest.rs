@@ -687,8 +687,8 @@ impl Ingest {
     /// Hands the batch's new winners to the indexer with the store's new digest as their
     /// generation, without waiting for them to be searchable ([`Ingest::search_fresh`] is
     /// where a reader waits for its own writes).
-    /// A failure there never loses data: the index is rebuilt from the store at the next start
-    /// because its generation no longer matches.
+    /// A failure there never loses data: the indexer rebuilds the index from the store (and a
+    /// start would, because its generation no longer matches).
     fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
@@ -1180,9 +1180,6 @@ mod tests {
         Ok(())
     }
 
-    /// A batch whose held check ran before another batch stored the same records (two sources
-    /// delivering the same records at once) must change nothing when it reaches the writer:
-    /// not even equivocation evidence, which resolution alone would store and count again.
     /// A failed search-index commit drops the changes it held (they are rolled back), while the
     /// store keeps the records. The indexer then rebuilds the index from the store while the
     /// node runs, so nothing stored stays unsearchable until a restart, and the index never
@@ -1196,7 +1193,19 @@ mod tests {
         let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
         ingest.reindex_if_stale(&index)?;
         let ingest = ingest.with_search(Arc::clone(&index));
-        let generation_before = index.generation();
+        // A saved search every offer matches: it must hear of both, the lost one included.
+        let everything = crate::search::SearchParams {
+            kind: Some("cooperation".into()),
+            ..Default::default()
+        };
+        crate::saved::add(
+            ingest.store(),
+            crate::saved::SavedSearchInput {
+                name: "every offer".into(),
+                query: everything,
+            },
+            system_now_ms(),
+        )?;
 
         let lost = offer(&ingest, &key, 1, "lost-in-the-index")?;
         index.fail_next_commit_for_test();
@@ -1207,8 +1216,7 @@ mod tests {
                 .is_new()
         );
         ingest.flush_search().await;
-        // The commit failed: the index did not take the record, nor claim its store state.
-        assert_eq!(index.generation(), generation_before);
+        assert!(ingest.store().has_record(&lost.id)?);
 
         let later = offer(&ingest, &key, 2, "indexed-later")?;
         assert!(
@@ -1228,6 +1236,44 @@ mod tests {
             Some(ingest.digest().hash().to_hex()),
             "after the rebuild the index matches the store"
         );
+        let mut notified: Vec<String> = crate::saved::notifications(ingest.store(), false, 10)?
+            .into_iter()
+            .map(|n| n.key)
+            .collect();
+        notified.sort();
+        assert_eq!(notified, ["indexed-later", "lost-in-the-index"]);
+        Ok(())
+    }
+
+    /// A rebuild replaces whatever the index writer holds uncommitted (an update taken just
+    /// before it), instead of indexing those items a second time.
+    #[tokio::test]
+    async fn a_rebuild_drops_uncommitted_updates_instead_of_doubling_them()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::search::{Query, SearchIndex};
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(&dir.path().join("store"))?;
+        let index = SearchIndex::open(&dir.path().join("search"))?;
+        let records = [
+            offer(&ingest, &key, 1, "one")?,
+            offer(&ingest, &key, 2, "two")?,
+        ];
+        for record in &records {
+            assert!(
+                ingest
+                    .ingest_one(record.bytes.clone(), Source::Sync)
+                    .await?
+                    .is_new()
+            );
+        }
+        index.upsert(&records[0], samples::public_key(&key))?;
+        let digest = ingest.digest().hash().to_hex();
+        assert_eq!(
+            crate::indexer::rebuild_from_store(ingest.store(), &index, &digest)?,
+            2
+        );
+        assert_eq!(index.count(&Query::default())?, 2);
+        assert_eq!(index.generation(), Some(digest));
         Ok(())
     }
 
@@ -1295,6 +1341,9 @@ mod tests {
         Ok(())
     }
 
+    /// A batch whose held check ran before another batch stored the same records (two sources
+    /// delivering the same records at once) must change nothing when it reaches the writer:
+    /// not even equivocation evidence, which resolution alone would store and count again.
     #[tokio::test]
     async fn a_batch_checked_before_a_concurrent_write_changes_nothing()
     -> Result<(), Box<dyn std::error::Error>> {

@@ -73,6 +73,8 @@ pub enum SearchError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("search index: writer lock poisoned")]
     Poisoned,
+    #[error("search index rebuild: the items to index could not be read: {0}")]
+    Source(String),
 }
 
 pub type Result<T, E = SearchError> = std::result::Result<T, E>;
@@ -805,17 +807,48 @@ impl SearchIndex {
         winners: impl IntoIterator<Item = (RegionId, Record)>,
         generation: &str,
     ) -> Result<u64> {
+        self.rebuild_from(winners.into_iter().map(Ok), generation)
+    }
+
+    /// As [`rebuild`](Self::rebuild), from a source that can fail (the store, read while the
+    /// index takes it): at the first error, or any failure of the index itself, nothing is
+    /// committed and searches keep the previous commit.
+    pub fn rebuild_from(
+        &self,
+        winners: impl IntoIterator<Item = std::result::Result<(RegionId, Record), String>>,
+        generation: &str,
+    ) -> Result<u64> {
         let started = std::time::Instant::now();
         let mut writer = self.writer()?;
-        writer.delete_all_documents()?;
-        let mut indexed = 0u64;
-        for (region, record) in winners {
-            if self.upsert_with(&writer, &record.content, record.id, region)? {
-                indexed += 1;
+        // Changes the writer holds uncommitted go first: `delete_all_documents` does not drop
+        // documents still buffered, which the rebuild would then index a second time.
+        writer.rollback()?;
+        let built = (|| -> Result<u64> {
+            writer.delete_all_documents()?;
+            let mut indexed = 0u64;
+            for winner in winners {
+                let (region, record) = winner.map_err(SearchError::Source)?;
+                if self.upsert_with(&writer, &record.content, record.id, region)? {
+                    indexed += 1;
+                }
             }
-        }
+            Ok(indexed)
+        })();
+        let indexed = match built {
+            Ok(indexed) => indexed,
+            Err(err) => {
+                let _ = writer.rollback();
+                if let Ok(mut pending) = self.pending_generation.lock() {
+                    *pending = None;
+                }
+                return Err(err);
+            }
+        };
         self.set_generation(generation);
-        self.commit_with(&mut writer)?;
+        if let Err(err) = self.commit_with(&mut writer) {
+            let _ = writer.rollback();
+            return Err(err);
+        }
         tracing::info!(
             indexed,
             ms = started.elapsed().as_millis() as u64,
@@ -1211,7 +1244,7 @@ impl SearchIndex {
                 }),
                 _ => tracing::warn!(
                     ?addr,
-                    "search index document without item key; rebuild the index"
+                    "search index document without item key or record id; rebuild the index"
                 ),
             }
         }

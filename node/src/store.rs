@@ -147,7 +147,11 @@ fn parse_item_key(key: &[u8]) -> Option<(RegionId, Kind, String)> {
 /// An item entry from its `i` key and its format-3 value.
 fn decode_item(key: &[u8], value: &[u8]) -> Result<ItemEntry, String> {
     let (region, kind, item) = parse_item_key(key).ok_or("malformed item key")?;
-    let stored: StoredItem = postcard::from_bytes(value).map_err(|e| e.to_string())?;
+    let (stored, rest) =
+        postcard::take_from_bytes::<StoredItem>(value).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the entry", rest.len()));
+    }
     Ok(ItemEntry {
         id: stored.id,
         region,
@@ -308,6 +312,9 @@ fn prefixed(tag: u8, id: &RecordId) -> [u8; 33] {
 }
 
 const META_FORMAT: &[u8] = b"xformat";
+/// Present while the format 2 → 3 upgrade runs: the format already says 3, so that an older
+/// binary refuses a store it would find half rewritten, and this one finishes the upgrade.
+const META_SHRINKING: &[u8] = b"xformat-3-pending";
 /// How far the record log was synced when sled was last flushed (u64 BE).
 const META_LOG_SYNCED: &[u8] = b"xlogsynced";
 /// The record log's length after the last write set's records, written before any of that
@@ -663,19 +670,29 @@ impl Store {
                 .map_err(|e| self.io(e))?;
             self.flush_now()?;
         }
-        if found < 3 {
-            self.shrink_item_entries()?;
+        let shrinking = self
+            .data
+            .contains_key(META_SHRINKING)
+            .map_err(|e| self.io(e))?;
+        if found < 3 || shrinking {
+            self.data
+                .insert(META_SHRINKING, &[])
+                .map_err(|e| self.io(e))?;
             self.data
                 .insert(META_FORMAT, &3u32.to_be_bytes())
                 .map_err(|e| self.io(e))?;
+            self.flush_now()?;
+            self.shrink_item_entries()?;
+            self.data.remove(META_SHRINKING).map_err(|e| self.io(e))?;
             self.flush_now()?;
         }
         Ok(())
     }
 
-    /// Format 2 → 3: rewrites every item entry without what its key says ([`StoredItem`]).
+    /// Format 2 → 3: rewrites every item entry without what its key says (`StoredItem`).
     /// An entry already rewritten is recognised and left alone, so a migration cut short by a
-    /// crash goes on at the next open; the format changes only once every entry is done.
+    /// crash goes on at the next open (the format says 3 from the start, with a marker that
+    /// the upgrade is under way, so an older binary refuses the store meanwhile).
     fn shrink_item_entries(&self) -> Result<(), StoreError> {
         let _one = lock_apply(&self.applying);
         let started = std::time::Instant::now();
@@ -1859,9 +1876,9 @@ mod tests {
         Ok(())
     }
 
-    /// Format 2 → 3: every item entry is rewritten without what its key says, reads back the
-    /// same, and a migration cut short (some entries rewritten, the format not yet changed)
-    /// simply goes on at the next open.
+    /// Format 2 → 3: every item entry is rewritten without what its key says and reads back
+    /// the same; an upgrade cut short (some entries rewritten) says format 3 meanwhile, so an
+    /// older binary refuses it, and goes on at the next open.
     #[test]
     fn a_store_of_format_2_shrinks_its_item_entries() -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("format-3");
@@ -1886,56 +1903,70 @@ mod tests {
                 entry
             })
             .collect();
-        let v2_values = {
-            // What format 2 wrote: the whole entry as the value. Half of them are rewritten
-            // already, as a migration cut short by a crash leaves them.
+        let item_bytes = |store: &Store| -> usize {
+            store
+                .data
+                .scan_prefix([b'i'])
+                .flatten()
+                .map(|(_, v)| v.len())
+                .sum()
+        };
+        let check = |store: &Store| -> Result<(), Box<dyn std::error::Error>> {
+            assert_eq!(store.format()?, 3);
+            assert!(!store.data.contains_key(META_SHRINKING)?);
+            let read = store.item_entries().collect::<Result<Vec<_>, _>>()?;
+            assert_eq!(read.len(), entries.len());
+            for entry in &entries {
+                assert_eq!(
+                    store.item(&entry.region, entry.kind, &entry.key)?.as_ref(),
+                    Some(entry)
+                );
+            }
+            // Listing by kind (through the `k` index) and by region read them too.
+            let (page, _) = store.list_items(Kind::Knowledge, None, None, 10_000, |_| true)?;
+            assert_eq!(page.len(), entries.len() / 2);
+            let region = PublicKey([3; 32]);
+            let (mine, _) =
+                store.list_items(Kind::Cooperation, Some(&region), None, 10_000, |_| true)?;
+            assert!(!mine.is_empty() && mine.iter().all(|e| e.region == region));
+            Ok(())
+        };
+        // Writes every entry as format 2 did (the whole entry as the value), or every other
+        // one, as an upgrade cut short by a crash leaves them.
+        let as_format_2 = |store: &Store, step: usize| -> Result<(), Box<dyn std::error::Error>> {
+            for entry in entries.iter().step_by(step) {
+                let key = item_key(&entry.region, entry.kind, &entry.key);
+                store.data.insert(key, postcard::to_stdvec(entry)?)?;
+            }
+            Ok(())
+        };
+        let v2_bytes = {
             let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
             let mut writes = WriteSet::default();
             for entry in &entries {
                 writes.set_item(entry, None);
             }
             store.apply(writes)?;
-            for entry in entries.iter().step_by(2) {
-                let key = item_key(&entry.region, entry.kind, &entry.key);
-                store.data.insert(key, postcard::to_stdvec(entry)?)?;
-            }
+            as_format_2(&store, 1)?;
             store.data.insert(META_FORMAT, &2u32.to_be_bytes())?;
             store.flush_now()?;
-            let bytes: usize = store
-                .data
-                .scan_prefix([b'i'])
-                .flatten()
-                .map(|(_, v)| v.len())
-                .sum();
-            bytes
+            item_bytes(&store)
         };
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
-        assert_eq!(store.format()?, 3);
-        let read = store.item_entries().collect::<Result<Vec<_>, _>>()?;
-        assert_eq!(read.len(), entries.len());
-        for entry in &entries {
-            assert_eq!(
-                store.item(&entry.region, entry.kind, &entry.key)?.as_ref(),
-                Some(entry)
-            );
-        }
-        let v3_values: usize = store
-            .data
-            .scan_prefix([b'i'])
-            .flatten()
-            .map(|(_, v)| v.len())
-            .sum();
+        check(&store)?;
+        let v3_bytes = item_bytes(&store);
         assert!(
-            v3_values * 10 < v2_values * 7,
-            "item values take {v3_values} bytes after the upgrade, {v2_values} before"
+            v3_bytes * 10 < v2_bytes * 5,
+            "item values take {v3_bytes} bytes after the upgrade, {v2_bytes} before"
         );
-        // Listing by kind (through the `k` index) reads the new entries too.
-        let (page, _) = store.list_items(Kind::Knowledge, None, None, 10_000, |_| true)?;
-        assert_eq!(page.len(), entries.len() / 2);
-        let region = PublicKey([3; 32]);
-        let (mine, _) =
-            store.list_items(Kind::Cooperation, Some(&region), None, 10_000, |_| true)?;
-        assert!(!mine.is_empty() && mine.iter().all(|e| e.region == region));
+        // Cut short: half the entries still as format 2, the upgrade marked under way.
+        as_format_2(&store, 2)?;
+        store.data.insert(META_SHRINKING, &[])?;
+        store.flush_now()?;
+        drop(store);
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        check(&store)?;
+        assert_eq!(item_bytes(&store), v3_bytes);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -644,6 +644,34 @@ fn rebuild_equals_incremental_and_reopen_keeps_everything() {
     assert_eq!(snapshot(&reopened), inc_snapshot);
 }
 
+/// A rebuild whose source fails partway (a damaged record in the store) commits nothing:
+/// searches keep the previous index, and a later commit does not publish the half-built one.
+#[test]
+fn a_rebuild_cut_short_by_its_source_keeps_the_previous_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = SearchIndex::open(dir.path()).unwrap();
+    let (_, items) = corpus(40);
+    index_all(&index, &items[..30].to_vec());
+    index.set_generation("before");
+    index.commit().unwrap();
+    let before = snapshot(&index);
+    let source = items[30..]
+        .iter()
+        .cloned()
+        .map(Ok)
+        .chain([Err("stored record 7 does not decode".to_string())]);
+    let failed = index.rebuild_from(source, "after");
+    assert!(
+        matches!(&failed, Err(e) if e.to_string().contains("does not decode")),
+        "{failed:?}"
+    );
+    assert_eq!(index.generation().as_deref(), Some("before"));
+    assert_eq!(snapshot(&index), before);
+    index.commit().unwrap();
+    assert_eq!(index.num_docs(), 30);
+    assert_eq!(snapshot(&index), before);
+}
+
 #[test]
 fn unreadable_index_is_recreated_empty() {
     let dir = tempfile::tempdir().unwrap();
