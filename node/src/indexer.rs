@@ -798,6 +798,52 @@ mod tests {
         Ok(())
     }
 
+    /// A due commit takes queued jobs for a bounded time only. While a sync keeps the queue
+    /// full, a reader waiting for the next commit is answered during the load, not after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_is_answered_while_a_sync_keeps_the_queue_full()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("store"), 8 << 20, true)?;
+        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
+        let indexer = Arc::new(Indexer::start_with_capacity(
+            Arc::clone(&index),
+            store,
+            crate::ingest::system_now_ms,
+            2_000,
+        )?);
+        let docs = offers(50)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = tokio::spawn({
+            let (indexer, stop) = (Arc::clone(&indexer), Arc::clone(&stop));
+            async move {
+                let mut sent = 0usize;
+                while !stop.load(Ordering::SeqCst) && sent < 5_000_000 {
+                    submit_one(&indexer, &docs[sent % docs.len()], Origin::Network).await;
+                    sent += 1;
+                }
+            }
+        });
+        let filled = Instant::now();
+        while indexer.backlog() < 1_000 {
+            assert!(
+                filled.elapsed() < Duration::from_secs(30),
+                "the queue never filled"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let answered = tokio::time::timeout(Duration::from_secs(20), indexer.flush()).await;
+        let load_went_on = !producer.is_finished();
+        stop.store(true, Ordering::SeqCst);
+        producer.await?;
+        assert!(
+            answered.is_ok(),
+            "a reader waited for the whole load to end"
+        );
+        assert!(load_went_on);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_full_queue_holds_the_next_batch_back_until_the_thread_takes_some()
     -> Result<(), Box<dyn std::error::Error>> {
