@@ -351,31 +351,28 @@ fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) -> 
 
 /// Throws the index away and indexes every live item winner in `store`, committing once with
 /// `generation`; returns the documents indexed. Runs at start when the index is stale, and
-/// while the node runs after an update was lost: only (region, entry) pairs are collected
-/// first, and each record is read and decoded while the index takes it, so a million items
-/// need tens of megabytes, not the replica in memory. Writes that land meanwhile are handed
-/// to the indexer as usual and applied after it (replacing whatever it indexed for them).
+/// while the node runs after an update was lost. The item entries are streamed and each
+/// record is read and decoded while the index takes it, so a rebuild holds one record at a
+/// time, not the replica. Writes that land meanwhile are handed to the indexer as usual and
+/// applied after it (replacing whatever it indexed for them).
 pub fn rebuild_from_store(
     store: &Store,
     index: &SearchIndex,
     generation: &str,
 ) -> anyhow::Result<u64> {
-    let mut winners = Vec::new();
-    for entry in store.item_entries() {
-        let entry = entry?;
-        if !entry.tombstone && crate::search::is_searchable(entry.kind) {
-            winners.push(entry);
+    let mut read = 0usize;
+    let records = store.item_entries().filter_map(|entry| {
+        let entry = match entry {
+            Ok(entry) if !entry.tombstone && crate::search::is_searchable(entry.kind) => entry,
+            Ok(_) => return None,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        read += 1;
+        if read.is_multiple_of(100_000) {
+            tracing::info!(items = read, "rebuilding the search index");
         }
-    }
-    let total = winners.len();
-    let mut done = 0usize;
-    let records = winners.into_iter().filter_map(|entry| {
-        done += 1;
-        if done.is_multiple_of(100_000) {
-            tracing::info!(done, total, "rebuilding the search index");
-        }
-        // The winner may have changed since it was listed: follow it (a withdrawn or purged
-        // item is skipped; the write that did it is queued for the indexer anyway).
+        // The winner may have changed since its entry was read: follow it (a withdrawn or
+        // purged item is skipped; the write that did it is queued for the indexer anyway).
         match store.winner_record(&entry) {
             Ok(Some((current, bytes))) if !current.tombstone => Some(
                 Record::decode(bytes)
