@@ -855,17 +855,7 @@ mod tests {
         )?;
         let docs = offers(4)?;
         // The thread is held up: another thread has the index writer, as a rebuild would.
-        let (held_tx, held) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        let holder = std::thread::spawn({
-            let index = Arc::clone(&index);
-            move || {
-                let writer = index.writer_for_test();
-                let _ = held_tx.send(writer.is_ok());
-                let _ = release_rx.recv();
-            }
-        });
-        assert!(held.recv()?, "cannot take the index writer");
+        let held = index.hold_writer_for_test();
         submit_one(&indexer, &docs[0], Origin::Network).await;
         submit_one(&indexer, &docs[1], Origin::Network).await;
         assert_eq!(indexer.backlog(), 2);
@@ -879,8 +869,7 @@ mod tests {
         );
         assert_eq!(indexer.backlog(), 2);
         // Once the thread can work, it goes through, and nothing was lost.
-        release.send(())?;
-        holder.join().map_err(|_| "the writer's holder panicked")?;
+        held.release();
         tokio::time::timeout(Duration::from_secs(30), third).await?;
         submit_one(&indexer, &docs[3], Origin::Network).await;
         indexer.flush().await?;

@@ -1293,17 +1293,7 @@ mod tests {
 
         // The indexer is held up (another thread has the index writer, as a rebuild would)
         // with one document taken: the queue is full.
-        let (held_tx, held) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn({
-            let index = Arc::clone(&index);
-            move || {
-                let writer = index.writer_for_test();
-                let _ = held_tx.send(writer.is_ok());
-                let _ = release_rx.recv();
-            }
-        });
-        assert!(held.recv()?, "cannot take the index writer");
+        let held = index.hold_writer_for_test();
         let first = offer(&ingest, &key, 1, "first")?;
         assert!(
             ingest
@@ -1327,8 +1317,7 @@ mod tests {
 
         // Once the indexer can work, the same record is accepted and everything is searchable
         // under the store's state.
-        release.send(())?;
-        holder.join().map_err(|_| "the writer's holder panicked")?;
+        held.release();
         assert!(
             ingest
                 .ingest_one(second.bytes.clone(), Source::Sync)

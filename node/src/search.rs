@@ -364,6 +364,22 @@ fn parse_item_key(text: &str) -> Option<(RegionId, Kind, String)> {
     Some((region, kind, parts.next()?.to_string()))
 }
 
+/// The index writer held by another thread ([`SearchIndex::hold_writer_for_test`]).
+#[cfg(test)]
+pub(crate) struct HeldWriter {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl HeldWriter {
+    /// Lets the writer go, once the holding thread has ended.
+    pub(crate) fn release(self) {
+        let _ = self.release.send(());
+        assert!(self.thread.join().is_ok(), "the writer's holder panicked");
+    }
+}
+
 /// Columns holding a record id.
 const RECORD_COLUMNS: usize = 4;
 const RECORD_COLUMN_NAMES: [&str; RECORD_COLUMNS] =
@@ -671,10 +687,20 @@ impl SearchIndex {
         })
     }
 
-    /// Holds the index writer, as a rebuild does, so that a test can hold every other writer up.
+    /// Takes the index writer on another thread and keeps it, as a rebuild does, so that a
+    /// test can hold every other writer up until [`HeldWriter::release`].
     #[cfg(test)]
-    pub(crate) fn writer_for_test(&self) -> Result<MutexGuard<'_, IndexWriter>> {
-        self.writer()
+    pub(crate) fn hold_writer_for_test(self: &std::sync::Arc<Self>) -> HeldWriter {
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let index = std::sync::Arc::clone(self);
+        let thread = std::thread::spawn(move || {
+            let writer = index.writer();
+            let _ = held_tx.send(writer.is_ok());
+            let _ = release_rx.recv();
+        });
+        assert!(held.recv().unwrap_or(false), "cannot take the index writer");
+        HeldWriter { release, thread }
     }
 
     /// Makes the next commit fail before anything is written, as an I/O error would.
