@@ -1035,6 +1035,29 @@ mod tests {
         Ok((Ingest::open(store, federation, charter)?, key))
     }
 
+    /// [`pipeline`] under `dir/store` with a search index under `dir/search` attached, its
+    /// indexer's queue holding `queue` documents.
+    fn searchable_pipeline(
+        dir: &std::path::Path,
+        queue: usize,
+    ) -> Result<
+        (
+            Ingest,
+            ed25519_dalek::SigningKey,
+            Arc<crate::search::SearchIndex>,
+        ),
+        Box<dyn std::error::Error>,
+    > {
+        let (ingest, key) = pipeline(&dir.join("store"))?;
+        let index = Arc::new(crate::search::SearchIndex::open(&dir.join("search"))?);
+        ingest.reindex_if_stale(&index)?;
+        Ok((
+            ingest.with_search_queue(Arc::clone(&index), queue),
+            key,
+            index,
+        ))
+    }
+
     fn offer(
         ingest: &Ingest,
         key: &ed25519_dalek::SigningKey,
@@ -1187,12 +1210,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_index_commit_is_repaired_by_a_rebuild_from_the_store()
     -> Result<(), Box<dyn std::error::Error>> {
-        use crate::search::{Query, SearchIndex};
+        use crate::search::Query;
         let dir = tempfile::tempdir()?;
-        let (ingest, key) = pipeline(&dir.path().join("store"))?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        ingest.reindex_if_stale(&index)?;
-        let ingest = ingest.with_search(Arc::clone(&index));
+        let (ingest, key, index) = searchable_pipeline(dir.path(), crate::indexer::QUEUE_DOCS_MAX)?;
         // A saved search every offer matches: it must hear of both, the lost one included.
         let everything = crate::search::SearchParams {
             kind: Some("cooperation".into()),
@@ -1284,12 +1304,9 @@ mod tests {
     #[tokio::test]
     async fn a_batch_cancelled_while_the_index_queue_is_full_leaves_nothing_half_done()
     -> Result<(), Box<dyn std::error::Error>> {
-        use crate::search::{Query, SearchIndex};
+        use crate::search::Query;
         let dir = tempfile::tempdir()?;
-        let (ingest, key) = pipeline(&dir.path().join("store"))?;
-        let index = Arc::new(SearchIndex::open(&dir.path().join("search"))?);
-        ingest.reindex_if_stale(&index)?;
-        let ingest = ingest.with_search_queue(Arc::clone(&index), 1);
+        let (ingest, key, index) = searchable_pipeline(dir.path(), 1)?;
 
         // The indexer is held up (another thread has the index writer, as a rebuild would)
         // with one document taken: the queue is full.
