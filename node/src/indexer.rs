@@ -377,7 +377,14 @@ pub fn rebuild_from_store(
             Ok(Some((current, bytes))) if !current.tombstone => Some(
                 Record::decode(bytes)
                     .map(|record| (current.region, record))
-                    .map_err(|e| format!("stored record {} does not decode: {e}", current.id)),
+                    .map_err(|e| {
+                        format!(
+                            "stored record {} does not decode ({e}): the store is damaged; \
+                             restore it from a backup (`kim import`) or move it aside and \
+                             let the node resync from its peers",
+                            current.id
+                        )
+                    }),
             ),
             Ok(_) => None,
             Err(e) => Some(Err(e.to_string())),

@@ -73,7 +73,7 @@ pub enum SearchError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("search index: writer lock poisoned")]
     Poisoned,
-    #[error("search index rebuild: the items to index could not be read: {0}")]
+    #[error("the items to index could not be read: {0}")]
     Source(String),
 }
 
