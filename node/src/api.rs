@@ -161,6 +161,14 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
             ServiceError::Missing(code, _) => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            ServiceError::Search(_) => {
+                tracing::error!(cause = %message, "search index failure in a request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "search.unavailable",
+                    message,
+                )
+            }
             ServiceError::KeyFiles(_) => {
                 tracing::error!(cause = %message, "key file failure in a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "keys.files", message)
@@ -598,7 +606,10 @@ async fn status(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
     let membership = ingest.membership();
     let mut records = BTreeMap::new();
     for c in Collection::ALL {
-        records.insert(c.kind().as_str().to_string(), state.service.count_live(c)?);
+        records.insert(
+            c.kind().as_str().to_string(),
+            state.service.count_live(c).await?,
+        );
     }
     let digest = ingest.digest();
     Ok(axum::Json(Status {
@@ -694,9 +705,11 @@ fn parse_region(text: &str) -> Result<RegionId, ApiError> {
 }
 
 /// List items of a collection, newest first.
+/// What this node published or imported before the call is always listed; records from other
+/// regions within seconds of arriving (at most 5 s), as in search.
 #[utoipa::path(get, path = "/api/v1/{collection}", tag = "items",
     params(("collection" = String, Path, description = "organisations, projects, offers or knowledge"), ListQuery),
-    responses((status = 200, body = ItemPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = ItemPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_items(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
@@ -728,7 +741,10 @@ async fn list_items(
         status: q.status,
         text: q.text,
     };
-    let (items, next) = state.service.list(c, &filter, cursor.as_deref(), limit)?;
+    let (items, next) = state
+        .service
+        .list(c, &filter, cursor.as_deref(), limit)
+        .await?;
     Ok(axum::Json(ItemPage {
         items,
         next: next.map(|n| kim_protocol::bytes::to_hex(&n)),

@@ -395,6 +395,53 @@ async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Re
         ),
         Err(e) => bail!("potential failed: {e}"),
     }
+    // Listing newest first, as `kim offer list` and the dashboard page through it: 50 items a
+    // page, following cursors 40 pages deep, for live offers and for every status.
+    let ingest = std::sync::Arc::new(ingest);
+    let service = crate::service::Service::new(ingest.clone(), c.keys[0].clone(), 400);
+    for status in ["live", "all"] {
+        let filter = crate::service::ListFilter {
+            status: Some(status.into()),
+            ..Default::default()
+        };
+        let mut first = Vec::new();
+        let mut deeper = Vec::new();
+        for _ in 0..5 {
+            let mut cursor: Option<Vec<u8>> = None;
+            for page in 0..40 {
+                let t = Instant::now();
+                let (items, next) = service
+                    .list(
+                        crate::service::Collection::Offers,
+                        &filter,
+                        cursor.as_deref(),
+                        50,
+                    )
+                    .await?;
+                if page == 0 {
+                    first.push(t.elapsed());
+                } else {
+                    deeper.push(t.elapsed());
+                }
+                if items.is_empty() {
+                    break;
+                }
+                match next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        first.sort();
+        deeper.sort();
+        println!(
+            "list {status:<5}     pages of 50 offers newest first: first page p50 {:.2} ms, pages 2-40 p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&first, 0.5),
+            percentile(&deeper, 0.5),
+            percentile(&deeper, 0.99)
+        );
+    }
+    drop(service);
     drop(ingest);
     drop(index);
     store.flush().await?;

@@ -912,27 +912,21 @@ struct Referenced {
 pub fn referenced(ingest: &Ingest, now_ms: u64) -> anyhow::Result<HashMap<Hash32, Attachment>> {
     let store = ingest.store();
     let mut out = HashMap::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let (entries, next) =
-            store.list_items(Kind::Knowledge, None, cursor.as_deref(), 1000, |e| {
-                e.is_live(now_ms)
-            })?;
-        for entry in entries {
-            let Some(bytes) = store.record(&entry.id)? else {
-                continue;
-            };
-            let record =
-                Record::decode(bytes).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
-            if let Body::Knowledge(k) = record.content.body {
-                for a in k.attachments {
-                    out.entry(a.blake3).or_insert(a);
-                }
-            }
+    // From the store, not the search index: an attachment a live item lists must never look
+    // unreferenced because the index is behind or being rebuilt.
+    for entry in store.kind_entries(Kind::Knowledge) {
+        let entry = entry?;
+        if !entry.is_live(now_ms) {
+            continue;
         }
-        match next {
-            Some(n) => cursor = Some(n),
-            None => break,
+        let Some(bytes) = store.record(&entry.id)? else {
+            continue;
+        };
+        let record = Record::decode(bytes).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
+        if let Body::Knowledge(k) = record.content.body {
+            for a in k.attachments {
+                out.entry(a.blake3).or_insert(a);
+            }
         }
     }
     Ok(out)

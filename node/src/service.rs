@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ingest::{Accepted, Ingest, Rejected, Source, system_now_ms};
-use crate::store::{ItemEntry, StoreError};
+use crate::store::{ItemEntry, Position, StoreError};
 
 /// A collection of the HTTP API and CLI, and the record kind it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +129,9 @@ pub enum ServiceError {
     Missing(&'static str, String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The search index failed a listing or count it serves.
+    #[error("the search index failed: {0}")]
+    Search(String),
     /// The region key files could not be written or moved (key rotation).
     #[error("{0}")]
     KeyFiles(String),
@@ -225,6 +228,27 @@ pub struct ListFilter {
     /// `live` (default), `expired`, `withdrawn` or `all`.
     pub status: Option<String>,
     pub text: Option<String>,
+}
+
+/// A listing cursor: `k` ‖ kind ‖ position.
+fn cursor_of(kind: Kind, position: &Position) -> Vec<u8> {
+    let mut c = Vec::with_capacity(42);
+    c.push(b'k');
+    c.push(kind as u8);
+    c.extend_from_slice(&position.0);
+    c
+}
+
+fn parse_cursor(kind: Kind, cursor: &[u8]) -> Result<Position, ServiceError> {
+    match cursor {
+        [b'k', k, position @ ..] if *k == kind as u8 => position
+            .try_into()
+            .map(Position)
+            .map_err(|_| ServiceError::BadRequest("cursor has the wrong length".into())),
+        _ => Err(ServiceError::BadRequest(
+            "cursor is not one this listing handed out".into(),
+        )),
+    }
 }
 
 fn status_of(entry: &ItemEntry, now_ms: u64) -> &'static str {
@@ -749,14 +773,25 @@ impl Service {
         })
     }
 
-    /// Lists items newest first with filters and a cursor.
-    pub fn list(
+    /// Lists items newest first with filters and a cursor (the last position a page
+    /// returned: `k` ‖ kind ‖ [`Position`], as store format 3 wrote its kind index keys, so
+    /// cursors handed out before format 4 still work).
+    ///
+    /// Live and expired items come from the search index, withdrawn ones from the store's
+    /// index of withdrawn items, one region's from the store; every candidate is checked
+    /// against the store's current winner, so an index behind the store shows an item late
+    /// but never a superseded revision. As in search, what staff published or imported before
+    /// the call is listed; records from the network once indexed (within
+    /// [`crate::indexer::COMMIT_INTERVAL_MAX`]).
+    pub async fn list(
         &self,
         collection: Collection,
         filter: &ListFilter,
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<ItemView>, Option<Vec<u8>>), ServiceError> {
+        // What was published or imported before the call is listed.
+        self.ingest.search_fresh().await;
         let kind = collection.kind();
         let now = system_now_ms();
         let wanted_status = filter.status.clone().unwrap_or_else(|| "live".into());
@@ -765,39 +800,48 @@ impl Service {
                 "status {wanted_status:?} is not one of live, expired, withdrawn, all"
             )));
         }
+        let before = cursor.map(|c| parse_cursor(kind, c)).transpose()?;
         let text = filter.text.as_ref().map(|t| t.to_lowercase());
-        let store = self.ingest.store();
         let mut failure = None;
-        let (entries, next) =
-            store.list_items(kind, filter.region.as_ref(), cursor, limit, |entry| {
-                if wanted_status != "all" && status_of(entry, now) != wanted_status {
+        let accept = |entry: &ItemEntry| {
+            if wanted_status != "all" && status_of(entry, now) != wanted_status {
+                return false;
+            }
+            if filter.nuts_prefix.is_none() && filter.nace_prefix.is_none() && text.is_none() {
+                return true;
+            }
+            let record = match self.load(entry) {
+                Ok(Some(r)) => r,
+                // Gone since it was listed.
+                Ok(None) => return false,
+                Err(e) => {
+                    failure = Some(e);
                     return false;
                 }
-                if filter.nuts_prefix.is_none() && filter.nace_prefix.is_none() && text.is_none() {
-                    return true;
-                }
-                let record = match self.load(entry) {
-                    Ok(Some(r)) => r,
-                    // Gone since it was listed.
-                    Ok(None) => return false,
-                    Err(e) => {
-                        failure = Some(e);
-                        return false;
-                    }
-                };
-                let (nuts, nace, words) = facets(&record.content.body);
-                filter
-                    .nuts_prefix
+            };
+            let (nuts, nace, words) = facets(&record.content.body);
+            filter
+                .nuts_prefix
+                .as_ref()
+                .is_none_or(|p| nuts.iter().any(|n| n.starts_with(p.as_str())))
+                && filter
+                    .nace_prefix
                     .as_ref()
-                    .is_none_or(|p| nuts.iter().any(|n| n.starts_with(p.as_str())))
-                    && filter
-                        .nace_prefix
-                        .as_ref()
-                        .is_none_or(|p| nace.iter().any(|n| n.starts_with(p.as_str())))
-                    && text
-                        .as_ref()
-                        .is_none_or(|t| words.to_lowercase().contains(t.as_str()))
-            })?;
+                    .is_none_or(|p| nace.iter().any(|n| n.starts_with(p.as_str())))
+                && text
+                    .as_ref()
+                    .is_none_or(|t| words.to_lowercase().contains(t.as_str()))
+        };
+        let (entries, next) = match &filter.region {
+            Some(region) => self.ingest.store().list_region_items(
+                kind,
+                region,
+                before.as_ref(),
+                limit,
+                accept,
+            )?,
+            None => self.list_merged(kind, &wanted_status, now, before, limit, accept)?,
+        };
         if let Some(e) = failure {
             return Err(e);
         }
@@ -805,19 +849,128 @@ impl Service {
             .iter()
             .filter_map(|e| self.view_entry(e).transpose())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((views, next))
+        Ok((views, next.map(|p| cursor_of(kind, &p))))
     }
 
-    /// Live items of a collection, counted from the index without loading records.
-    pub fn count_live(&self, collection: Collection) -> Result<u64, ServiceError> {
+    /// Items of a kind in every region, newest first below `before`, merged from the sources
+    /// `status` needs; `accept` filters, at most `limit` are returned, with the position of
+    /// the last one if more are accepted below it.
+    fn list_merged(
+        &self,
+        kind: Kind,
+        status: &str,
+        now_ms: u64,
+        mut before: Option<Position>,
+        limit: usize,
+        mut accept: impl FnMut(&ItemEntry) -> bool,
+    ) -> Result<(Vec<ItemEntry>, Option<Position>), ServiceError> {
+        use crate::search::Status as Expiry;
+        let store = self.ingest.store();
+        let indexed = match status {
+            "live" => Some(Expiry::Live),
+            "expired" => Some(Expiry::Expired),
+            "all" => Some(Expiry::All),
+            _ => None,
+        };
+        let withdrawn = matches!(status, "withdrawn" | "all");
+        // Each round takes a batch from each source. A source that may have more says how far
+        // down its batch is complete (its floor); the round only goes down to the highest
+        // floor, above which every source has given everything, and the next starts there.
+        let batch = (limit.saturating_add(1)).clamp(64, 1024);
+        let mut out = Vec::new();
+        let mut last = None;
+        loop {
+            let mut round: Vec<(Position, ItemEntry)> = Vec::new();
+            let mut floor: Option<Position> = None;
+            if let Some(expiry) = indexed {
+                let found = match self.ingest.search() {
+                    Some(index) => {
+                        let (page, reached) = index
+                            .list_page(kind, expiry, now_ms, before.as_ref(), batch)
+                            .map_err(|e| ServiceError::Search(e.to_string()))?;
+                        floor = floor.max(reached);
+                        let mut found = Vec::with_capacity(page.len());
+                        for (position, hit) in page {
+                            // The index may be behind the store: only its current winner counts.
+                            if let Some(entry) = store.item(&hit.region, hit.kind, &hit.key)?
+                                && entry.id == hit.record
+                                && !entry.tombstone
+                            {
+                                found.push((position, entry));
+                            }
+                        }
+                        found
+                    }
+                    // No index (tests of the store alone): every item of the kind, sorted.
+                    None => self.scan_kind(kind, before.as_ref(), |e| !e.tombstone)?,
+                };
+                round.extend(found);
+            }
+            if withdrawn {
+                let (found, reached) = store.list_withdrawn(kind, before.as_ref(), batch)?;
+                floor = floor.max(reached);
+                round.extend(found);
+            }
+            round.sort_by_key(|p| std::cmp::Reverse(p.0));
+            if let Some(floor) = floor {
+                round.retain(|(p, _)| *p >= floor);
+            }
+            for (position, entry) in round {
+                if accept(&entry) {
+                    if out.len() == limit {
+                        return Ok((out, last));
+                    }
+                    out.push(entry);
+                    last = Some(position);
+                }
+            }
+            match floor {
+                Some(floor) => before = Some(floor),
+                None => return Ok((out, None)),
+            }
+        }
+    }
+
+    /// Every item of a kind passing `keep`, newest first below `before`, from the store alone.
+    fn scan_kind(
+        &self,
+        kind: Kind,
+        before: Option<&Position>,
+        keep: impl Fn(&ItemEntry) -> bool,
+    ) -> Result<Vec<(Position, ItemEntry)>, ServiceError> {
+        let mut all = Vec::new();
+        for entry in self.ingest.store().kind_entries(kind) {
+            let entry = entry?;
+            let position = Position::of(&entry);
+            if keep(&entry) && before.is_none_or(|b| position < *b) {
+                all.push((position, entry));
+            }
+        }
+        all.sort_by_key(|p| std::cmp::Reverse(p.0));
+        Ok(all)
+    }
+
+    /// Live items of a collection: counted in the search index, or in the store without one.
+    /// What staff published or imported before the call is counted; records from the network
+    /// once indexed, as in search (within [`crate::indexer::COMMIT_INTERVAL_MAX`]).
+    pub async fn count_live(&self, collection: Collection) -> Result<u64, ServiceError> {
+        self.ingest.search_fresh().await;
         let now = system_now_ms();
-        let (entries, _) =
-            self.ingest
-                .store()
-                .list_items(collection.kind(), None, None, usize::MAX, |entry| {
-                    entry.is_live(now)
-                })?;
-        Ok(entries.len() as u64)
+        let kind = collection.kind();
+        match self.ingest.search() {
+            Some(index) => {
+                let q = crate::search::Query {
+                    kinds: vec![kind],
+                    now_ms: now,
+                    ..Default::default()
+                };
+                let n = index
+                    .count(&q)
+                    .map_err(|e| ServiceError::Search(e.to_string()))?;
+                Ok(n as u64)
+            }
+            None => Ok(self.scan_kind(kind, None, |e| e.is_live(now))?.len() as u64),
+        }
     }
 
     /// Saves (or replaces) a draft: checked against the schema, never published.
@@ -893,5 +1046,170 @@ impl Service {
         };
         self.ingest.store().local_delete(&name)?;
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kim_protocol::membership::federation_id;
+    use kim_protocol::samples;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    const DAY_MS: u64 = 86_400_000;
+
+    /// Keys of every page of a listing, following cursors; each page but the last is full.
+    async fn pages(
+        service: &Service,
+        filter: &ListFilter,
+        limit: usize,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut keys = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let (items, next) = service
+                .list(Collection::Offers, filter, cursor.as_deref(), limit)
+                .await?;
+            keys.extend(items.iter().map(|i| i.key.clone()));
+            match next {
+                Some(next) => {
+                    assert_eq!(items.len(), limit, "a page with a next cursor is full");
+                    cursor = Some(next);
+                }
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Lists come from the search index (live, expired) and the store's index of withdrawn
+    /// items, merged for `all`. Whatever the page size, following the cursors must give
+    /// exactly the store's items of that status, newest first (creation time, then record id),
+    /// also where many items share a creation time across page ends.
+    #[tokio::test]
+    async fn every_status_lists_what_the_store_holds_newest_first_across_pages()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("kim-list-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let key = samples::signing_key(&mut rng);
+        let author = samples::public_key(&key);
+        let charter = samples::charter("test", std::slice::from_ref(&key));
+        let federation = federation_id(&charter.to_bytes()?);
+        let store =
+            crate::store::Store::open(&dir.join("store"), crate::store::CACHE_BYTES_DEFAULT, true)?;
+        let ingest = Ingest::open(store, federation, charter)?;
+        let index = Arc::new(crate::search::SearchIndex::open(&dir.join("search"))?);
+        ingest.reindex_if_stale(&index)?;
+        let ingest = Arc::new(ingest.with_search(index));
+        let service = Service::new(Arc::clone(&ingest), key.clone(), 400);
+
+        // 25 creation instants 20 days apart, the older ones expired (offers last 400 days):
+        // about 16 items share each instant. Every 7th item is revised, every 11th withdrawn.
+        let now = system_now_ms();
+        let mut batch = Vec::new();
+        for i in 0..400u64 {
+            let created = now - 500 * DAY_MS + (i % 25) * 20 * DAY_MS;
+            let item = format!("offer-{i}");
+            let mut content = samples::content(
+                &mut rng,
+                federation,
+                author,
+                Kind::Cooperation,
+                &item,
+                created,
+            );
+            batch.push(Record::sign(&content, &key)?.bytes);
+            if i % 7 == 0 {
+                content.revision = 2;
+                content.created_at_ms += DAY_MS;
+                content.expires_at_ms = content.expires_at_ms.map(|e| e + DAY_MS);
+                batch.push(Record::sign(&content, &key)?.bytes);
+            }
+            if i % 11 == 0 {
+                content.revision = 3;
+                content.created_at_ms += 2 * DAY_MS;
+                content.expires_at_ms = None;
+                content.body = Body::Tombstone(Tombstone {
+                    reason: "filled".into(),
+                });
+                batch.push(Record::sign(&content, &key)?.bytes);
+            }
+        }
+        for outcome in ingest.ingest_batch(batch, Source::Import).await {
+            outcome?;
+        }
+
+        let now = system_now_ms();
+        let store = ingest.store();
+        let mut all: Vec<ItemEntry> = store
+            .kind_entries(Kind::Cooperation)
+            .collect::<Result<_, _>>()?;
+        all.sort_by_key(|e| std::cmp::Reverse(Position::of(e)));
+        assert_eq!(all.len(), 400);
+        for status in ["live", "expired", "withdrawn", "all"] {
+            let expected: Vec<String> = all
+                .iter()
+                .filter(|e| status == "all" || status_of(e, now) == status)
+                .map(|e| e.key.clone())
+                .collect();
+            assert!(!expected.is_empty(), "{status}");
+            let filter = ListFilter {
+                status: Some(status.into()),
+                ..ListFilter::default()
+            };
+            for limit in [1, 13, 64, 65, 500] {
+                assert_eq!(
+                    pages(&service, &filter, limit).await?,
+                    expected,
+                    "status {status}, pages of {limit}"
+                );
+            }
+        }
+        // Filters apply before paging: a NUTS prefix every page of which holds only its items.
+        let nuts = ListFilter {
+            status: Some("all".into()),
+            nuts_prefix: Some("AT".into()),
+            ..ListFilter::default()
+        };
+        let expected: Vec<String> = all
+            .iter()
+            .filter(|e| {
+                let record = service.load(e).ok().flatten();
+                record.is_some_and(|r| {
+                    facets(&r.content.body)
+                        .0
+                        .iter()
+                        .any(|n| n.starts_with("AT"))
+                })
+            })
+            .map(|e| e.key.clone())
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(pages(&service, &nuts, 7).await?, expected);
+
+        // A cursor this listing did not hand out is refused, not read as "from the start".
+        let live = ListFilter::default();
+        for bad in [
+            &b"zz"[..],
+            &[b'k', Kind::Knowledge as u8, 0][..],
+            &[b'k', Kind::Cooperation as u8, 1, 2][..],
+        ] {
+            let refused = service.list(Collection::Offers, &live, Some(bad), 10).await;
+            assert!(
+                matches!(refused, Err(ServiceError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+        // The status counts live items alone.
+        let live_count = all.iter().filter(|e| status_of(e, now) == "live").count();
+        assert_eq!(
+            service.count_live(Collection::Offers).await?,
+            live_count as u64
+        );
+        drop(service);
+        drop(ingest);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }

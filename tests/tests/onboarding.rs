@@ -57,11 +57,15 @@ fn endorsement(
 }
 
 /// How many live offers node `i` holds.
-fn offers(cluster: &Cluster, i: usize) -> u64 {
-    cluster
-        .node(i)
-        .service()
-        .and_then(|s| Ok(s.count_live(kim_node::service::Collection::Offers)?))
+async fn offers(cluster: &Cluster, i: usize) -> u64 {
+    let Ok(service) = cluster.node(i).service() else {
+        return 0;
+    };
+    // Records from the network are listed once indexed, within seconds; this makes it now.
+    service.ingest().flush_search().await;
+    service
+        .count_live(kim_node::service::Collection::Offers)
+        .await
         .unwrap_or(0)
 }
 
@@ -119,7 +123,7 @@ async fn four_founders_admit_a_newcomer_that_catches_up_on_10000_records() -> an
     // Limited rights: while a candidate, nothing of the federation's items reaches it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        offers(&cluster, newcomer),
+        offers(&cluster, newcomer).await,
         0,
         "a candidate must not get items"
     );
@@ -201,8 +205,8 @@ async fn four_founders_admit_a_newcomer_that_catches_up_on_10000_records() -> an
     );
     // Everything the founders hold (some synthetic offers are expired or withdrawn).
     assert!(digest.count() > 10_000);
-    assert_eq!(offers(&cluster, newcomer), offers(&cluster, 0));
-    assert!(offers(&cluster, newcomer) > 5_000);
+    assert_eq!(offers(&cluster, newcomer).await, offers(&cluster, 0).await);
+    assert!(offers(&cluster, newcomer).await > 5_000);
     let states: Vec<_> = cluster
         .all()
         .iter()

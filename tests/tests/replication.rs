@@ -100,15 +100,18 @@ async fn a_node_offline_while_10000_records_were_published_catches_up_after_rest
         "catch-up of 10,000 records after restart: {:?}",
         started.elapsed()
     );
-    // Everything it caught up is searchable and listable like local data.
-    let offers = c
-        .node(2)
-        .service()?
-        .count_live(kim_node::service::Collection::Offers)?;
-    let on_origin = c
-        .node(0)
-        .service()?
-        .count_live(kim_node::service::Collection::Offers)?;
+    // Everything it caught up is searchable and listable like local data (once indexed:
+    // records from the network are within seconds; the flush makes it now).
+    let offers = c.node(2).service()?;
+    offers.ingest().flush_search().await;
+    let offers = offers
+        .count_live(kim_node::service::Collection::Offers)
+        .await?;
+    let on_origin = c.node(0).service()?;
+    on_origin.ingest().flush_search().await;
+    let on_origin = on_origin
+        .count_live(kim_node::service::Collection::Offers)
+        .await?;
     assert_eq!(offers, on_origin);
     c.shutdown().await
 }
