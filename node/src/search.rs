@@ -1354,28 +1354,73 @@ impl SearchIndex {
         };
         let searcher = self.reader.searcher();
         let n = n.max(1);
-        let first = searcher.search(
-            &query(created(Bound::Unbounded, Bound::Included(top))),
-            &TopDocs::with_limit(n).order_by_u64_field("created_at_ms", Order::Desc),
-        )?;
-        let mut addrs: Vec<DocAddress> = first.iter().map(|(_, addr)| *addr).collect();
+        // Sorting every item of a kind by creation time took 35-80 ms a page at 1M items. So
+        // the page is read in windows of creation time, newest first, each sized from the
+        // index's density to hold about 2n items (four times wider after a sparse one):
+        // tantivy then sorts only the items inside a window.
+        let (mut oldest, mut newest) = (u64::MAX, 0u64);
+        for segment in searcher.segment_readers() {
+            let column = segment.fast_fields().u64("created_at_ms")?;
+            if segment.num_docs() > 0 {
+                oldest = oldest.min(column.min_value());
+                newest = newest.max(column.max_value());
+            }
+        }
+        if oldest > newest || oldest > top {
+            return Ok((Vec::new(), None));
+        }
+        let span = u128::from(newest.min(top) - oldest) + 1;
+        let docs = u128::from(searcher.num_docs().max(1));
+        let mut width = u64::try_from((2 * n as u128 * span).div_ceil(docs))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut high = top.min(newest);
+        let mut addrs: Vec<DocAddress> = Vec::new();
         let mut floor = None;
-        if first.len() == n
-            && let Some(last) = first.iter().filter_map(|(c, _)| *c).min()
-        {
-            floor = Some(Position::new(last, &RecordId([0; 32])));
-            // Items created at the same instant as the last one may lie on both sides of the
-            // cut; take them all, so the page ends on a whole instant.
-            addrs = first
-                .iter()
-                .filter(|(c, _)| c.is_some_and(|c| c > last))
-                .map(|(_, addr)| *addr)
-                .collect();
-            let same = searcher.search(
-                &query(created(Bound::Included(last), Bound::Included(last))),
-                &DocSetCollector,
+        loop {
+            // The window [low, high]; the last one reaches down to the oldest item.
+            let low = high.saturating_sub(width - 1);
+            let bottom = low <= oldest;
+            let from = if bottom {
+                Bound::Unbounded
+            } else {
+                Bound::Included(low)
+            };
+            let found = searcher.search(
+                &query(created(from, Bound::Included(high))),
+                &TopDocs::with_limit(n).order_by_u64_field("created_at_ms", Order::Desc),
             )?;
-            addrs.extend(same);
+            if found.len() == n
+                && let Some(last) = found.iter().filter_map(|(c, _)| *c).min()
+            {
+                // The window holds more than the page: cut it at its n-th item's instant, and
+                // take every item of that instant (they may lie on both sides of the cut),
+                // so the page ends on a whole instant.
+                floor = Some(Position::new(last, &RecordId([0; 32])));
+                addrs.extend(
+                    found
+                        .iter()
+                        .filter(|(c, _)| c.is_some_and(|c| c > last))
+                        .map(|(_, addr)| *addr),
+                );
+                let same = searcher.search(
+                    &query(created(Bound::Included(last), Bound::Included(last))),
+                    &DocSetCollector,
+                )?;
+                addrs.extend(same);
+                break;
+            }
+            addrs.extend(found.iter().map(|(_, addr)| *addr));
+            if bottom {
+                break;
+            }
+            if addrs.len() >= n {
+                // Complete from `high` of the first window down to `low`.
+                floor = Some(Position::new(low, &RecordId([0; 32])));
+                break;
+            }
+            high = low - 1;
+            width = width.saturating_mul(4);
         }
         let mut reader = HitReader::new(&searcher, self.fields.item);
         let mut page = Vec::with_capacity(addrs.len());

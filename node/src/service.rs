@@ -1105,11 +1105,17 @@ mod tests {
         let service = Service::new(Arc::clone(&ingest), key.clone(), 400);
 
         // 25 creation instants 20 days apart, the older ones expired (offers last 400 days):
-        // about 16 items share each instant. Every 7th item is revised, every 11th withdrawn.
+        // about 12 items share each instant; and a sparse tail of 10 instants 300 days apart,
+        // years older, so the index reads windows of very different density. Every 7th item
+        // is revised, every 11th withdrawn.
         let now = system_now_ms();
         let mut batch = Vec::new();
         for i in 0..400u64 {
-            let created = now - 500 * DAY_MS + (i % 25) * 20 * DAY_MS;
+            let created = if i < 300 {
+                now - 500 * DAY_MS + (i % 25) * 20 * DAY_MS
+            } else {
+                now - 4_000 * DAY_MS + (i % 10) * 300 * DAY_MS
+            };
             let item = format!("offer-{i}");
             let mut content = samples::content(
                 &mut rng,

@@ -43,7 +43,9 @@ use serde::{Deserialize, Serialize};
 /// - 3: an item entry's value leaves out what its key says (region, kind, item key) and the
 ///   author when it is the region's own key (`StoredItem`).
 /// - 4: no `k` index of every item by kind and time; a `w` index of withdrawn items only.
-pub const STORE_FORMAT_VERSION: u32 = 4;
+/// - 5: the record log may hold LZ4-compressed frames (older frames read as they are, so the
+///   upgrade rewrites nothing; the number only stops an older kim from misreading new frames).
+pub const STORE_FORMAT_VERSION: u32 = 5;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
 /// How often [`Store::winner_record`] follows an item whose winner is replaced while it reads.
@@ -745,6 +747,12 @@ impl Store {
             self.flush_now()?;
             self.drop_kind_index()?;
             self.data.remove(META_UNINDEXING).map_err(|e| self.io(e))?;
+            self.flush_now()?;
+        }
+        if found < 5 {
+            self.data
+                .insert(META_FORMAT, &5u32.to_be_bytes())
+                .map_err(|e| self.io(e))?;
             self.flush_now()?;
         }
         Ok(())
@@ -1789,6 +1797,20 @@ mod tests {
     }
 
     /// A record id as records have them: the hash of the bytes.
+    /// Bytes the record log stores as they are (LZ4 cannot shrink them), so a test can look
+    /// for them in the file.
+    fn incompressible(n: usize) -> Vec<u8> {
+        let mut x = n as u64 | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn id_of(bytes: &[u8]) -> RecordId {
         RecordId(*blake3::hash(bytes).as_bytes())
     }
@@ -1896,7 +1918,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase-later");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let secret = b"an acknowledged revision, superseded by one not yet flushed".repeat(50);
+        let secret = incompressible(3_000);
         let (old, new) = (id_of(&secret), id_of(b"revision 2"));
         let mut writes = WriteSet::default();
         writes.put_record(&old, &secret);
@@ -1928,7 +1950,7 @@ mod tests {
     async fn a_removed_record_is_erased_from_the_disk() -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let secret = b"withdrawn content that must leave the disk".repeat(100);
+        let secret = incompressible(4_200);
         let (old, new) = (id_of(&secret), id_of(b"tombstone"));
         let mut writes = WriteSet::default();
         writes.put_record(&old, &secret);
