@@ -52,7 +52,8 @@ use tantivy::{
 ///
 /// - 1: first schema.
 /// - 2: the winner's record id in four u64 fast columns instead of hex in the document store.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: the kind also as a fast column, for listings by kind and time.
+pub const SCHEMA_VERSION: u32 = 3;
 /// Default indexing heap; tantivy's writer flushes a segment when it is full.
 pub const WRITER_HEAP_BYTES: usize = 16 * 1024 * 1024;
 /// Most hits one search returns, whatever the caller asks.
@@ -171,6 +172,10 @@ struct Fields {
     country: Field,
     lang: Field,
     partnership: Field,
+    /// The kind's number, a fast column beside the `kind` term: a listing filters on it so
+    /// that tantivy drives the intersection from the creation-time window rather than from
+    /// every item of the kind (see [`SearchIndex::list_page`]).
+    kind_code: Field,
     expires: Field,
     deadline: Field,
     created: Field,
@@ -219,6 +224,7 @@ fn schema() -> (Schema, Fields) {
         partnership: b.add_text_field("partnership", keyword),
         // Numbers are fast fields only: tantivy runs range filters and sorts on the columns,
         // so an inverted index of (mostly unique) values would be dead weight.
+        kind_code: b.add_u64_field("kind_code", FAST),
         expires: b.add_u64_field("expires_at_ms", FAST),
         deadline: b.add_i64_field("eoi_deadline_days", FAST),
         created: b.add_u64_field("created_at_ms", FAST),
@@ -997,6 +1003,7 @@ impl SearchIndex {
         }
         doc.add_text(f.region, region.to_hex());
         doc.add_text(f.kind, c.kind.as_str());
+        doc.add_u64(f.kind_code, c.kind as u64);
         if let Some(kind) = facets.coop_kind {
             doc.add_text(f.coop_kind, cooperation_kind_name(kind));
         }
@@ -1324,23 +1331,38 @@ impl SearchIndex {
         before: Option<&Position>,
         n: usize,
     ) -> Result<ListPage> {
-        let q = Query {
-            kinds: vec![kind],
-            status,
-            now_ms,
-            ..Query::default()
-        };
-        let created = |from: Bound<u64>, to: Bound<u64>| -> Box<dyn TQuery> {
-            let term = |t: u64| Term::from_field_u64(self.fields.created, t);
+        let f = self.fields;
+        let u64_range = |field: Field, from: Bound<u64>, to: Bound<u64>| -> Box<dyn TQuery> {
+            let term = |t: u64| Term::from_field_u64(field, t);
             Box::new(RangeQuery::new(from.map(term), to.map(term)))
         };
-        let query = |range: Box<dyn TQuery>| {
-            let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = self
-                .filters(&q)
-                .into_iter()
-                .map(|f| (Occur::Must, f))
-                .collect();
-            clauses.push((Occur::Must, range));
+        // Every clause is a fast-field range, which tantivy costs alike, so they are
+        // intersected in this order: the creation-time window drives (a scan of its column
+        // that yields only the window's items) and the others are looked up for those items.
+        // With the `kind` term first, every item of the kind drove: 35-80 ms a page at 1M.
+        let query = |from: Bound<u64>, to: Bound<u64>| {
+            let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = vec![
+                (Occur::Must, u64_range(f.created, from, to)),
+                (
+                    Occur::Must,
+                    u64_range(
+                        f.kind_code,
+                        Bound::Included(kind as u64),
+                        Bound::Included(kind as u64),
+                    ),
+                ),
+            ];
+            match status {
+                Status::Live => clauses.push((
+                    Occur::Must,
+                    u64_range(f.expires, Bound::Excluded(now_ms), Bound::Unbounded),
+                )),
+                Status::Expired => clauses.push((
+                    Occur::Must,
+                    u64_range(f.expires, Bound::Unbounded, Bound::Included(now_ms)),
+                )),
+                Status::All => {}
+            }
             BooleanQuery::new(clauses)
         };
         // Below (c, id 0) lies nothing of instant c: a floor is such a position.
@@ -1387,7 +1409,7 @@ impl SearchIndex {
                 Bound::Included(low)
             };
             let found = searcher.search(
-                &query(created(from, Bound::Included(high))),
+                &query(from, Bound::Included(high)),
                 &TopDocs::with_limit(n).order_by_u64_field("created_at_ms", Order::Desc),
             )?;
             if found.len() == n
@@ -1404,7 +1426,7 @@ impl SearchIndex {
                         .map(|(_, addr)| *addr),
                 );
                 let same = searcher.search(
-                    &query(created(Bound::Included(last), Bound::Included(last))),
+                    &query(Bound::Included(last), Bound::Included(last)),
                     &DocSetCollector,
                 )?;
                 addrs.extend(same);
