@@ -719,7 +719,16 @@ impl SearchIndex {
         let index = match open() {
             Ok(index) => index,
             Err(err) => {
-                tracing::warn!(dir = %dir.display(), %err, "search index unusable; recreating it empty");
+                // A schema of another version is the planned case (an upgrade changed the
+                // fields): say so plainly; anything else is damage worth a warning.
+                if matches!(
+                    &err,
+                    SearchError::Tantivy(tantivy::TantivyError::SchemaError(_))
+                ) {
+                    tracing::info!(dir = %dir.display(), "search index of another schema version; recreating it, then rebuilding from the store");
+                } else {
+                    tracing::warn!(dir = %dir.display(), %err, "search index unusable; recreating it empty");
+                }
                 std::fs::remove_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
                 std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
                 open()?
