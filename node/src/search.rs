@@ -1377,10 +1377,12 @@ impl SearchIndex {
         // Below (c, id 0) lies nothing of instant c: a floor is such a position.
         let top = match before {
             None => u64::MAX,
-            Some(b) if b.0[8..] == [0u8; 32] => match b.created_at_ms().checked_sub(1) {
-                Some(top) => top,
-                None => return Ok((Vec::new(), None)),
-            },
+            Some(b) if *b == Position::start_of(b.created_at_ms()) => {
+                match b.created_at_ms().checked_sub(1) {
+                    Some(top) => top,
+                    None => return Ok((Vec::new(), None)),
+                }
+            }
             Some(b) => b.created_at_ms(),
         };
         let searcher = self.reader.searcher();
@@ -1406,7 +1408,8 @@ impl SearchIndex {
             .unwrap_or(u64::MAX)
             .max(1);
         let mut high = top.min(newest);
-        let mut addrs: Vec<DocAddress> = Vec::new();
+        // Each hit with its creation time, which the collector already read.
+        let mut addrs: Vec<(u64, DocAddress)> = Vec::new();
         let mut floor = None;
         loop {
             // The window [low, high]; the last one reaches down to the oldest item.
@@ -1427,27 +1430,25 @@ impl SearchIndex {
                 // The window holds more than the page: cut it at its n-th item's instant, and
                 // take every item of that instant (they may lie on both sides of the cut),
                 // so the page ends on a whole instant.
-                floor = Some(Position::new(last, &RecordId([0; 32])));
-                addrs.extend(
-                    found
-                        .iter()
-                        .filter(|(c, _)| c.is_some_and(|c| c > last))
-                        .map(|(_, addr)| *addr),
-                );
+                floor = Some(Position::start_of(last));
+                addrs.extend(found.iter().filter_map(|(c, addr)| match c {
+                    Some(c) if *c > last => Some((*c, *addr)),
+                    _ => None,
+                }));
                 let same = searcher.search(
                     &query(Bound::Included(last), Bound::Included(last)),
                     &DocSetCollector,
                 )?;
-                addrs.extend(same);
+                addrs.extend(same.into_iter().map(|addr| (last, addr)));
                 break;
             }
-            addrs.extend(found.iter().map(|(_, addr)| *addr));
+            addrs.extend(found.iter().map(|(c, addr)| (c.unwrap_or(0), *addr)));
             if bottom {
                 break;
             }
             if addrs.len() >= n {
                 // Complete from `high` of the first window down to `low`.
-                floor = Some(Position::new(low, &RecordId([0; 32])));
+                floor = Some(Position::start_of(low));
                 break;
             }
             high = low - 1;
@@ -1455,16 +1456,10 @@ impl SearchIndex {
         }
         let mut reader = HitReader::new(&searcher, self.fields.item);
         let mut page = Vec::with_capacity(addrs.len());
-        for addr in addrs {
+        for (created, addr) in addrs {
             let Some(hit) = reader.read(addr, 0.0)? else {
                 continue;
             };
-            let created = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .u64("created_at_ms")?
-                .first(addr.doc_id)
-                .unwrap_or(0);
             let position = Position::new(created, &hit.record);
             if before.is_none_or(|b| position < *b) {
                 page.push((position, hit));

@@ -130,7 +130,9 @@ pub enum ServiceError {
     #[error("{0}")]
     Store(#[from] StoreError),
     /// The search index failed a listing or count it serves.
-    #[error("the search index failed: {0}")]
+    #[error(
+        "the search index failed: {0}; retry, and if it persists stop the node, move its data directory's `search` folder aside and start it: the index is rebuilt from the store"
+    )]
     Search(String),
     /// The region key files could not be written or moved (key rotation).
     #[error("{0}")]
@@ -244,9 +246,13 @@ fn parse_cursor(kind: Kind, cursor: &[u8]) -> Result<Position, ServiceError> {
         [b'k', k, position @ ..] if *k == kind as u8 => position
             .try_into()
             .map(Position)
-            .map_err(|_| ServiceError::BadRequest("cursor has the wrong length".into())),
+            .map_err(|_| {
+                ServiceError::BadRequest(
+                    "cursor has the wrong length: pass the `next` of the previous page as it was, or none to start over".into(),
+                )
+            }),
         _ => Err(ServiceError::BadRequest(
-            "cursor is not one this listing handed out".into(),
+            "cursor is not one this listing handed out (another collection's?): pass the `next` of the previous page, or none to start over".into(),
         )),
     }
 }

@@ -305,6 +305,12 @@ impl Position {
         Position::new(entry.created_at_ms, &entry.id)
     }
 
+    /// The lowest position of an instant: below it lies nothing created at that instant, so
+    /// a listing that has read a whole instant continues from here.
+    pub fn start_of(created_at_ms: u64) -> Position {
+        Position::new(created_at_ms, &RecordId([0; 32]))
+    }
+
     pub fn created_at_ms(&self) -> u64 {
         let mut b = [0u8; 8];
         b.copy_from_slice(&self.0[..8]);
@@ -717,38 +723,8 @@ impl Store {
                 .map_err(|e| self.io(e))?;
             self.flush_now()?;
         }
-        let shrinking = self
-            .data
-            .contains_key(META_SHRINKING)
-            .map_err(|e| self.io(e))?;
-        if found < 3 || shrinking {
-            self.data
-                .insert(META_SHRINKING, &[])
-                .map_err(|e| self.io(e))?;
-            self.data
-                .insert(META_FORMAT, &3u32.to_be_bytes())
-                .map_err(|e| self.io(e))?;
-            self.flush_now()?;
-            self.shrink_item_entries()?;
-            self.data.remove(META_SHRINKING).map_err(|e| self.io(e))?;
-            self.flush_now()?;
-        }
-        let unindexing = self
-            .data
-            .contains_key(META_UNINDEXING)
-            .map_err(|e| self.io(e))?;
-        if found < 4 || unindexing {
-            self.data
-                .insert(META_UNINDEXING, &[])
-                .map_err(|e| self.io(e))?;
-            self.data
-                .insert(META_FORMAT, &4u32.to_be_bytes())
-                .map_err(|e| self.io(e))?;
-            self.flush_now()?;
-            self.drop_kind_index()?;
-            self.data.remove(META_UNINDEXING).map_err(|e| self.io(e))?;
-            self.flush_now()?;
-        }
+        self.marked_step(found, 3, META_SHRINKING, || self.shrink_item_entries())?;
+        self.marked_step(found, 4, META_UNINDEXING, || self.drop_kind_index())?;
         if found < 5 {
             self.data
                 .insert(META_FORMAT, &5u32.to_be_bytes())
@@ -791,6 +767,31 @@ impl Store {
             "store upgraded to format 4 (live items are listed from the search index)"
         );
         Ok(())
+    }
+
+    /// Brings the layout to `version` with `work`, when `found` is older or a marker says an
+    /// earlier run was cut short. The format says `version` from the start, beside `marker`,
+    /// so an older binary refuses a half-done store and this one runs `work` again (every step
+    /// can run again).
+    fn marked_step(
+        &self,
+        found: u32,
+        version: u32,
+        marker: &[u8],
+        work: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let cut_short = self.data.contains_key(marker).map_err(|e| self.io(e))?;
+        if found >= version && !cut_short {
+            return Ok(());
+        }
+        self.data.insert(marker, &[]).map_err(|e| self.io(e))?;
+        self.data
+            .insert(META_FORMAT, &version.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        self.flush_now()?;
+        work()?;
+        self.data.remove(marker).map_err(|e| self.io(e))?;
+        self.flush_now()
     }
 
     /// Format 2 → 3: rewrites every item entry without what its key says (`StoredItem`).
@@ -1797,20 +1798,6 @@ mod tests {
     }
 
     /// A record id as records have them: the hash of the bytes.
-    /// Bytes the record log stores as they are (LZ4 cannot shrink them), so a test can look
-    /// for them in the file.
-    fn incompressible(n: usize) -> Vec<u8> {
-        let mut x = n as u64 | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     fn id_of(bytes: &[u8]) -> RecordId {
         RecordId(*blake3::hash(bytes).as_bytes())
     }
@@ -1918,7 +1905,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase-later");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let secret = incompressible(3_000);
+        let secret = log::tests::noise(3_000);
         let (old, new) = (id_of(&secret), id_of(b"revision 2"));
         let mut writes = WriteSet::default();
         writes.put_record(&old, &secret);
@@ -1950,7 +1937,7 @@ mod tests {
     async fn a_removed_record_is_erased_from_the_disk() -> Result<(), Box<dyn std::error::Error>> {
         let dir = temp_dir("erase");
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
-        let secret = incompressible(4_200);
+        let secret = log::tests::noise(4_200);
         let (old, new) = (id_of(&secret), id_of(b"tombstone"));
         let mut writes = WriteSet::default();
         writes.put_record(&old, &secret);

@@ -245,16 +245,24 @@ impl RecordLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn frames_read_back_and_erased_frames_are_gone() -> std::io::Result<()> {
-        let dir = std::env::temp_dir().join(format!("kim-log-test-{}", std::process::id()));
+    /// A new log in a fresh directory: the directory, the log's path and the log.
+    fn fresh_log(
+        name: &str,
+    ) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf, RecordLog)> {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("records.log");
         let log = RecordLog::open(&path)?;
+        Ok((dir, path, log))
+    }
+
+    #[test]
+    fn frames_read_back_and_erased_frames_are_gone() -> std::io::Result<()> {
+        let (dir, path, log) = fresh_log("kim-log-test")?;
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let big = noise(10_000);
         let pointers = log.append([(&a, &big[..]), (&b, &b"small"[..])].into_iter())?;
@@ -284,9 +292,10 @@ mod tests {
         Ok(())
     }
 
-    /// Bytes LZ4 cannot shrink.
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
+    /// Bytes LZ4 cannot shrink, so the log stores them as they are and a test can look for
+    /// them in the file (the store's erasure tests use them too).
+    pub(in crate::store) fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1D ^ n as u64;
         (0..n)
             .map(|_| {
                 x ^= x << 13;
@@ -299,11 +308,7 @@ mod tests {
 
     #[test]
     fn text_is_stored_compressed_and_reads_back_exactly() -> std::io::Result<()> {
-        let dir = std::env::temp_dir().join(format!("kim-log-lz4-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("records.log");
-        let log = RecordLog::open(&path)?;
+        let (dir, _, log) = fresh_log("kim-log-lz4")?;
         let text = "Wireless sensor platform for dairy quality monitoring; Funksensorplattform \
                     zur Qualitätsüberwachung in Molkereien. "
             .repeat(20)
