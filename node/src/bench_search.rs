@@ -111,6 +111,56 @@ fn rss_split_mib() -> (f64, f64) {
     (field("RssAnon:"), field("RssFile:"))
 }
 
+/// Resident MiB of mapped files by what they are (the index's postings, fast columns, document
+/// store, …, the binary), from /proc/self/smaps, largest first.
+fn mapped_by_file() -> Vec<(String, f64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: address perms offset dev inode [path].
+            current = line
+                .split_whitespace()
+                .nth(5)
+                .filter(|path| path.starts_with('/'))
+                .map(|path| {
+                    let name = Path::new(path)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    match name.rsplit_once('.') {
+                        Some((_, ext)) if path.contains("/search/") => format!("index .{ext}"),
+                        _ => name,
+                    }
+                });
+        } else if first == "Rss:"
+            && let Some(name) = &current
+            && let Some(kb) = words.next().and_then(|kb| kb.parse::<f64>().ok())
+        {
+            *by.entry(name.clone()).or_default() += kb / 1024.0;
+        }
+    }
+    let mut by: Vec<(String, f64)> = by.into_iter().filter(|(_, m)| *m >= 0.5).collect();
+    by.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by
+}
+
+fn print_memory(label: &str) {
+    let (rss, hwm) = memory_mib();
+    let (anon, file) = rss_split_mib();
+    let mapped: Vec<String> = mapped_by_file()
+        .iter()
+        .map(|(name, m)| format!("{name} {m:.0}"))
+        .collect();
+    println!(
+        "memory:        {label}: resident {rss:.0} MiB ({anon:.0} heap + {file:.0} mapped files), peak {hwm:.0} MiB"
+    );
+    println!("  mapped MiB:  {}", mapped.join(", "));
+}
+
 /// (VmRSS, VmHWM) in MiB, from /proc/self/status.
 fn memory_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -368,18 +418,16 @@ async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Re
         percentile(&retrieval, 0.5)
     );
 
-    let (rss, hwm) = memory_mib();
-    let (anon, file) = rss_split_mib();
-    println!(
-        "memory:        serving: resident {rss:.0} MiB ({anon:.0} heap + {file:.0} mapped files), peak {hwm:.0} MiB (this process: store, pipeline, index, the queries above; after open: {:.0} MiB)",
-        open_rss
-    );
+    print_memory(&format!(
+        "serving (store, pipeline, index, the queries above; {open_rss:.0} MiB after open)"
+    ));
     let t = Instant::now();
     let o = crate::overview::overview(&ingest, now_ms)?;
     println!(
-        "overview:      {} regions counted in {:.2} s",
+        "overview:      {} regions counted in {:.2} s (resident after: {:.0} MiB)",
         o.regions.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        memory_mib().0
     );
     let t = Instant::now();
     match crate::overview::potential(&ingest, 50, now_ms) {
@@ -435,12 +483,25 @@ async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Re
         first.sort();
         deeper.sort();
         println!(
-            "list {status:<5}     pages of 50 offers newest first: first page p50 {:.2} ms, pages 2-40 p50 {:.2} ms, p99 {:.2} ms",
+            "list {status:<5}     pages of 50 offers newest first: first page p50 {:.2} ms, pages 2-40 p50 {:.2} ms, p99 {:.2} ms (resident after: {:.0} MiB)",
             percentile(&first, 0.5),
             percentile(&deeper, 0.5),
-            percentile(&deeper, 0.99)
+            percentile(&deeper, 0.99),
+            memory_mib().0
         );
     }
+    // A sync session starts from the ids of the whole sync set, read from the store; a node
+    // runs one on every new connection and every 30 s.
+    let t = Instant::now();
+    let ids = crate::net::Records::ids(ingest.as_ref())?;
+    println!(
+        "sync ids:      the sync set's {} ids read in {:.2} s (each sync session does; resident with them: {:.0} MiB)",
+        ids.len(),
+        t.elapsed().as_secs_f64(),
+        memory_mib().0
+    );
+    drop(ids);
+    print_memory("after the overview, listings and a sync session's id scan");
     drop(service);
     drop(ingest);
     drop(index);

@@ -85,6 +85,21 @@ pub fn load_record(store: &Store, id: &RecordId) -> Result<Option<Record>, Match
     }
 }
 
+/// The record a search hit stands for: the store's current winner of the hit's item, if it is
+/// not withdrawn. The index may lag the store; the winner is what the node holds now.
+pub fn load_hit(
+    store: &Store,
+    hit: &crate::search::Hit,
+) -> Result<Option<(RecordId, Record)>, MatchError> {
+    let Some(entry) = store.item(&hit.region, hit.kind, &hit.key)? else {
+        return Ok(None);
+    };
+    if entry.tombstone {
+        return Ok(None);
+    }
+    Ok(load_record(store, &entry.id)?.map(|record| (entry.id, record)))
+}
+
 /// A matching candidate from a co-operation record owned by `region`, with the public profile
 /// of its organisation when the record names one this node holds. `None` for other kinds.
 pub fn candidate(store: &Store, region: RegionId, record: &Record) -> Option<Candidate> {
@@ -234,10 +249,10 @@ pub fn find_matches(
             continue;
         }
         // A hit whose record vanished since the index commit is skipped, not an error.
-        if let Some(record) = load_record(store, &hit.record)?
+        if let Some((id, record)) = load_hit(store, hit)?
             && let Some(c) = candidate_with(store, hit.region, &record, organisations)
         {
-            others.push((hit.record, c));
+            others.push((id, c));
         }
     }
     let considered = others.len();

@@ -254,11 +254,12 @@ fn notify_inner(
                 if !seen.insert(id.clone()) || store.local_get(&key)?.is_some() {
                     continue;
                 }
-                let title = crate::matches::load_record(store, &hit.record)
-                    .ok()
-                    .flatten()
-                    .map(|r| title_of(&r.content.body))
-                    .unwrap_or_default();
+                let Some((record_id, record)) =
+                    crate::matches::load_hit(store, &hit).ok().flatten()
+                else {
+                    continue;
+                };
+                let title = title_of(&record.content.body);
                 let notification = Notification {
                     id,
                     saved_search: search.id.clone(),
@@ -266,7 +267,7 @@ fn notify_inner(
                     region: hit.region,
                     kind: hit.kind,
                     key: hit.key,
-                    record: hit.record,
+                    record: record_id,
                     title,
                     at_ms: now_ms,
                     read: false,

@@ -896,13 +896,16 @@ impl Service {
                             .map_err(|e| ServiceError::Search(e.to_string()))?;
                         floor = floor.max(reached);
                         let mut found = Vec::with_capacity(page.len());
-                        for (position, hit) in page {
+                        for (_, hit) in page {
                             // The index may be behind the store: only its current winner counts.
                             if let Some(entry) = store.item(&hit.region, hit.kind, &hit.key)?
-                                && entry.id == hit.record
+                                && hit.indexes(&entry.id)
                                 && !entry.tombstone
                             {
-                                found.push((position, entry));
+                                let position = Position::of(&entry);
+                                if before.as_ref().is_none_or(|b| position < *b) {
+                                    found.push((position, entry));
+                                }
                             }
                         }
                         found
