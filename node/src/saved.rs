@@ -254,9 +254,16 @@ fn notify_inner(
                 if !seen.insert(id.clone()) || store.local_get(&key)?.is_some() {
                     continue;
                 }
-                let Some((record_id, record)) =
-                    crate::matches::load_hit(store, &hit).ok().flatten()
-                else {
+                // The item's current winner: none if it was withdrawn since it was indexed.
+                let found = match crate::matches::load_hit(store, &hit) {
+                    Ok(found) => found,
+                    Err(crate::matches::MatchError::Store(err)) => return Err(err.into()),
+                    Err(err) => {
+                        tracing::warn!(item = %hit.key, cause = %err, "saved search matched an item that cannot be read");
+                        None
+                    }
+                };
+                let Some((record_id, record)) = found else {
                     continue;
                 };
                 let title = title_of(&record.content.body);
