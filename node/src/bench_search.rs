@@ -97,18 +97,23 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// (RssAnon, RssFile) in MiB: heap versus mapped files (the index), from /proc/self/status.
-fn rss_split_mib() -> (f64, f64) {
+/// Fields of /proc/self/status in MiB, in the order asked (NaN where unreadable).
+fn status_mib<const N: usize>(names: [&str; N]) -> [f64; N] {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
+    names.map(|name| {
         status
             .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    })
+}
+
+/// (RssAnon, RssFile) in MiB: heap versus mapped files (the index).
+fn rss_split_mib() -> (f64, f64) {
+    let [anon, file] = status_mib(["RssAnon:", "RssFile:"]);
+    (anon, file)
 }
 
 /// Resident MiB of mapped files by what they are (the index's postings, fast columns, document
@@ -122,9 +127,8 @@ fn mapped_by_file() -> Vec<(String, f64)> {
         let first = words.next().unwrap_or_default();
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             // A mapping's header: address perms offset dev inode [path].
-            current = line
-                .split_whitespace()
-                .nth(5)
+            current = words
+                .nth(4)
                 .filter(|path| path.starts_with('/'))
                 .map(|path| {
                     let name = Path::new(path)
@@ -161,18 +165,10 @@ fn print_memory(label: &str) {
     println!("  mapped MiB:  {}", mapped.join(", "));
 }
 
-/// (VmRSS, VmHWM) in MiB, from /proc/self/status.
+/// (VmRSS, VmHWM) in MiB.
 fn memory_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let [rss, hwm] = status_mib(["VmRSS:", "VmHWM:"]);
+    (rss, hwm)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

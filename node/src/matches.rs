@@ -86,7 +86,8 @@ pub fn load_record(store: &Store, id: &RecordId) -> Result<Option<Record>, Match
 }
 
 /// The record a search hit stands for: the store's current winner of the hit's item, if it is
-/// not withdrawn. The index may lag the store; the winner is what the node holds now.
+/// not withdrawn. The index may lag the store; the winner is what the node holds now, followed
+/// through a revision that lands while it is read ([`Store::winner_record`]).
 pub fn load_hit(
     store: &Store,
     hit: &crate::search::Hit,
@@ -94,10 +95,13 @@ pub fn load_hit(
     let Some(entry) = store.item(&hit.region, hit.kind, &hit.key)? else {
         return Ok(None);
     };
-    if entry.tombstone {
-        return Ok(None);
+    match store.winner_record(&entry)? {
+        Some((current, _)) if current.tombstone => Ok(None),
+        Some((current, bytes)) => Record::decode(bytes)
+            .map(|record| Some((current.id, record)))
+            .map_err(|_| MatchError::Damaged(current.id)),
+        None => Ok(None),
     }
-    Ok(load_record(store, &entry.id)?.map(|record| (entry.id, record)))
 }
 
 /// A matching candidate from a co-operation record owned by `region`, with the public profile

@@ -3647,11 +3647,11 @@ mod ingest_adapter {
     use kim_protocol::reconcile::Id;
 
     use super::{Origin, Records, Verdict};
+    use crate::ingest::{Ingest, Rejected, Source};
 
     /// Most ids reserved up front for a sync snapshot, whatever the digest counts (a damaged
     /// count must not reserve gigabytes); beyond it the vector grows as it reads.
     const ID_CAPACITY_MAX: usize = 16 << 20;
-    use crate::ingest::{Ingest, Rejected, Source};
 
     impl Records for Ingest {
         fn ingest(
