@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use kim_protocol::envelope::{Body, Content, FORMAT_VERSION, Kind, Record};
 use kim_protocol::membership::{Charter, Founder, ThresholdRule, federation_id};
+use kim_protocol::reconcile::{Id, IdSet, IdSum, simulate};
 use kim_protocol::samples;
 use kim_protocol::types::{CooperationKind, PartnershipType};
 use rand_chacha::ChaCha8Rng;
@@ -486,22 +487,42 @@ async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Re
             memory_mib().0
         );
     }
-    // A sync session starts from the ids of the whole sync set, read from the store; a node
-    // runs one on every new connection and every 30 s.
-    let t = Instant::now();
-    let ids = crate::net::Records::ids(ingest.as_ref())?;
-    println!(
-        "sync ids:      the sync set's {} ids read in {:.2} s (each sync session does; resident with them: {:.0} MiB)",
-        ids.len(),
-        t.elapsed().as_secs_f64(),
-        memory_mib().0
-    );
-    drop(ids);
-    print_memory("after the overview, listings and a sync session's id scan");
+    // Sync sessions: a node runs one on every new connection and every 30 s, as initiator or
+    // responder, against the store's sync set. The peer here holds the same set less 100
+    // neighbouring ids (a peer that missed some records), so the session has to find them.
+    {
+        let set = ingest.store().sync_set();
+        let total = set.len();
+        let peer = Gap {
+            set: &set,
+            start: total / 3,
+            len: 100.min(total),
+        };
+        for (name, initiator_is_store) in [("initiator", true), ("responder", false)] {
+            let t = Instant::now();
+            let stats = if initiator_is_store {
+                simulate(&set, &peer)
+            } else {
+                simulate(&peer, &set)
+            }
+            .map_err(|e| anyhow::anyhow!("sync session: {e}"))?;
+            println!(
+                "sync session:  store as {name}, peer lacking {} of {total} ids: found {} in {} rounds, {:.1} KiB exchanged, {:.1} ms (resident after: {:.0} MiB)",
+                peer.len,
+                stats.have.len() + stats.need.len(),
+                stats.rounds,
+                (stats.bytes_a_to_b + stats.bytes_b_to_a) as f64 / 1024.0,
+                t.elapsed().as_secs_f64() * 1000.0,
+                memory_mib().0
+            );
+        }
+        set.finish()?;
+    }
+    print_memory("after the overview, listings and two sync sessions");
     drop(service);
     drop(ingest);
     drop(index);
-    store.flush().await?;
+    store.close().await?;
     let store_bytes = dir_bytes(&root.join("store"));
     let index_bytes = dir_bytes(&root.join("search"));
     println!(
@@ -566,7 +587,8 @@ pub async fn build(root: &Path, size: usize) -> anyhow::Result<()> {
         docs as f64 / built_in.as_secs_f64()
     );
     index.wait_merging()?;
-    store.flush().await?;
+    // As a node stops: the sync set's bucket table is saved for the next open.
+    store.close().await?;
     let (_, hwm) = memory_mib();
     println!("build memory:  peak {hwm:.0} MiB (generator, pipeline and index rebuild)");
     std::fs::write(root.join("record-bytes"), record_bytes.to_string())?;
@@ -625,4 +647,62 @@ fn query_mix(rng: &mut ChaCha8Rng, count: usize, now_ms: u64) -> Vec<Query> {
             q
         })
         .collect()
+}
+
+/// The ids of `set` less those at positions `start..start + len`: a peer that missed them.
+struct Gap<'a, S> {
+    set: &'a S,
+    start: usize,
+    len: usize,
+}
+
+impl<S: IdSet> Gap<'_, S> {
+    /// The position in `set` of position `index` here.
+    fn inner(&self, index: usize) -> usize {
+        if index < self.start {
+            index
+        } else {
+            index + self.len
+        }
+    }
+}
+
+impl<S: IdSet> IdSet for Gap<'_, S> {
+    fn len(&self) -> usize {
+        self.set.len() - self.len
+    }
+
+    fn id_at(&self, index: usize) -> Option<Id> {
+        self.set.id_at(self.inner(index))
+    }
+
+    fn lower_bound(&self, value: &Id) -> usize {
+        let at = self.set.lower_bound(value);
+        if at <= self.start {
+            at
+        } else {
+            at.saturating_sub(self.len).max(self.start)
+        }
+    }
+
+    fn ids_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = Id> + '_ {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let before = start.min(self.start)..end.min(self.start);
+        let after = self.inner(start.max(self.start))..self.inner(end.max(self.start));
+        self.set.ids_in(before).chain(self.set.ids_in(after))
+    }
+
+    fn id_sum(&self, range: std::ops::Range<usize>) -> IdSum {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let before = start.min(self.start)..end.min(self.start);
+        let after = self.inner(start.max(self.start))..self.inner(end.max(self.start));
+        self.set.id_sum(before).plus(&self.set.id_sum(after))
+    }
+
+    fn contains(&self, id: &Id) -> bool {
+        let at = self.set.lower_bound(id);
+        self.set.contains(id) && !(self.start..self.start + self.len).contains(&at)
+    }
 }

@@ -225,7 +225,7 @@ pub async fn run(
             // Before the network starts, so the first sync sessions carry them.
             let opened = node::open(&data, config.clone())?;
             let n = seed(&opened.state.service, i, options.records_per_node).await?;
-            opened.store.flush().await?;
+            opened.store.close().await?;
             drop(opened);
             tracing::info!(region = name, records = n, "seeded");
         }

@@ -43,10 +43,12 @@
 //! | 2 | `Ack` | varint new ‖ varint rejected: what ingesting a `Push` did |
 //! | 3 | `Refused` | varint length ≤ 64 ‖ an error code in ASCII (`sync.no_session`, `reconcile.*`, …) |
 //!
-//! A session: the **initiator** (the dialer on connect, or the side whose timer fired) builds
-//! an id snapshot and sends `ReconcileStart`; the **responder** keeps one session per peer
-//! (a `Responder` and its own snapshot, replaced by the next `ReconcileStart`) and answers each
-//! message. Each step tells the initiator ids it lacks (`need`) and ids the peer lacks (`have`).
+//! A session: the **initiator** (the dialer on connect, or the side whose timer fired) sends
+//! `ReconcileStart`; the **responder** keeps one session per peer (a `Responder`, replaced by
+//! the next `ReconcileStart`) and answers each message. Both run each step against the sync
+//! set as it stands ([`Records::reconcile`]): the node's store answers positions, counts and
+//! sums from a table of id buckets without copying the set, and holds record writes back for
+//! the step; between steps the set may change, which reconciliation tolerates. Each step tells the initiator ids it lacks (`need`) and ids the peer lacks (`have`).
 //! Whenever [`SYNC_FETCH_IDS_MAX`] needed ids have gathered (and at the end) the initiator sends
 //! `Fetch` and ingests the answer with [`Origin::Sync`]; records it did not ask for, or whose
 //! hash is not a requested id, are dropped. Ids the responder left out for lack of room are
@@ -61,8 +63,8 @@
 //! `SYNC_FOLLOWUPS_MAX` times in a row.
 //!
 //! # Architecture invariants
-//! - Only the event loop touches the swarm. Work that takes time (ingest, id snapshots,
-//!   reconciliation steps, store reads) runs in tasks that report back over a bounded channel.
+//! - Only the event loop touches the swarm. Work that takes time (ingest, reconciliation
+//!   steps, store reads) runs in tasks that report back over a bounded channel.
 //! - A gossip message is reported `Accept` only when ingest says the record is new; the
 //!   pipeline sees each message once, in batches (a batch is ingested while the next gathers).
 //! - Every queue, batch and frame is bounded; a frame's length is checked before it is read.
@@ -82,7 +84,8 @@ use kim_protocol::FederationId;
 use kim_protocol::limits::RECORD_BYTES_MAX;
 use kim_protocol::names::{identify_version, kad_protocol, records_topic, sync_protocol};
 use kim_protocol::reconcile::{
-    ID_BYTES, Id, Initiator, Message, RECONCILE_MESSAGE_BYTES_MAX, Responder, SortedIds,
+    ID_BYTES, Id, IdSet, Initiator, Message, RECONCILE_MESSAGE_BYTES_MAX, ReconcileError,
+    Responder, SortedIds, Step,
 };
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -191,6 +194,42 @@ pub enum Verdict {
     Failed,
 }
 
+/// One reconciliation step of a sync session, run by [`Records::reconcile`] against the set.
+#[derive(Debug)]
+pub enum SyncStep<'a> {
+    /// Start a session as initiator.
+    Start,
+    /// The initiator takes the responder's message.
+    Initiate(&'a mut Initiator, Message),
+    /// The responder answers the initiator's message.
+    Respond(&'a mut Responder, Message),
+}
+
+/// What a [`SyncStep`] produced.
+#[derive(Debug)]
+pub enum SyncOutcome {
+    /// From [`SyncStep::Start`]: the initiator and its first message.
+    Started(Initiator, Message),
+    /// From the other steps.
+    Stepped(Result<Step, ReconcileError>),
+}
+
+impl SyncStep<'_> {
+    /// Runs the step against `set`.
+    pub fn run<S: IdSet + ?Sized>(self, set: &S) -> SyncOutcome {
+        match self {
+            Self::Start => {
+                let (initiator, first) = Initiator::start(set);
+                SyncOutcome::Started(initiator, first)
+            }
+            Self::Initiate(initiator, message) => {
+                SyncOutcome::Stepped(initiator.step(set, message))
+            }
+            Self::Respond(responder, message) => SyncOutcome::Stepped(responder.step(set, message)),
+        }
+    }
+}
+
 /// The node as the network sees it. Implemented by the node for its ingest pipeline and store;
 /// tests implement it in memory.
 ///
@@ -206,6 +245,14 @@ pub trait Records: Send + Sync + 'static {
 
     /// Every id of the sync set, ascending.
     fn ids(&self) -> anyhow::Result<Vec<Id>>;
+
+    /// Runs one reconciliation step against the sync set as it stands, unchanged during the
+    /// call. The default reads [`Records::ids`] for every step, which suits small sets held
+    /// in memory; the node's store answers from its own index instead.
+    fn reconcile(&self, step: SyncStep<'_>) -> anyhow::Result<SyncOutcome> {
+        let set = SortedIds::new(self.ids()?);
+        Ok(step.run(&set))
+    }
 
     /// The bytes of the held records among `ids`, in the order asked; missing ones are skipped.
     fn get(&self, ids: &[Id]) -> anyhow::Result<Vec<Vec<u8>>>;
@@ -1462,7 +1509,6 @@ struct SessionSlot {
 #[derive(Debug, Default)]
 struct ResponderSession {
     responder: Responder,
-    snapshot: Option<Arc<SortedIds>>,
 }
 
 /// Builds the swarm, starts listening and dialling the bootstrap addresses, and returns the
@@ -3227,26 +3273,17 @@ fn answer_reconcile<R: Records>(
     message: Message,
 ) -> SyncResponse {
     let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-    let snapshot = match &session.snapshot {
-        Some(snapshot) => Arc::clone(snapshot),
-        None => match records.ids() {
-            Ok(ids) => {
-                let snapshot = Arc::new(SortedIds::new(ids));
-                session.snapshot = Some(Arc::clone(&snapshot));
-                snapshot
-            }
-            Err(e) => {
-                tracing::warn!(cause = %e, "cannot read the sync set to answer a peer");
-                return SyncResponse::Refused("sync.store_failure".into());
-            }
-        },
-    };
-    match session.responder.step(&*snapshot, message) {
-        Ok(step) => match step.next {
+    match records.reconcile(SyncStep::Respond(&mut session.responder, message)) {
+        Ok(SyncOutcome::Stepped(Ok(step))) => match step.next {
             Some(next) => SyncResponse::Reconcile(next),
             None => SyncResponse::Refused("sync.internal".into()),
         },
-        Err(e) => SyncResponse::Refused(e.code().into()),
+        Ok(SyncOutcome::Stepped(Err(e))) => SyncResponse::Refused(e.code().into()),
+        Ok(SyncOutcome::Started(..)) => SyncResponse::Refused("sync.internal".into()),
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot read the sync set to answer a peer");
+            SyncResponse::Refused("sync.store_failure".into())
+        }
     }
 }
 
@@ -3305,9 +3342,10 @@ async fn run_session<R: Records>(
 ) -> Result<SyncReport, NetError> {
     let started = Instant::now();
     let mut report = SyncReport::default();
-    let ids = blocking(records, |r| r.ids()).await?;
-    let set = SortedIds::new(ids);
-    let (mut initiator, first) = Initiator::start(&set);
+    let (mut initiator, first) = match blocking(records, |r| r.reconcile(SyncStep::Start)).await? {
+        SyncOutcome::Started(initiator, first) => (initiator, first),
+        SyncOutcome::Stepped(_) => return Err(NetError::Protocol("sync.internal".into())),
+    };
     let mut message = first;
     let mut start = true;
     let mut need: Vec<Id> = Vec::new();
@@ -3319,9 +3357,18 @@ async fn run_session<R: Records>(
             other => return Err(unexpected(&other)),
         };
         start = false;
-        let step = initiator
-            .step(&set, reply)
-            .map_err(|e| NetError::Protocol(e.code().into()))?;
+        // The initiator goes to the blocking thread with the step and comes back with it.
+        let (back, outcome) = blocking(records, move |r| {
+            let mut initiator = initiator;
+            let outcome = r.reconcile(SyncStep::Initiate(&mut initiator, reply))?;
+            Ok((initiator, outcome))
+        })
+        .await?;
+        initiator = back;
+        let step = match outcome {
+            SyncOutcome::Stepped(step) => step.map_err(|e| NetError::Protocol(e.code().into()))?,
+            SyncOutcome::Started(..) => return Err(NetError::Protocol("sync.internal".into())),
+        };
         report.rounds = initiator.rounds();
         report.missing += step.need.len();
         report.offered += step.have.len();
@@ -3646,7 +3693,7 @@ mod ingest_adapter {
     use kim_protocol::RecordId;
     use kim_protocol::reconcile::Id;
 
-    use super::{Origin, Records, Verdict};
+    use super::{Origin, Records, SyncOutcome, SyncStep, Verdict};
     use crate::ingest::{Ingest, Rejected, Source};
 
     /// Most ids reserved up front for a sync snapshot, whatever the digest counts (a damaged
@@ -3690,6 +3737,13 @@ mod ingest_adapter {
                 ids.push(id?.0);
             }
             Ok(ids)
+        }
+
+        fn reconcile(&self, step: SyncStep<'_>) -> anyhow::Result<SyncOutcome> {
+            let set = self.store().sync_set();
+            let outcome = step.run(&set);
+            set.finish()?;
+            Ok(outcome)
         }
 
         fn get(&self, ids: &[Id]) -> anyhow::Result<Vec<Vec<u8>>> {

@@ -605,6 +605,10 @@ impl Records for NodeRecords {
         Records::ids(self.ingest.as_ref())
     }
 
+    fn reconcile(&self, step: crate::net::SyncStep<'_>) -> anyhow::Result<crate::net::SyncOutcome> {
+        Records::reconcile(self.ingest.as_ref(), step)
+    }
+
     fn get(&self, ids: &[kim_protocol::reconcile::Id]) -> anyhow::Result<Vec<Vec<u8>>> {
         Records::get(self.ingest.as_ref(), ids)
     }
@@ -712,7 +716,7 @@ impl Running {
             }
         }
         self.state.service.ingest().flush_search().await;
-        self.store.flush().await?;
+        self.store.close().await?;
         tracing::info!("node stopped; store flushed");
         result
     }

@@ -29,6 +29,7 @@
 //! Beside sled, `records.log` holds the records' bytes (see [`log`] for why and how).
 
 mod log;
+mod sync_set;
 
 use std::path::{Path, PathBuf};
 
@@ -373,6 +374,9 @@ const META_LOG_END: &[u8] = b"xlogend";
 /// The record log's file name inside the store directory.
 const RECORD_LOG: &str = "records.log";
 
+/// The sync set's bucket table as saved by a clean stop (see [`Store::close`]).
+const SYNC_SET_FILE: &str = "sync-set.buckets";
+
 /// A journal chunk's key: its position and the journal's chunk count. A journal with fewer
 /// chunks than its keys name was cut short while it was written (before anything else of its
 /// write set) or while it was removed (after everything else), in whatever order its chunks
@@ -518,7 +522,12 @@ pub struct Store {
     /// Record bytes that applied write sets stopped referencing, erased by the next flush once
     /// sled has those write sets on disk (each is also marked under a `z` key).
     unerased: std::sync::Arc<std::sync::Mutex<Vec<[u8; log::POINTER_LEN]>>>,
+    /// Count and sum of the sync set's ids per bucket, for reconciliation without a copy of
+    /// the set (see [`sync_set`]). Written only under `applying`.
+    buckets: std::sync::Arc<std::sync::RwLock<sync_set::Buckets>>,
 }
+
+pub use sync_set::SyncSet;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -563,6 +572,7 @@ impl Store {
             dir,
             applying: std::sync::Arc::new(std::sync::Mutex::new(())),
             unerased: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+            buckets: std::sync::Arc::default(),
         };
         // Refuse a newer layout before touching anything, then finish the last write set,
         // then upgrade an older layout.
@@ -577,7 +587,76 @@ impl Store {
         store.migrate(found)?;
         store.forget_lost_records()?;
         store.erase_marked()?;
+        store.count_sync_set()?;
         Ok(store)
+    }
+
+    /// Loads the sync set's bucket table that the last clean stop saved (see
+    /// [`Store::close`]) if it matches the state digest, which counts and sums the same ids;
+    /// otherwise builds it from the record keys (one scan: about 2.5 s and the sled cache's
+    /// worth of memory at a million records).
+    fn count_sync_set(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let digest = self.digest()?;
+        let matches = |table: &sync_set::Buckets| {
+            table.total() == digest.count() && table.total_sum().to_le_bytes() == digest.sum_bytes()
+        };
+        let path = self.dir.join(SYNC_SET_FILE);
+        let saved = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| sync_set::Buckets::from_file_bytes(&bytes))
+            .filter(matches);
+        let (table, source) = match saved {
+            Some(table) => (table, "saved at the last stop"),
+            None => {
+                let table = sync_set::Buckets::scan(self)?;
+                if !matches(&table) {
+                    tracing::warn!(
+                        dir = %self.dir.display(), held = table.total(), digest = digest.count(),
+                        "the state digest does not match the records held; sync finds the difference with peers"
+                    );
+                }
+                (table, "counted from the record keys")
+            }
+        };
+        tracing::debug!(
+            records = table.total(),
+            source,
+            ms = started.elapsed().as_millis() as u64,
+            "sync set's buckets ready"
+        );
+        *self.buckets.write().unwrap_or_else(|p| p.into_inner()) = table;
+        Ok(())
+    }
+
+    /// Flushes, then saves the sync set's bucket table so that the next open need not count
+    /// it again (it is used only if it still matches the state digest then). For a clean stop.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = store
+                .buckets
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .to_file_bytes();
+            let path = store.dir.join(SYNC_SET_FILE);
+            let temporary = store.dir.join(format!("{SYNC_SET_FILE}.new"));
+            std::fs::write(&temporary, bytes)
+                .and_then(|()| std::fs::rename(&temporary, &path))
+                .map_err(|e| StoreError::Io {
+                    dir: store.dir.clone(),
+                    cause: format!("cannot save {}: {e}", path.display()),
+                })
+        })
+        .await
+        .map_err(|e| self.damaged(format!("close task failed: {e}")))?
+    }
+
+    /// The sync set, held still (record keys unchanged) until the value is dropped or
+    /// finished; for reconciliation. Keep it for one step only: writes wait for it.
+    pub fn sync_set(&self) -> SyncSet<'_> {
+        SyncSet::new(self, self.buckets.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Syncs the record log and records how far (not yet flushed in sled).
@@ -975,6 +1054,9 @@ impl Store {
             .map_err(|e| self.log_error(e))?;
         let encoded = journal.encode();
         let chunks = encoded.chunks(JOURNAL_CHUNK_BYTES).count();
+        // Record keys change only while the sync set's table is held for writing, so a
+        // reconciliation step never sees the two disagree.
+        let mut buckets = self.buckets.write().unwrap_or_else(|p| p.into_inner());
         let written = (|| -> Result<(), StoreError> {
             let sled = |e| self.io(e);
             if !pointers.is_empty() {
@@ -988,11 +1070,16 @@ impl Store {
                     .map_err(sled)?;
             }
             for (((tag, id), _), pointer) in records.iter().zip(&pointers) {
-                self.data
+                let old = self
+                    .data
                     .insert(prefixed(*tag, &RecordId(*id)), &pointer.encode()[..])
                     .map_err(sled)?;
+                if *tag == b'r' && old.is_none() {
+                    buckets.add(id);
+                }
             }
-            self.write_changes(&journal.changes).map_err(sled)?;
+            self.write_changes(&journal.changes, Some(&mut buckets))
+                .map_err(sled)?;
             for i in 0..chunks {
                 self.journal.remove(journal_key(i, chunks)).map_err(sled)?;
             }
@@ -1007,6 +1094,13 @@ impl Store {
             // Finish or undo it now, so the next write set does not overwrite the journal.
             if let Err(again) = self.recover_journal_locked() {
                 tracing::error!(cause = %again, "cannot repair a write set cut short; restart the node");
+            }
+            // Recovery changed record keys without counting them: count them all again.
+            match sync_set::Buckets::scan(self) {
+                Ok(table) => *buckets = table,
+                Err(again) => {
+                    tracing::error!(cause = %again, "cannot count the sync set again; restart the node")
+                }
             }
             return Err(cause);
         }
@@ -1049,15 +1143,37 @@ impl Store {
         Ok(())
     }
 
-    fn write_changes(&self, changes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), sled::Error> {
+    /// Writes `changes`, insertions first, and keeps `buckets` counting the record keys if
+    /// given (at open the table is built afterwards).
+    fn write_changes(
+        &self,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+        mut buckets: Option<&mut sync_set::Buckets>,
+    ) -> Result<(), sled::Error> {
+        let record_id = |key: &[u8]| -> Option<[u8; 32]> {
+            match key {
+                [b'r', id @ ..] => id.try_into().ok(),
+                _ => None,
+            }
+        };
         for (key, value) in changes {
             if let Some(value) = value {
-                self.data.insert(&key[..], &value[..])?;
+                let old = self.data.insert(&key[..], &value[..])?;
+                if old.is_none()
+                    && let (Some(table), Some(id)) = (buckets.as_deref_mut(), record_id(key))
+                {
+                    table.add(&id);
+                }
             }
         }
         for (key, value) in changes {
             if value.is_none() {
-                self.data.remove(&key[..])?;
+                let old = self.data.remove(&key[..])?;
+                if old.is_some()
+                    && let (Some(table), Some(id)) = (buckets.as_deref_mut(), record_id(key))
+                {
+                    table.remove(&id);
+                }
             }
         }
         Ok(())
@@ -1118,7 +1234,7 @@ impl Store {
         // Bytes to erase are only marked here and erased at the end of open, once these
         // changes are on disk.
         if complete {
-            self.write_changes(&journal.changes)
+            self.write_changes(&journal.changes, None)
                 .map_err(|e| self.io(e))?;
             for pointer in &journal.erase {
                 self.data
