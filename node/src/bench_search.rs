@@ -429,14 +429,17 @@ async fn measure_size(root: &Path, size: usize, options: &Options) -> anyhow::Re
     let t = Instant::now();
     match crate::overview::potential(&ingest, 50, now_ms) {
         Ok(p) => println!(
-            "potential:     {} pairs scoring 50 or more among {} live offers and requests, in {:.2} s",
+            "potential:     {} pairs scoring 50 or more among {} live offers and requests, in {:.2} s (resident after: {:.0} MiB)",
             p.pairs,
             p.regions.iter().map(|r| r.live).sum::<u64>(),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            memory_mib().0
         ),
         Err(crate::overview::PotentialError::TooMany(n)) => println!(
-            "potential:     not computed: more than {} live offers and requests ({n} seen); the API answers 503",
-            crate::overview::POTENTIAL_ITEMS_MAX
+            "potential:     not computed: more than {} live offers and requests ({n} seen, {:.2} s); the API answers 503 (resident after: {:.0} MiB)",
+            crate::overview::POTENTIAL_ITEMS_MAX,
+            t.elapsed().as_secs_f64(),
+            memory_mib().0
         ),
         Err(e) => bail!("potential failed: {e}"),
     }

@@ -272,12 +272,28 @@ pub enum PotentialError {
 pub fn potential(ingest: &Ingest, threshold: u8, now_ms: u64) -> Result<Potential, PotentialError> {
     let store = ingest.store();
     let names = member_names(ingest);
-    let mut items: Vec<Candidate> = Vec::new();
+    let live_entry = |entry: &crate::store::ItemEntry| {
+        entry.kind == Kind::Cooperation && !entry.tombstone && entry.is_live(now_ms)
+    };
+    // Counted from the item entries before any record is loaded: refusing after loading
+    // ten thousand candidates left their memory with the allocator (about 30 MiB at a
+    // million records).
+    let mut seen = 0usize;
+    for entry in store.item_entries() {
+        if live_entry(&entry.map_err(MatchError::from)?) {
+            seen += 1;
+            if seen > POTENTIAL_ITEMS_MAX {
+                return Err(PotentialError::TooMany(seen));
+            }
+        }
+    }
+    let mut items: Vec<Candidate> = Vec::with_capacity(seen);
     for entry in store.item_entries() {
         let entry = entry.map_err(MatchError::from)?;
-        if entry.kind != Kind::Cooperation || entry.tombstone || !entry.is_live(now_ms) {
+        if !live_entry(&entry) {
             continue;
         }
+        // Arrived since the count: still bounded.
         if items.len() >= POTENTIAL_ITEMS_MAX {
             return Err(PotentialError::TooMany(items.len() + 1));
         }
