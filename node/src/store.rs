@@ -55,13 +55,14 @@ const WINNER_READS_MAX: usize = 8;
 ///
 /// sled counts its cache by the bytes its pages take on disk; in memory they take about two and
 /// a half times that (`kim bench search`: a scan of a million entries with a 64 MiB cache left
-/// about 160 MiB of heap). 12 MiB, not 64: at a million records a node serving search,
-/// matching, listings, the overview and sync held 278 MiB (`kim bench search --measure`;
-/// 288 MiB with 16 MiB, 470 MiB with 64 before sync stopped copying its set), with searches
-/// and matching as fast (record bytes live in the record log, read through the operating
-/// system's cache). Storing a million records in one go takes longer (76.5 s with 16 MiB
-/// against 62.1 s with 64); `store_cache_bytes` raises it.
-pub const CACHE_BYTES_DEFAULT: u64 = 12 * 1024 * 1024;
+/// about 160 MiB of heap). 8 MiB, not 64: at a million records the data side of a node
+/// serving search, matching, listings, the overview and sync held 269 MiB (`kim bench search
+/// --measure`; 278-282 MiB with 12 MiB, 288 MiB with 16 MiB, 470 MiB with 64 before sync
+/// stopped copying its set), and the network and HTTP side adds to that. Searches and
+/// matching were as fast: record bytes live in the record log and sled's own file is read
+/// through the operating system's cache either way. Storing a million records in one go
+/// takes longer (62.1 s with 64 MiB, 72-76 s with 12-16 MiB); `store_cache_bytes` raises it.
+pub const CACHE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
 
 /// Why the store could not be used. Every message names the directory and what to do.
 #[derive(Debug, thiserror::Error)]
