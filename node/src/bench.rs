@@ -109,6 +109,12 @@ pub enum BenchCommand {
         /// directory) instead of generating one; give its size as the only `--records`.
         #[arg(long)]
         measure: Option<std::path::PathBuf>,
+        /// With `--measure`: run the kept federation as a whole node process (`kim run`:
+        /// store, index, network, HTTP API) as region 0, drive searches, matching, the
+        /// overview, the potential and listings through its API, and report that process's
+        /// memory.
+        #[arg(long, requires = "measure")]
+        full_node: bool,
     },
     /// The build step of `kim bench search`, run by it in a child process.
     #[command(hide = true)]
@@ -162,6 +168,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             keep,
             store_cache_mib,
             measure,
+            full_node,
         } => {
             let options = crate::bench_search::Options {
                 queries,
@@ -170,6 +177,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 keep,
                 cache_bytes: store_cache_mib << 20,
                 measure,
+                full_node,
             };
             crate::bench_search::run(&records, options).await
         }

@@ -22,9 +22,11 @@ use kim_protocol::types::{CooperationKind, PartnershipType};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng as _, SeedableRng};
 
+use crate::config::DataDir;
 use crate::ingest::{Ingest, Source, system_now_ms};
 use crate::search::{Query, SearchIndex, Sort, Status};
 use crate::store::Store;
+use rustix::process::{Pid, Signal, kill_process};
 
 /// Records per ingest batch.
 const BATCH_RECORDS: usize = 1000;
@@ -44,6 +46,8 @@ pub struct Options {
     pub cache_bytes: u64,
     /// Measure this kept federation again instead of generating one (one size only).
     pub measure: Option<PathBuf>,
+    /// With `measure`: as a whole node process, through its API.
+    pub full_node: bool,
 }
 
 pub async fn run(sizes: &[usize], options: Options) -> anyhow::Result<()> {
@@ -67,6 +71,9 @@ pub async fn run(sizes: &[usize], options: Options) -> anyhow::Result<()> {
         };
         println!();
         println!("== {size} records (kept data in {}) ==", root.display());
+        if options.full_node {
+            return measure_full_node(root, &options).await;
+        }
         return measure_size(root, *size, &options).await;
     }
     for &size in sizes {
@@ -708,4 +715,184 @@ impl<S: IdSet> IdSet for Gap<'_, S> {
         let at = self.set.lower_bound(id);
         self.set.contains(id) && !(self.start..self.start + self.len).contains(&at)
     }
+}
+
+/// Makes a kept federation a node's data directory for region 0 (its key, a node key, a
+/// token, a config, the charter in the store); files already there are kept.
+fn prepare_data_dir(root: &Path, c: &Corpus, cache_bytes: u64) -> anyhow::Result<DataDir> {
+    let data = DataDir::new(root);
+    let store = Store::open(&data.store(), cache_bytes, false)?;
+    store.set_meta(crate::node::CHARTER_META, &c.charter.to_bytes()?)?;
+    let region = samples::public_key(&c.keys[0]);
+    store.set_meta(crate::ingest::OWN_REGION_META, &region.0)?;
+    drop(store);
+    if !data.key().exists() {
+        crate::config::write_secret(&data.key(), &c.keys[0].to_bytes())?;
+    }
+    if !data.node_key().exists() {
+        let node_key = libp2p::identity::Keypair::generate_ed25519()
+            .try_into_ed25519()
+            .map_err(|e| anyhow::anyhow!("node key: {e}"))?;
+        crate::config::write_secret(&data.node_key(), node_key.secret().as_ref())?;
+    }
+    if !data.token().exists() {
+        let mut bytes = [0u8; 32];
+        ChaCha8Rng::seed_from_u64(system_now_ms()).fill_bytes(&mut bytes);
+        let token = kim_protocol::bytes::to_hex(&bytes);
+        crate::config::write_secret(&data.token(), format!("{token}\n").as_bytes())?;
+    }
+    let founder = &c.charter.founders[0];
+    let nuts = founder.nuts.first().cloned().unwrap_or_default();
+    let config = crate::config::Config {
+        region_name: founder.name.clone(),
+        country: nuts.get(..2).unwrap_or_default().to_string(),
+        nuts,
+        api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap: Vec::new(),
+        gossip: true,
+        sync_interval_secs: 30,
+        sync_on_connect: true,
+        discovery: true,
+        store_cache_bytes: cache_bytes,
+        offer_validity_days: 365,
+        request_body_bytes_max: 256 * 1024,
+        blob_bytes_max: crate::blobs::BLOB_BYTES_MAX_DEFAULT,
+        federation: c.federation.to_hex(),
+    };
+    std::fs::write(data.config(), config.to_documented_toml())?;
+    Ok(data)
+}
+
+/// `--measure DIR --full-node`: the kept federation served by a whole node process.
+async fn measure_full_node(root: &Path, options: &Options) -> anyhow::Result<()> {
+    let c = corpus()?;
+    let data = prepare_data_dir(root, &c, options.cache_bytes)?;
+    let _ = std::fs::remove_file(data.api_address());
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--data-dir")
+        .arg(root)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting `kim run` on the kept federation")?;
+    let started = Instant::now();
+    let base = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the node exited before it served: {status}");
+        }
+        if let Ok(text) = std::fs::read_to_string(data.api_address())
+            && let Some(url) = text.lines().next()
+        {
+            break url.trim().to_string();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            bail!("the node did not start serving within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pid = child.id();
+    let memory = move || -> (f64, f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("RssAnon:"), field("VmHWM:"))
+    };
+    let report = |what: &str| {
+        let (rss, anon, hwm) = memory();
+        println!(
+            "node memory:   {what}: resident {rss:.0} MiB ({anon:.0} heap), peak {hwm:.0} MiB"
+        );
+    };
+    println!(
+        "node:          `kim run` (pid {pid}) serving at {base} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    report("started");
+    let token = data.load_token()?;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let request = http.get(format!("{base}{path}")).bearer_auth(&token);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            let body = response.bytes().await?.to_vec();
+            anyhow::Ok((status, body))
+        }
+    };
+    let check = async |path: String| -> anyhow::Result<Vec<u8>> {
+        let (status, body) = get(path.clone()).await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
+    };
+    let words = [
+        "solar", "software", "tourism", "hydrogen", "training", "Holz", "Energie", "food",
+        "robotics", "water", "digital", "wine",
+    ];
+    let t = Instant::now();
+    for (i, word) in words
+        .iter()
+        .cycle()
+        .take(options.queries.min(500))
+        .enumerate()
+    {
+        let filter = ["", "&kind=offers", "&kind=knowledge", "&kind=organisations"][i % 4];
+        check(format!("/api/v1/search?q={word}{filter}")).await?;
+    }
+    println!(
+        "node search:   {} searches in {:.1} s",
+        options.queries.min(500),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let mut matched = 0;
+    let mut n = 1u64;
+    while matched < options.matches && n < 1_000_000 {
+        // Region 0's offers: keys offer-n with (n / 3) % REGIONS == 0.
+        if (n as usize / 3).is_multiple_of(REGIONS) {
+            let (status, _) = get(format!("/api/v1/offers/offer-{n}/matches")).await?;
+            if status.is_success() {
+                matched += 1;
+            }
+        }
+        n += 7;
+    }
+    println!(
+        "node match:    {matched} offers matched in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    report("after searches and matching");
+    check("/api/v1/federation/overview".into()).await?;
+    let (status, _) = get("/api/v1/federation/potential".into()).await?;
+    println!("node overview: overview served; potential answered {status}");
+    for status in ["live", "all"] {
+        let mut cursor = String::new();
+        for _ in 0..40 {
+            let body = check(format!("/api/v1/offers?status={status}&limit=50{cursor}")).await?;
+            let page: serde_json::Value = serde_json::from_slice(&body)?;
+            match page.get("next").and_then(|n| n.as_str()) {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+    }
+    check("/api/v1/status".into()).await?;
+    report("after the overview, the potential, 80 listing pages and status");
+    kill_process(
+        Pid::from_raw(i32::try_from(pid)?).context("the node's pid")?,
+        Signal::INT,
+    )?;
+    let status = child.wait()?;
+    println!("node:          stopped ({status})");
+    Ok(())
 }
