@@ -107,7 +107,12 @@ fn load_average() -> String {
 
 /// Fields of /proc/self/status in MiB, in the order asked (NaN where unreadable).
 fn status_mib<const N: usize>(names: [&str; N]) -> [f64; N] {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    process_status_mib("self", names)
+}
+
+/// Fields of `/proc/{process}/status` in MiB (`process` a pid or `self`).
+fn process_status_mib<const N: usize>(process: &str, names: [&str; N]) -> [f64; N] {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
     names.map(|name| {
         status
             .lines()
@@ -794,20 +799,9 @@ async fn measure_full_node(root: &Path, options: &Options) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let pid = child.id();
-    let memory = move || -> (f64, f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .map_or(f64::NAN, |kb| kb / 1024.0)
-        };
-        (field("VmRSS:"), field("RssAnon:"), field("VmHWM:"))
-    };
     let report = |what: &str| {
-        let (rss, anon, hwm) = memory();
+        let [rss, anon, hwm] =
+            process_status_mib(&pid.to_string(), ["VmRSS:", "RssAnon:", "VmHWM:"]);
         println!(
             "node memory:   {what}: resident {rss:.0} MiB ({anon:.0} heap), peak {hwm:.0} MiB"
         );
