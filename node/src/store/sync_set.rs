@@ -10,8 +10,9 @@
 //! the first two id bytes (65,536 buckets; ids are hashes, so about 15 per bucket at a million
 //! records), as two Fenwick trees: prefix counts and prefix sums over buckets in 16 steps, and
 //! the bucket holding a position in 16 steps. Whatever lies inside one bucket is read from
-//! sled by a range scan of that bucket's keys. A range's count and sum thus cost two tree walks
-//! and at most two partial bucket scans, and the id at a position one walk and one bucket scan.
+//! sled: since store format 6 the bucket's ids are one sled entry (see
+//! [`pointers`](super::pointers)), whose buckets are these. A range's count and sum thus cost
+//! two tree walks and at most two bucket reads, and the id at a position one walk and one read.
 //! The table is 2.5 MiB whatever the number of records, built by one scan when the store
 //! opens and kept by [`Store::apply`](super::Store::apply), the only writer of record keys
 //! once the store is open.
@@ -29,33 +30,15 @@ use kim_protocol::reconcile::{Id, IdSet, IdSum};
 
 use super::{Store, StoreError};
 
-/// Buckets of the id space: ids by their first two bytes.
-const BUCKETS: usize = 1 << 16;
+/// Buckets of the id space: ids by their first two bytes, as the store groups its pointers.
+const BUCKETS: usize = super::pointers::BUCKETS;
 
 /// The first bytes of the file [`Buckets::to_file_bytes`] writes.
 const FILE_MAGIC: &[u8] = b"kim sync-set buckets 1\n";
 
-/// The key prefix of record keys in the sync set.
-const TAG: u8 = b'r';
-
 /// The bucket an id falls in.
 fn bucket_of(id: &Id) -> usize {
-    usize::from(u16::from_be_bytes([id[0], id[1]]))
-}
-
-/// The first key of `bucket`'s record keys.
-fn bucket_start(bucket: usize) -> [u8; 3] {
-    let [hi, lo] = (bucket as u16).to_be_bytes();
-    [TAG, hi, lo]
-}
-
-/// The first key past `bucket`'s record keys.
-fn bucket_end(bucket: usize) -> Vec<u8> {
-    if bucket + 1 < BUCKETS {
-        bucket_start(bucket + 1).to_vec()
-    } else {
-        vec![TAG + 1]
-    }
+    super::pointers::bucket_of(id)
 }
 
 /// Count and sum of the sync set's ids per bucket, as Fenwick trees.
@@ -276,22 +259,15 @@ impl<'s> SyncSet<'s> {
         }
     }
 
-    /// The ids from `from` (a key at or after a bucket start) up to the end of the set,
-    /// ascending; a read error is kept and ends the iteration.
-    fn ids_from(&self, from: Vec<u8>) -> impl Iterator<Item = Id> + '_ {
+    /// The ids from the start of `bucket` up to the end of the set, ascending; a read error
+    /// is kept and ends the iteration.
+    fn ids_from(&self, bucket: usize) -> impl Iterator<Item = Id> + '_ {
         self.store
-            .data
-            .range(from..vec![TAG + 1])
-            .map_while(move |kv| match kv {
-                Ok((key, _)) => match key.get(1..33).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                    Some(id) => Some(id),
-                    None => {
-                        self.fail(self.store.damaged("record key too short".into()));
-                        None
-                    }
-                },
+            .pointers_from(bucket)
+            .map_while(move |entry| match entry {
+                Ok((id, _)) => Some(id),
                 Err(e) => {
-                    self.fail(self.store.io(e));
+                    self.fail(e);
                     None
                 }
             })
@@ -299,16 +275,14 @@ impl<'s> SyncSet<'s> {
 
     /// The ids of `bucket`, ascending.
     fn bucket_ids(&self, bucket: usize) -> impl Iterator<Item = Id> + '_ {
-        self.store
-            .data
-            .range(bucket_start(bucket).to_vec()..bucket_end(bucket))
-            .map_while(move |kv| match kv {
-                Ok((key, _)) => key.get(1..33).and_then(|b| <[u8; 32]>::try_from(b).ok()),
-                Err(e) => {
-                    self.fail(self.store.io(e));
-                    None
-                }
-            })
+        let ids = match self.store.bucket_pointers(bucket) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.fail(e);
+                Vec::new()
+            }
+        };
+        ids.into_iter().map(|(id, _)| id)
     }
 
     /// Position `index`'s bucket start and how many ids of that bucket come before it.
@@ -360,14 +334,14 @@ impl IdSet for SyncSet<'_> {
     fn ids_in(&self, range: IndexRange<usize>) -> impl Iterator<Item = Id> + '_ {
         let end = range.end.min(self.len());
         let start = range.start.min(end);
-        // Past the end, an empty range of keys.
-        let (from, skip) = if start < end {
+        let (bucket, skip) = if start < end {
             let (bucket, skip, _) = self.seek(start);
-            (bucket_start(bucket).to_vec(), skip)
+            (bucket, skip)
         } else {
-            (vec![TAG + 1], 0)
+            (0, 0)
         };
-        self.ids_from(from).skip(skip).take(end - start)
+        // An empty range reads nothing: `take(0)` never asks the scan.
+        self.ids_from(bucket).skip(skip).take(end - start)
     }
 
     fn id_sum(&self, range: IndexRange<usize>) -> IdSum {
@@ -380,13 +354,10 @@ impl IdSet for SyncSet<'_> {
     }
 
     fn contains(&self, id: &Id) -> bool {
-        let mut key = [0u8; 33];
-        key[0] = TAG;
-        key[1..].copy_from_slice(id);
-        match self.store.data.contains_key(key) {
+        match self.store.holds_pointer(&kim_protocol::RecordId(*id)) {
             Ok(held) => held,
             Err(e) => {
-                self.fail(self.store.io(e));
+                self.fail(e);
                 false
             }
         }
