@@ -1203,6 +1203,84 @@ mod tests {
         Ok(())
     }
 
+    /// The overview counts statuses from the search index and the withdrawn index; it must
+    /// agree with the store's item entries (what it read before) now and once offers expire.
+    #[tokio::test]
+    async fn the_overview_counts_what_the_item_entries_say_also_after_expiry()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key, _index) =
+            searchable_pipeline(dir.path(), crate::indexer::QUEUE_DOCS_MAX)?;
+        for seed in 0..12u64 {
+            let record = offer(&ingest, &key, seed, &format!("offer-{seed}"))?;
+            assert!(
+                ingest
+                    .ingest_one(record.bytes, Source::Sync)
+                    .await?
+                    .is_new()
+            );
+        }
+        // Withdraw two: a newer revision that is a tombstone.
+        for seed in [3u64, 7] {
+            let current = ingest
+                .store()
+                .item(
+                    &samples::public_key(&key),
+                    Kind::Cooperation,
+                    &format!("offer-{seed}"),
+                )?
+                .ok_or("offer not stored")?;
+            let bytes = ingest.store().record(&current.id)?.ok_or("no record")?;
+            let mut content = Record::decode(bytes)?.content;
+            content.revision += 1;
+            content.body = kim_protocol::Body::Tombstone(kim_protocol::types::Tombstone {
+                reason: "withdrawn in a test".into(),
+            });
+            content.expires_at_ms = None;
+            let tombstone = Record::sign(&content, &key)?;
+            assert!(
+                ingest
+                    .ingest_one(tombstone.bytes, Source::Sync)
+                    .await?
+                    .is_new()
+            );
+        }
+        ingest.flush_search().await;
+        let expected = |now_ms: u64| -> Result<BTreeMap<String, u64>, StoreError> {
+            let mut by_status = BTreeMap::new();
+            for entry in ingest.store().item_entries() {
+                let entry = entry?;
+                let status = if entry.tombstone {
+                    "withdrawn"
+                } else if entry.is_live(now_ms) {
+                    "live"
+                } else {
+                    "expired"
+                };
+                *by_status.entry(status.to_string()).or_default() += 1;
+            }
+            Ok(by_status)
+        };
+        let now = system_now_ms();
+        let years_later = now + 20 * 365 * 86_400_000;
+        for at in [now, years_later] {
+            let overview = crate::overview::overview(&ingest, at)?;
+            assert_eq!(overview.totals.by_status, expected(at)?, "at {at}");
+            assert_eq!(
+                overview
+                    .totals
+                    .by_kind
+                    .get("cooperation")
+                    .copied()
+                    .unwrap_or(0),
+                expected(at)?.get("live").copied().unwrap_or(0)
+            );
+        }
+        assert_eq!(expected(now)?.get("withdrawn"), Some(&2));
+        assert!(expected(years_later)?.contains_key("expired"));
+        Ok(())
+    }
+
     /// A failed search-index commit drops the changes it held (they are rolled back), while the
     /// store keeps the records. The indexer then rebuilds the index from the store while the
     /// node runs, so nothing stored stays unsearchable until a restart, and the index never

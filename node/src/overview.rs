@@ -71,9 +71,9 @@ pub struct Outcomes {
 fn outcomes(ingest: &Ingest) -> Result<Option<Outcomes>, MatchError> {
     let store = ingest.store();
     let mut out = Outcomes::default();
-    for entry in store.item_entries() {
+    for entry in store.kind_entries(Kind::Outcome) {
         let entry = entry?;
-        if entry.kind != Kind::Outcome || entry.tombstone {
+        if entry.tombstone {
             continue;
         }
         let Some(bytes) = store.record(&entry.id)? else {
@@ -111,34 +111,66 @@ fn member_names(ingest: &Ingest) -> BTreeMap<RegionId, String> {
         .collect()
 }
 
-/// Counts every searchable item the node holds, per owning region. Kinds and statuses come
-/// from the store's item entries (no record is decoded); co-operation kinds and NACE sections
-/// are counted by the search index, one count query per region and value, so the overview
-/// stays fast on a large replica.
+/// Counts every searchable item the node holds, per owning region: live and expired items by
+/// kind with one count query each in the search index (which holds every winner that is not
+/// withdrawn, expired ones too), withdrawn ones from the store's index of withdrawn items,
+/// co-operation kinds and NACE sections with one count query per region and value. No item
+/// entry is read: at a million items, reading them all took 5.5 s and pulled all of sled's
+/// item pages through its cache, which left the node 10-25 MiB larger.
 pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
     let store = ingest.store();
     let index = ingest.search().ok_or(MatchError::NoIndex)?;
     let names = member_names(ingest);
     let mut per_region: BTreeMap<RegionId, Counts> = BTreeMap::new();
     let mut totals = Counts::default();
-    for entry in store.item_entries() {
-        let entry = entry?;
-        if !is_searchable(entry.kind) {
-            continue;
-        }
-        let status = if entry.tombstone {
-            "withdrawn"
-        } else if entry.is_live(now_ms) {
-            "live"
-        } else {
-            "expired"
-        };
-        let counts = per_region.entry(entry.region).or_default();
-        for c in [&mut *counts, &mut totals] {
-            bump(&mut c.by_status, status);
-            if status == "live" {
-                bump(&mut c.by_kind, entry.kind.as_str());
+    let searchable = [
+        Kind::Cooperation,
+        Kind::Knowledge,
+        Kind::Organisation,
+        Kind::Project,
+    ];
+    debug_assert!(searchable.iter().all(|k| is_searchable(*k)));
+    // Items of regions that are no longer members are purged, so members are every owner.
+    for region in ingest.membership().members.keys() {
+        let mut counts = Counts::default();
+        for kind in searchable {
+            for status in [Status::Live, Status::Expired] {
+                let q = Query {
+                    regions: vec![*region],
+                    kinds: vec![kind],
+                    status,
+                    now_ms,
+                    ..Query::default()
+                };
+                let n = index.count(&q)? as u64;
+                if n == 0 {
+                    continue;
+                }
+                let name = if status == Status::Live {
+                    "live"
+                } else {
+                    "expired"
+                };
+                for c in [&mut counts, &mut totals] {
+                    *c.by_status.entry(name.to_string()).or_default() += n;
+                    if status == Status::Live {
+                        *c.by_kind.entry(kind.as_str().to_string()).or_default() += n;
+                    }
+                }
             }
+        }
+        if !counts.by_status.is_empty() {
+            per_region.insert(*region, counts);
+        }
+    }
+    for kind in searchable {
+        for region in store.withdrawn_regions(kind) {
+            let region = region?;
+            bump(
+                &mut per_region.entry(region).or_default().by_status,
+                "withdrawn",
+            );
+            bump(&mut totals.by_status, "withdrawn");
         }
     }
     let sections: Vec<&str> = codes::nace_all()

@@ -4,9 +4,9 @@
 //! - `data`: everything shared, under one-byte key prefixes, so a whole ingest batch is one
 //!   atomic write set (record bytes, item winners, indexes and the state digest together; see
 //!   [`Store::apply`] for how it is made atomic without sled's process-wide batch lock):
-//!   - `R` id[0..2] → pointers to the record log for every record of the sync set (winners,
-//!     tombstones, equivocation evidence, membership records) whose id starts so: one entry
-//!     per bucket of 65,536, not one per record (format 6; see [`pointers`] for why)
+//!   - `R` id's first 18 bits → pointers to the record log for every record of the sync set
+//!     (winners, tombstones, equivocation evidence, membership records) whose id starts so:
+//!     one entry per group of 262,144, not one per record (format 6; see [`pointers`] for why)
 //!   - `i` region ‖ kind ‖ key → the current winner of each item: an [`ItemEntry`] stored
 //!     without what its key says (`StoredItem`, format 3)
 //!   - `w` kind ‖ [`Position`] → the item's `i` key, for withdrawn items only (list withdrawn
@@ -48,9 +48,9 @@ use serde::{Deserialize, Serialize};
 /// - 4: no `k` index of every item by kind and time; a `w` index of withdrawn items only.
 /// - 5: the record log may hold LZ4-compressed frames (older frames read as they are, so the
 ///   upgrade rewrites nothing; the number only stops an older kim from misreading new frames).
-/// - 6: the sync set's record pointers grouped per bucket of the id's first two bytes (`R`)
-///   instead of one `r` entry per record: sled's in-memory page table shrinks by about 35 MiB
-///   at a million records.
+/// - 6: the sync set's record pointers grouped by the id's first 18 bits (`R`) instead of
+///   one `r` entry per record: sled's in-memory page table shrinks by about 30 MiB at a
+///   million records.
 pub const STORE_FORMAT_VERSION: u32 = 6;
 /// How often opening retries a store that is still locked (20 ms apart: about 2 s).
 const OPEN_LOCKED_RETRIES: u32 = 100;
@@ -1501,6 +1501,22 @@ impl Store {
             }
         }
         Ok((out, None))
+    }
+
+    /// The owning region of every withdrawn item of `kind`, from the index of withdrawn items
+    /// (no item entry is read).
+    pub fn withdrawn_regions(
+        &self,
+        kind: Kind,
+    ) -> impl Iterator<Item = Result<RegionId, StoreError>> + '_ {
+        self.data.scan_prefix([b'w', kind as u8]).map(move |kv| {
+            let (_, item_key) = kv.map_err(|e| self.io(e))?;
+            item_key
+                .get(1..33)
+                .and_then(|r| <[u8; 32]>::try_from(r).ok())
+                .map(PublicKey)
+                .ok_or_else(|| self.damaged("withdrawn index value too short".into()))
+        })
     }
 
     /// Every item of a kind, in key order (region, then item key): sled's item tree is keyed

@@ -1,17 +1,18 @@
 //! The sync set's record pointers: record id → where the record log holds its bytes.
 //!
-//! From store format 6 they are grouped: one sled entry per bucket of the id's first two bytes
-//! (`R` hi lo → the bucket's entries, each the id's last 30 bytes and its 13-byte pointer,
-//! sorted by id), instead of one `r` id entry per record.
+//! From store format 6 they are grouped: one sled entry per group of ids sharing their first
+//! 18 bits (`R` id[0] id[1] id[2]&0xc0 → the group's entries, each the id's last 30 bytes and
+//! its 13-byte pointer, sorted by id), instead of one `r` id entry per record. Four groups make
+//! one bucket of the sync set's table (the first two bytes).
 //!
 //! Why: sled keeps, for every page of its tree, a page-table entry in memory with the log
 //! positions of the page's base and deltas (a few hundred bytes), and its leaves hold at most
-//! 16 entries. A million record pointers, one entry each, took about 37 MiB of that table
-//! (measured with a sled program inserting 300,000 ids either way: 11 MiB less at open); the
-//! 65,536 grouped entries take about 3 MiB. Reads cost one tree walk either way. A write reads
-//! and rewrites its bucket (about 15 entries, 650 bytes, at a million records) instead of
-//! inserting a key, which in sled often splits a leaf and rewrites its parent; the ingest rate
-//! is the same.
+//! 16 entries. A sled program storing a million ids with an item entry each (`sledx`, see the
+//! session 13 note) opened with 97 MiB of heap with one pointer entry per id, 64 MiB with
+//! 262,144 groups and 53 MiB with 65,536, at 733, 833 and 1110 MB of disk: a group is
+//! rewritten whole on every write (about 4 entries, 170 bytes, at a million records), and
+//! sled's log grows with the old versions until it cleans them. 18 bits is the balance: most
+//! of the memory for an eighth more of sled's disk. Reads cost one tree walk either way.
 //!
 //! A store of an older format keeps `r` entries until [`Store::group_pointers`] moves them;
 //! until then every function here reads and writes them as they are.
@@ -46,9 +47,9 @@ pub(super) fn bucket_of(id: &[u8; 32]) -> usize {
     usize::from(u16::from_be_bytes([id[0], id[1]]))
 }
 
-fn group_key(bucket: usize) -> [u8; 3] {
-    let [hi, lo] = (bucket as u16).to_be_bytes();
-    [GROUP_TAG, hi, lo]
+/// The key of the group `id` belongs to.
+fn group_key(id: &[u8; 32]) -> [u8; 4] {
+    [GROUP_TAG, id[0], id[1], id[2] & 0xc0]
 }
 
 fn single_key(id: &[u8; 32]) -> [u8; 33] {
@@ -60,13 +61,13 @@ fn single_key(id: &[u8; 32]) -> [u8; 33] {
 
 /// The entries of the bucket under `key`: (id, pointer), ascending.
 fn entries(key: &[u8], value: &[u8]) -> Option<Vec<([u8; 32], Pointer)>> {
-    let (&[tag, hi, lo], true) = (
-        <&[u8; 3]>::try_from(key).ok()?,
+    let (&[tag, hi, lo, top], true) = (
+        <&[u8; 4]>::try_from(key).ok()?,
         value.len().is_multiple_of(ENTRY),
     ) else {
         return None;
     };
-    if tag != GROUP_TAG {
+    if tag != GROUP_TAG || value.chunks_exact(ENTRY).any(|e| e[0] & 0xc0 != top) {
         return None;
     }
     value
@@ -103,15 +104,16 @@ impl Store {
         self.grouped.load(Ordering::Acquire)
     }
 
-    fn bad_bucket(&self, bucket: usize) -> StoreError {
-        self.damaged(format!("record pointer bucket {bucket:04x} is malformed"))
+    fn bad_group(&self, key: &[u8]) -> StoreError {
+        self.damaged(format!("record pointer group {} is malformed", hex(key)))
     }
 
-    /// `bucket`'s stored value, checked to be whole entries.
-    fn bucket_value(&self, bucket: usize) -> Result<Option<sled::IVec>, StoreError> {
-        let value = self.data.get(group_key(bucket)).map_err(|e| self.io(e))?;
+    /// The stored value of the group `id` belongs to, checked to be whole entries.
+    fn group_value(&self, id: &[u8; 32]) -> Result<Option<sled::IVec>, StoreError> {
+        let key = group_key(id);
+        let value = self.data.get(key).map_err(|e| self.io(e))?;
         match value {
-            Some(v) if !v.len().is_multiple_of(ENTRY) => Err(self.bad_bucket(bucket)),
+            Some(v) if !v.len().is_multiple_of(ENTRY) => Err(self.bad_group(&key)),
             other => Ok(other),
         }
     }
@@ -126,7 +128,7 @@ impl Store {
                 }),
             };
         }
-        let Some(value) = self.bucket_value(bucket_of(&id.0))? else {
+        let Some(value) = self.group_value(&id.0)? else {
             return Ok(None);
         };
         Ok(position(&value, &id.0)
@@ -143,7 +145,7 @@ impl Store {
                 .map_err(|e| self.io(e));
         }
         Ok(self
-            .bucket_value(bucket_of(&id.0))?
+            .group_value(&id.0)?
             .is_some_and(|value| position(&value, &id.0).is_ok()))
     }
 
@@ -164,10 +166,9 @@ impl Store {
             .map_err(|e| self.io(e))?;
             return Ok(old.and_then(|v| v.as_ref().try_into().ok()));
         }
-        let bucket = bucket_of(&id.0);
-        let key = group_key(bucket);
+        let key = group_key(&id.0);
         loop {
-            let current = self.bucket_value(bucket)?;
+            let current = self.group_value(&id.0)?;
             let value: &[u8] = current.as_deref().unwrap_or_default();
             let (old, updated) = match (position(value, &id.0), pointer) {
                 (Ok(at), Some(p)) => {
@@ -220,12 +221,13 @@ impl Store {
                 })
                 .collect();
         }
-        match self.bucket_value(bucket)? {
-            None => Ok(Vec::new()),
-            Some(value) => {
-                entries(&group_key(bucket), &value).ok_or_else(|| self.bad_bucket(bucket))
-            }
+        let [hi, lo] = (bucket as u16).to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.data.scan_prefix([GROUP_TAG, hi, lo]) {
+            let (key, value) = kv.map_err(|e| self.io(e))?;
+            out.extend(entries(&key, &value).ok_or_else(|| self.bad_group(&key))?);
         }
+        Ok(out)
     }
 
     /// Every pointer from the start of `bucket` on, ascending by id; an error ends it.
@@ -253,10 +255,7 @@ impl Store {
                     Err(e) => vec![Err(self.io(e))],
                     Ok((key, value)) => match entries(&key, &value) {
                         Some(entries) => entries.into_iter().map(Ok).collect(),
-                        None => vec![Err(self.damaged(format!(
-                            "record pointer bucket {} is malformed",
-                            hex(&key)
-                        )))],
+                        None => vec![Err(self.bad_group(&key))],
                     },
                 };
                 group
@@ -275,8 +274,8 @@ impl Store {
         Ok(false)
     }
 
-    /// Format 5 → 6: moves every `r` entry into its bucket, a batch at a time: the batch's
-    /// buckets are written (merged with what they hold) before its `r` entries are removed, so
+    /// Format 5 → 6: moves every `r` entry into its group, a batch at a time: the batch's
+    /// groups are written (merged with what they hold) before its `r` entries are removed, so
     /// a move cut short by a crash simply goes on at the next open.
     pub(super) fn group_pointers(&self) -> Result<(), StoreError> {
         const BATCH: usize = 10_000;
@@ -293,8 +292,8 @@ impl Store {
             if batch.is_empty() {
                 break;
             }
-            let mut by_bucket: std::collections::BTreeMap<
-                usize,
+            let mut by_group: std::collections::BTreeMap<
+                [u8; 4],
                 std::collections::BTreeMap<[u8; 32], Pointer>,
             > = std::collections::BTreeMap::new();
             for (key, value) in &batch {
@@ -302,17 +301,15 @@ impl Store {
                 let pointer: Pointer = value.as_ref().try_into().map_err(|_| {
                     self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
                 })?;
-                by_bucket
-                    .entry(bucket_of(&id.0))
+                by_group
+                    .entry(group_key(&id.0))
                     .or_default()
                     .insert(id.0, pointer);
             }
-            for (bucket, mut moving) in by_bucket {
-                let current = self.bucket_value(bucket)?;
+            for (key, mut moving) in by_group {
+                let current = self.data.get(key).map_err(|e| self.io(e))?;
                 let held = match &current {
-                    Some(value) => {
-                        entries(&group_key(bucket), value).ok_or_else(|| self.bad_bucket(bucket))?
-                    }
+                    Some(value) => entries(&key, value).ok_or_else(|| self.bad_group(&key))?,
                     None => Vec::new(),
                 };
                 for (id, pointer) in held {
@@ -324,9 +321,7 @@ impl Store {
                     value.extend_from_slice(&id[2..]);
                     value.extend_from_slice(pointer);
                 }
-                self.data
-                    .insert(group_key(bucket), value)
-                    .map_err(|e| self.io(e))?;
+                self.data.insert(key, value).map_err(|e| self.io(e))?;
             }
             for (key, _) in &batch {
                 self.data.remove(key).map_err(|e| self.io(e))?;
@@ -341,7 +336,7 @@ impl Store {
             dir = %self.dir.display(),
             moved,
             ms = started.elapsed().as_millis() as u64,
-            "store upgraded to format 6 (record pointers grouped per id bucket)"
+            "store upgraded to format 6 (record pointers grouped by id)"
         );
         Ok(())
     }

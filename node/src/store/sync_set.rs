@@ -10,8 +10,8 @@
 //! the first two id bytes (65,536 buckets; ids are hashes, so about 15 per bucket at a million
 //! records), as two Fenwick trees: prefix counts and prefix sums over buckets in 16 steps, and
 //! the bucket holding a position in 16 steps. Whatever lies inside one bucket is read from
-//! sled: since store format 6 the bucket's ids are one sled entry (see
-//! [`pointers`](super::pointers)), whose buckets are these. A range's count and sum thus cost
+//! sled: since store format 6 the bucket's ids are at most four sled entries (see
+//! [`pointers`](super::pointers)), read by one prefix scan. A range's count and sum thus cost
 //! two tree walks and at most two bucket reads, and the id at a position one walk and one read.
 //! The table is 2.5 MiB whatever the number of records, built by one scan when the store
 //! opens and kept by [`Store::apply`](super::Store::apply), the only writer of record keys
