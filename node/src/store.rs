@@ -1503,6 +1503,29 @@ impl Store {
         Ok((out, None))
     }
 
+    /// Every region that owns an item here, members or not (the node's own region keeps its
+    /// items after leaving): one lookup per region, as item keys start with the region.
+    pub fn item_regions(&self) -> Result<Vec<RegionId>, StoreError> {
+        let mut regions = Vec::new();
+        let mut from = vec![b'i'];
+        while let Some(kv) = self.data.range(from..).next() {
+            let (key, _) = kv.map_err(|e| self.io(e))?;
+            let Some(region) = key
+                .get(..33)
+                .filter(|k| k[0] == b'i')
+                .and_then(|k| <[u8; 32]>::try_from(&k[1..]).ok())
+            else {
+                break;
+            };
+            regions.push(PublicKey(region));
+            // Kinds are below 0xff, so this lies past every key of this region.
+            let mut next = key[..33].to_vec();
+            next.push(0xff);
+            from = next;
+        }
+        Ok(regions)
+    }
+
     /// The owning region of every withdrawn item of `kind`, from the index of withdrawn items
     /// (no item entry is read).
     pub fn withdrawn_regions(
@@ -2627,6 +2650,38 @@ mod tests {
         }
         let store = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
         assert_grouped_holding(&store, &held)?;
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn every_region_owning_items_is_found_once() -> Result<(), StoreError> {
+        let dir = temp_dir("item-regions");
+        let store = Store::open(&dir, CACHE_BYTES_DEFAULT, true)?;
+        assert!(store.item_regions()?.is_empty());
+        let mut writes = WriteSet::default();
+        // Regions 0x00…, 0x07… and 0xff… with several items of several kinds each.
+        for (n, region) in [[0u8; 32], [7; 32], [0xff; 32]].into_iter().enumerate() {
+            for (i, kind) in [Kind::Cooperation, Kind::Knowledge, Kind::Outcome]
+                .into_iter()
+                .enumerate()
+            {
+                let mut entry = item_won_by(id_of(&[n as u8, i as u8]), &format!("k{i}"), 1);
+                entry.region = PublicKey(region);
+                entry.kind = kind;
+                writes.set_item(&entry, None);
+            }
+        }
+        store.apply(writes)?;
+        assert_eq!(
+            store.item_regions()?,
+            vec![
+                PublicKey([0; 32]),
+                PublicKey([7; 32]),
+                PublicKey([0xff; 32])
+            ]
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -232,7 +232,10 @@ impl Store {
 
     /// Every pointer from the start of `bucket` on, ascending by id; an error ends it.
     pub(super) fn pointers_from(&self, bucket: usize) -> PointerIter<'_> {
-        let [hi, lo] = (bucket.min(BUCKETS - 1) as u16).to_be_bytes();
+        if bucket >= BUCKETS {
+            return Box::new(std::iter::empty());
+        }
+        let [hi, lo] = (bucket as u16).to_be_bytes();
         if !self.grouped() {
             let entries = self
                 .data
