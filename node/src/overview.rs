@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::ingest::Ingest;
 use crate::matches::{MatchError, candidate, load_record};
-use crate::search::{Query, Status, cooperation_kind_name, is_searchable};
+use crate::search::{Query, SEARCHABLE_KINDS, Status, cooperation_kind_name};
 
 /// Most live offers and requests the potential compares pairwise. The work grows with the
 /// square: about 10 s for 10,000 on a busy two-core machine (`kim bench search`).
@@ -116,27 +116,20 @@ fn member_names(ingest: &Ingest) -> BTreeMap<RegionId, String> {
 /// withdrawn, expired ones too), withdrawn ones from the store's index of withdrawn items,
 /// co-operation kinds and NACE sections with one count query per region and value. Like
 /// search, the counts include what staff published before the call (the handler waits for
-/// it) and records from the network once indexed. No item
-/// entry is read: at a million items, reading them all took 5.5 s and pulled all of sled's
-/// item pages through its cache, which left the node 10-25 MiB larger.
+/// it) and records from the network once indexed. No item entry is read: at a million items,
+/// reading them all took 5.5 s and pulled all of sled's item pages through its cache, which
+/// left the node 10-25 MiB larger.
 pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
     let store = ingest.store();
     let index = ingest.search().ok_or(MatchError::NoIndex)?;
     let names = member_names(ingest);
     let mut per_region: BTreeMap<RegionId, Counts> = BTreeMap::new();
     let mut totals = Counts::default();
-    let searchable = [
-        Kind::Cooperation,
-        Kind::Knowledge,
-        Kind::Organisation,
-        Kind::Project,
-    ];
-    debug_assert!(searchable.iter().all(|k| is_searchable(*k)));
     // Every owner of items, not only members: the node's own region keeps its items after it
     // left, and a removed region's stay until the purge that follows its removal.
     for region in &store.item_regions()? {
         let mut counts = Counts::default();
-        for kind in searchable {
+        for kind in SEARCHABLE_KINDS {
             for status in [Status::Live, Status::Expired] {
                 let q = Query {
                     regions: vec![*region],
@@ -145,20 +138,12 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
                     now_ms,
                     ..Query::default()
                 };
-                let n = index.count(&q)? as u64;
-                if n == 0 {
-                    continue;
-                }
-                let name = if status == Status::Live {
-                    "live"
+                let n = index.count(&q)?;
+                if status == Status::Live {
+                    add(&mut counts, &mut totals, Field::Status, "live", n);
+                    add(&mut counts, &mut totals, Field::Kind, kind.as_str(), n);
                 } else {
-                    "expired"
-                };
-                for c in [&mut counts, &mut totals] {
-                    *c.by_status.entry(name.to_string()).or_default() += n;
-                    if status == Status::Live {
-                        *c.by_kind.entry(kind.as_str().to_string()).or_default() += n;
-                    }
+                    add(&mut counts, &mut totals, Field::Status, "expired", n);
                 }
             }
         }
@@ -166,14 +151,10 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
             per_region.insert(*region, counts);
         }
     }
-    for kind in searchable {
+    for kind in SEARCHABLE_KINDS {
         for region in store.withdrawn_regions(kind) {
-            let region = region?;
-            bump(
-                &mut per_region.entry(region).or_default().by_status,
-                "withdrawn",
-            );
-            bump(&mut totals.by_status, "withdrawn");
+            let counts = per_region.entry(region?).or_default();
+            add(counts, &mut totals, Field::Status, "withdrawn", 1);
         }
     }
     let sections: Vec<&str> = codes::nace_all()
@@ -250,6 +231,8 @@ pub fn overview(ingest: &Ingest, now_ms: u64) -> Result<Overview, MatchError> {
 
 #[derive(Clone, Copy)]
 enum Field {
+    Status,
+    Kind,
     CooperationKind,
     NaceSection,
 }
@@ -261,6 +244,8 @@ fn add(counts: &mut Counts, totals: &mut Counts, field: Field, key: &str, n: usi
     }
     for c in [counts, totals] {
         let map = match field {
+            Field::Status => &mut c.by_status,
+            Field::Kind => &mut c.by_kind,
             Field::CooperationKind => &mut c.by_cooperation_kind,
             Field::NaceSection => &mut c.by_nace_section,
         };

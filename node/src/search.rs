@@ -467,11 +467,16 @@ impl<'a> HitReader<'a> {
 }
 
 /// Whether items of this kind are searchable.
+/// The kinds the index holds.
+pub const SEARCHABLE_KINDS: [Kind; 4] = [
+    Kind::Cooperation,
+    Kind::Knowledge,
+    Kind::Organisation,
+    Kind::Project,
+];
+
 pub fn is_searchable(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Cooperation | Kind::Knowledge | Kind::Organisation | Kind::Project
-    )
+    SEARCHABLE_KINDS.contains(&kind)
 }
 
 pub fn cooperation_kind_name(kind: CooperationKind) -> &'static str {

@@ -767,11 +767,7 @@ impl Store {
             .map(|(_, id)| id.0)
             .collect();
         for (tag, id) in lost {
-            if *tag == b'r' {
-                self.set_pointer(id, None)?;
-            } else {
-                self.data.remove(prefixed(*tag, id)).map_err(io)?;
-            }
+            self.set_pointer(*tag, id, None)?;
             if *tag == b'r' {
                 digest.remove(id);
                 self.data.remove(prefixed(b'm', id)).map_err(io)?;
@@ -1010,28 +1006,14 @@ impl Store {
 
     /// The bytes of the record stored under `tag` (`r` or `n`).
     fn load(&self, tag: u8, id: &RecordId) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = prefixed(tag, id);
-        let read = || -> Result<Option<Vec<u8>>, StoreError> {
-            if tag == b'r' {
-                Ok(self.pointer(id)?.map(|p| p.to_vec()))
-            } else {
-                Ok(self
-                    .data
-                    .get(key)
-                    .map_err(|e| self.io(e))?
-                    .map(|v| v.to_vec()))
-            }
-        };
-        let mut value = read()?;
+        let mut value = self.pointer(tag, id)?;
         // A frame erased between reading its pointer and reading the frame means the record
         // was just removed: look once more.
         for _ in 0..2 {
             let Some(current) = value else {
                 return Ok(None);
             };
-            let pointer = log::Pointer::decode(&current).ok_or_else(|| {
-                self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
-            })?;
+            let pointer = log::Pointer::decode(&current).ok_or_else(|| self.no_pointer(id))?;
             match self
                 .log
                 .read(pointer, &id.0)
@@ -1039,8 +1021,8 @@ impl Store {
             {
                 log::Read::Bytes(bytes) => return Ok(Some(bytes)),
                 log::Read::Gone => {
-                    let again = read()?;
-                    if again.as_ref() == Some(&current) {
+                    let again = self.pointer(tag, id)?;
+                    if again == Some(current) {
                         return Err(self.damaged(format!(
                             "the record log does not hold record {} where the store points",
                             id.to_hex()
@@ -1087,16 +1069,14 @@ impl Store {
             if value.is_some() {
                 continue;
             }
-            let current = match (key.first(), record_id_in(key)) {
-                (Some(b'r'), Some(id)) => self.pointer(&RecordId(id))?.map(|p| p.to_vec()),
-                (Some(b'n'), _) => self
-                    .data
-                    .get(key)
-                    .map_err(|e| self.io(e))?
-                    .map(|v| v.to_vec()),
+            let current = match key.as_slice() {
+                [tag @ (b'r' | b'n'), id @ ..] => match <[u8; 32]>::try_from(id) {
+                    Ok(id) => self.pointer(*tag, &RecordId(id))?,
+                    Err(_) => None,
+                },
                 _ => None,
             };
-            if let Some(pointer) = current.as_deref().and_then(log::Pointer::decode) {
+            if let Some(pointer) = current.as_ref().and_then(|p| log::Pointer::decode(p)) {
                 journal.erase.push(pointer.encode());
             }
         }
@@ -1127,17 +1107,9 @@ impl Store {
                     .map_err(sled)?;
             }
             for (((tag, id), _), pointer) in records.iter().zip(&pointers) {
-                if *tag == b'r' {
-                    if self
-                        .set_pointer(&RecordId(*id), Some(&pointer.encode()))?
-                        .is_none()
-                    {
-                        buckets.add(id);
-                    }
-                } else {
-                    self.data
-                        .insert(prefixed(*tag, &RecordId(*id)), &pointer.encode()[..])
-                        .map_err(sled)?;
+                let old = self.set_pointer(*tag, &RecordId(*id), Some(&pointer.encode()))?;
+                if *tag == b'r' && old.is_none() {
+                    buckets.add(id);
                 }
             }
             self.write_changes(&journal.changes, Some(&mut buckets))?;
@@ -1212,38 +1184,35 @@ impl Store {
         mut buckets: Option<&mut sync_set::Buckets>,
     ) -> Result<(), StoreError> {
         let sled = |e| self.io(e);
-        for (key, value) in changes {
-            let Some(value) = value else { continue };
-            let added = match record_id_in(key) {
-                Some(id) => {
-                    let pointer: pointers::Pointer = value[..].try_into().map_err(|_| {
+        // Insertions first, then removals.
+        for removing in [false, true] {
+            for (key, value) in changes {
+                if value.is_none() != removing {
+                    continue;
+                }
+                let Some(id) = record_id_in(key) else {
+                    match value {
+                        Some(value) => self.data.insert(&key[..], &value[..]).map(drop),
+                        None => self.data.remove(&key[..]).map(drop),
+                    }
+                    .map_err(sled)?;
+                    continue;
+                };
+                let pointer: Option<pointers::Pointer> = value
+                    .as_deref()
+                    .map(|v| v.try_into())
+                    .transpose()
+                    .map_err(|_| {
                         self.damaged("a record pointer in a write set is malformed".into())
                     })?;
-                    self.set_pointer(&RecordId(id), Some(&pointer))?.is_none()
+                let old = self.set_pointer(b'r', &RecordId(id), pointer.as_ref())?;
+                if let Some(table) = buckets.as_deref_mut() {
+                    match (removing, old) {
+                        (false, None) => table.add(&id),
+                        (true, Some(_)) => table.remove(&id),
+                        _ => {}
+                    }
                 }
-                None => {
-                    self.data.insert(&key[..], &value[..]).map_err(sled)?;
-                    false
-                }
-            };
-            if added && let (Some(table), Some(id)) = (buckets.as_deref_mut(), record_id_in(key)) {
-                table.add(&id);
-            }
-        }
-        for (key, value) in changes {
-            if value.is_some() {
-                continue;
-            }
-            let removed = match record_id_in(key) {
-                Some(id) => self.set_pointer(&RecordId(id), None)?.is_some(),
-                None => {
-                    self.data.remove(&key[..]).map_err(sled)?;
-                    false
-                }
-            };
-            if removed && let (Some(table), Some(id)) = (buckets.as_deref_mut(), record_id_in(key))
-            {
-                table.remove(&id);
             }
         }
         Ok(())
@@ -1309,15 +1278,7 @@ impl Store {
         } else {
             // The new records' bytes are in the log, unreferenced once their pointers go.
             for (tag, id) in &journal.records {
-                let removed = if *tag == b'r' {
-                    self.set_pointer(&RecordId(*id), None)?.map(|p| p.to_vec())
-                } else {
-                    self.data
-                        .remove(prefixed(*tag, &RecordId(*id)))
-                        .map_err(|e| self.io(e))?
-                        .map(|v| v.to_vec())
-                };
-                if let Some(value) = removed
+                if let Some(value) = self.set_pointer(*tag, &RecordId(*id), None)?
                     && let Some(pointer) = log::Pointer::decode(&value)
                 {
                     self.data
@@ -1378,23 +1339,15 @@ impl Store {
 
     /// Whether the record is held (in the sync set or as a direct record).
     pub fn has_record(&self, id: &RecordId) -> Result<bool, StoreError> {
-        Ok(self.holds_pointer(id)?
-            || self
-                .data
-                .contains_key(prefixed(b'n', id))
-                .map_err(|e| self.io(e))?)
+        Ok(self.holds(id, true)? || self.holds(id, false)?)
     }
 
     /// Whether the record is held, with one read: a record's kind says where it would be
     /// (`replicated` records in the sync set, expressions of interest among direct records), and
     /// an id names one record, so one kind.
     pub fn holds(&self, id: &RecordId, replicated: bool) -> Result<bool, StoreError> {
-        if replicated {
-            return self.holds_pointer(id);
-        }
-        self.data
-            .contains_key(prefixed(b'n', id))
-            .map_err(|e| self.io(e))
+        let tag = if replicated { b'r' } else { b'n' };
+        Ok(self.pointer(tag, id)?.is_some())
     }
 
     /// A directly delivered record's bytes.
@@ -1543,40 +1496,26 @@ impl Store {
     }
 
     /// Every item of a kind, in key order (region, then item key): sled's item tree is keyed
-    /// region first, so this scans each region's part for the kind and skips the rest.
+    /// region first, so this finds the regions ([`Store::item_regions`]) and scans each one's
+    /// part for the kind.
     pub fn kind_entries(
         &self,
         kind: Kind,
     ) -> impl Iterator<Item = Result<ItemEntry, StoreError>> + '_ {
-        let mut from: Option<Vec<u8>> = Some(vec![b'i']);
-        let mut current: Option<sled::Iter> = None;
-        std::iter::from_fn(move || {
-            loop {
-                if let Some(iter) = &mut current {
-                    match iter.next() {
-                        Some(Ok((k, v))) => return Some(self.item_entry(&k, &v)),
-                        Some(Err(e)) => return Some(Err(self.io(e))),
-                        None => current = None,
-                    }
-                }
-                let start = from.take()?;
-                let key = match self.data.range(start..).next()? {
-                    Ok((key, _)) => key,
-                    Err(e) => return Some(Err(self.io(e))),
-                };
-                let region = match key.get(..33) {
-                    Some(r) if r[0] == b'i' => r.to_vec(),
-                    _ => return None,
-                };
-                let mut prefix = region.clone();
-                prefix.push(kind as u8);
-                current = Some(self.data.scan_prefix(prefix));
-                // Kinds are below 0xff, so this lies past every key of this region.
-                let mut next = region;
-                next.push(0xff);
-                from = Some(next);
-            }
-        })
+        let (regions, failed) = match self.item_regions() {
+            Ok(regions) => (regions, None),
+            Err(e) => (Vec::new(), Some(Err(e))),
+        };
+        failed
+            .into_iter()
+            .chain(regions.into_iter().flat_map(move |region| {
+                self.data
+                    .scan_prefix(item_key(&region, kind, ""))
+                    .map(move |kv| {
+                        let (k, v) = kv.map_err(|e| self.io(e))?;
+                        self.item_entry(&k, &v)
+                    })
+            }))
     }
 
     /// Items of one region, newest first, below `before`. The item tree is keyed region
@@ -1590,11 +1529,8 @@ impl Store {
         limit: usize,
         mut accept: impl FnMut(&ItemEntry) -> bool,
     ) -> Result<(Vec<ItemEntry>, Option<Position>), StoreError> {
-        let mut prefix = vec![b'i'];
-        prefix.extend_from_slice(&region.0);
-        prefix.push(kind as u8);
         let mut entries: Vec<(Position, ItemEntry)> = Vec::new();
-        for kv in self.data.scan_prefix(&prefix) {
+        for kv in self.data.scan_prefix(item_key(region, kind, "")) {
             let (key, value) = kv.map_err(|e| self.io(e))?;
             let item = self.item_entry(&key, &value)?;
             let position = Position::of(&item);
@@ -2011,20 +1947,11 @@ mod tests {
                 .is_ok()
         );
         for (((tag, id), _), pointer) in new_records.iter().zip(pointers).take(records) {
-            if *tag == b'r' {
-                assert!(
-                    store
-                        .set_pointer(&RecordId(*id), Some(&pointer.encode()))
-                        .is_ok()
-                );
-            } else {
-                assert!(
-                    store
-                        .data
-                        .insert(prefixed(*tag, &RecordId(*id)), &pointer.encode()[..])
-                        .is_ok()
-                );
-            }
+            assert!(
+                store
+                    .set_pointer(*tag, &RecordId(*id), Some(&pointer.encode()))
+                    .is_ok()
+            );
         }
         for change in journal.changes.iter().take(changes) {
             assert!(

@@ -20,19 +20,22 @@
 use std::sync::atomic::Ordering;
 
 use kim_protocol::RecordId;
+use kim_protocol::bytes::to_hex;
 
 use super::log::POINTER_LEN;
-use super::{Store, StoreError};
+use super::{Store, StoreError, prefixed};
 
-/// Key prefix of a grouped bucket of pointers.
+/// Key prefix of a group of pointers.
 pub(super) const GROUP_TAG: u8 = b'R';
-/// Key prefix of one record's pointer in stores of format 5 and older.
+/// Key prefix of one record's pointer in stores of format 5 and older, and of the logical key
+/// that write sets and journals name sync-set records by.
 pub(super) const SINGLE_TAG: u8 = b'r';
-/// The part of an id a bucket's key does not say.
+/// The part of an id its group's key does not say in whole bytes (the group key keeps the
+/// top two bits of the third byte, so the tail repeats them).
 const TAIL: usize = 30;
-/// One entry of a bucket: id tail and pointer.
+/// One entry of a group: id tail and pointer.
 const ENTRY: usize = TAIL + POINTER_LEN;
-/// Buckets: the id's first two bytes.
+/// Buckets of the sync set's table: the id's first two bytes, four groups each.
 pub(super) const BUCKETS: usize = 1 << 16;
 
 /// A record pointer as stored.
@@ -52,14 +55,7 @@ fn group_key(id: &[u8; 32]) -> [u8; 4] {
     [GROUP_TAG, id[0], id[1], id[2] & 0xc0]
 }
 
-fn single_key(id: &[u8; 32]) -> [u8; 33] {
-    let mut key = [0u8; 33];
-    key[0] = SINGLE_TAG;
-    key[1..].copy_from_slice(id);
-    key
-}
-
-/// The entries of the bucket under `key`: (id, pointer), ascending.
+/// The entries of the group under `key`: (id, pointer), ascending.
 fn entries(key: &[u8], value: &[u8]) -> Option<Vec<([u8; 32], Pointer)>> {
     let (&[tag, hi, lo, top], true) = (
         <&[u8; 4]>::try_from(key).ok()?,
@@ -82,7 +78,7 @@ fn entries(key: &[u8], value: &[u8]) -> Option<Vec<([u8; 32], Pointer)>> {
         .collect()
 }
 
-/// Where `id`'s entry is (`Ok`) or would go (`Err`) in a well-formed bucket value.
+/// Where `id`'s entry is (`Ok`) or would go (`Err`) in a well-formed group value.
 fn position(value: &[u8], id: &[u8; 32]) -> Result<usize, usize> {
     let tail = &id[2..];
     let count = value.len() / ENTRY;
@@ -105,7 +101,16 @@ impl Store {
     }
 
     fn bad_group(&self, key: &[u8]) -> StoreError {
-        self.damaged(format!("record pointer group {} is malformed", hex(key)))
+        self.damaged(format!("record pointer group {} is malformed", to_hex(key)))
+    }
+
+    pub(super) fn no_pointer(&self, id: &RecordId) -> StoreError {
+        self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
+    }
+
+    /// Whether `tag`'s pointers are one sled entry per record (`n`, and `r` before format 6).
+    fn single(&self, tag: u8) -> bool {
+        tag != SINGLE_TAG || !self.grouped()
     }
 
     /// The stored value of the group `id` belongs to, checked to be whole entries.
@@ -118,14 +123,17 @@ impl Store {
         }
     }
 
-    /// `id`'s pointer, if it is in the sync set.
-    pub(super) fn pointer(&self, id: &RecordId) -> Result<Option<Pointer>, StoreError> {
-        if !self.grouped() {
-            return match self.data.get(single_key(&id.0)).map_err(|e| self.io(e))? {
+    /// The pointer of the record stored under `tag` (`r`: the sync set, `n`: directly
+    /// delivered records), if it is held.
+    pub(super) fn pointer(&self, tag: u8, id: &RecordId) -> Result<Option<Pointer>, StoreError> {
+        if self.single(tag) {
+            return match self.data.get(prefixed(tag, id)).map_err(|e| self.io(e))? {
                 None => Ok(None),
-                Some(v) => v.as_ref().try_into().map(Some).map_err(|_| {
-                    self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
-                }),
+                Some(v) => v
+                    .as_ref()
+                    .try_into()
+                    .map(Some)
+                    .map_err(|_| self.no_pointer(id)),
             };
         }
         let Some(value) = self.group_value(&id.0)? else {
@@ -136,29 +144,17 @@ impl Store {
             .and_then(|at| value[at + TAIL..at + ENTRY].try_into().ok()))
     }
 
-    /// Whether `id` is in the sync set.
-    pub(super) fn holds_pointer(&self, id: &RecordId) -> Result<bool, StoreError> {
-        if !self.grouped() {
-            return self
-                .data
-                .contains_key(single_key(&id.0))
-                .map_err(|e| self.io(e));
-        }
-        Ok(self
-            .group_value(&id.0)?
-            .is_some_and(|value| position(&value, &id.0).is_ok()))
-    }
-
-    /// Sets `id`'s pointer (`Some`) or removes it (`None`); returns the one it replaced.
-    /// Writers hold the store's apply lock, but the bucket is swapped in atomically anyway,
-    /// so a concurrent writer could never lose an entry.
+    /// Sets the pointer of the record stored under `tag` (`Some`) or removes it (`None`);
+    /// returns the one it replaced. Writers hold the store's apply lock, but a group is
+    /// swapped in atomically anyway, so a concurrent writer could never lose an entry.
     pub(super) fn set_pointer(
         &self,
+        tag: u8,
         id: &RecordId,
         pointer: Option<&Pointer>,
     ) -> Result<Option<Pointer>, StoreError> {
-        if !self.grouped() {
-            let key = single_key(&id.0);
+        if self.single(tag) {
+            let key = prefixed(tag, id);
             let old = match pointer {
                 Some(p) => self.data.insert(key, &p[..]),
                 None => self.data.remove(key),
@@ -206,21 +202,12 @@ impl Store {
         }
     }
 
-    /// The pointers of `bucket`, ascending by id.
+    /// The sync set's pointers of `bucket`, ascending by id. Like [`Store::pointers_from`],
+    /// only for a grouped store: nothing reads the set in order before open has grouped it.
     pub(super) fn bucket_pointers(
         &self,
         bucket: usize,
     ) -> Result<Vec<([u8; 32], Pointer)>, StoreError> {
-        if !self.grouped() {
-            return self
-                .pointers_from(bucket)
-                .take_while(|entry| {
-                    entry
-                        .as_ref()
-                        .map_or(true, |(id, _)| bucket_of(id) == bucket)
-                })
-                .collect();
-        }
         let [hi, lo] = (bucket as u16).to_be_bytes();
         let mut out = Vec::new();
         for kv in self.data.scan_prefix([GROUP_TAG, hi, lo]) {
@@ -230,26 +217,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Every pointer from the start of `bucket` on, ascending by id; an error ends it.
+    /// The sync set's pointers from the start of `bucket` on, ascending by id; an error ends
+    /// it. Only for a grouped store (open groups a store before anything reads it in order).
     pub(super) fn pointers_from(&self, bucket: usize) -> PointerIter<'_> {
         if bucket >= BUCKETS {
             return Box::new(std::iter::empty());
         }
         let [hi, lo] = (bucket as u16).to_be_bytes();
-        if !self.grouped() {
-            let entries = self
-                .data
-                .range([SINGLE_TAG, hi, lo].to_vec()..vec![SINGLE_TAG + 1])
-                .map(move |kv| {
-                    let (key, value) = kv.map_err(|e| self.io(e))?;
-                    let id = self.id_in_key(&key)?;
-                    let pointer = value.as_ref().try_into().map_err(|_| {
-                        self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
-                    })?;
-                    Ok((id.0, pointer))
-                });
-            return Box::new(entries);
-        }
         let groups = self
             .data
             .range([GROUP_TAG, hi, lo].to_vec()..vec![GROUP_TAG + 1])
@@ -301,9 +275,10 @@ impl Store {
             > = std::collections::BTreeMap::new();
             for (key, value) in &batch {
                 let id = self.id_in_key(key)?;
-                let pointer: Pointer = value.as_ref().try_into().map_err(|_| {
-                    self.damaged(format!("record {} has no record-log pointer", id.to_hex()))
-                })?;
+                let pointer: Pointer = value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| self.no_pointer(&id))?;
                 by_group
                     .entry(group_key(&id.0))
                     .or_default()
@@ -343,8 +318,4 @@ impl Store {
         );
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

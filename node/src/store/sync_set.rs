@@ -28,6 +28,7 @@ use std::sync::RwLockReadGuard;
 
 use kim_protocol::reconcile::{Id, IdSet, IdSum};
 
+use super::pointers::bucket_of;
 use super::{Store, StoreError};
 
 /// Buckets of the id space: ids by their first two bytes, as the store groups its pointers.
@@ -35,11 +36,6 @@ const BUCKETS: usize = super::pointers::BUCKETS;
 
 /// The first bytes of the file [`Buckets::to_file_bytes`] writes.
 const FILE_MAGIC: &[u8] = b"kim sync-set buckets 1\n";
-
-/// The bucket an id falls in.
-fn bucket_of(id: &Id) -> usize {
-    super::pointers::bucket_of(id)
-}
 
 /// Count and sum of the sync set's ids per bucket, as Fenwick trees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,7 +350,7 @@ impl IdSet for SyncSet<'_> {
     }
 
     fn contains(&self, id: &Id) -> bool {
-        match self.store.holds_pointer(&kim_protocol::RecordId(*id)) {
+        match self.store.holds(&kim_protocol::RecordId(*id), true) {
             Ok(held) => held,
             Err(e) => {
                 self.fail(e);
