@@ -80,9 +80,19 @@ pub enum Origin {
     Network,
 }
 
+/// Which documents of a batch are the first winner the store held for their item, and the
+/// index's rebuild mark taken before the store write ([`SearchIndex::insert_first`]).
+#[derive(Debug, Clone, Default)]
+pub struct Firsts {
+    pub mark: u64,
+    /// Per document, in order; missing entries count as false.
+    pub first: Vec<bool>,
+}
+
 enum Job {
     Update {
         docs: Vec<(RegionId, Record)>,
+        firsts: Option<Firsts>,
         items: Vec<Slot>,
         generation: String,
         /// For staff changes, their place in the order handed over ([`Handover`]).
@@ -256,6 +266,7 @@ impl Indexer {
         &self,
         room: Room,
         docs: Vec<(RegionId, Record)>,
+        firsts: Option<Firsts>,
         items: Vec<Slot>,
         generation: String,
         origin: Origin,
@@ -267,6 +278,7 @@ impl Indexer {
         let sent = match origin {
             Origin::Network => jobs.send(Job::Update {
                 docs,
+                firsts,
                 items,
                 generation,
                 local: None,
@@ -280,6 +292,7 @@ impl Indexer {
                 let seq = *last + 1;
                 let sent = jobs.send(Job::Update {
                     docs,
+                    firsts,
                     items,
                     generation,
                     local: Some(seq),
@@ -338,10 +351,18 @@ fn commit(index: &SearchIndex) -> bool {
 }
 
 /// Indexes the documents; false if that failed (and the uncommitted changes were rolled back).
-fn apply(index: &SearchIndex, docs: &[(RegionId, Record)], generation: &str) -> bool {
+fn apply(
+    index: &SearchIndex,
+    docs: &[(RegionId, Record)],
+    firsts: Option<&Firsts>,
+    generation: &str,
+) -> bool {
     let result = (|| -> Result<(), SearchError> {
-        for (region, record) in docs {
-            index.upsert(record, *region)?;
+        for (i, (region, record)) in docs.iter().enumerate() {
+            match firsts.filter(|f| f.first.get(i) == Some(&true)) {
+                Some(f) => index.insert_first(record, *region, f.mark)?,
+                None => index.upsert(record, *region)?,
+            };
         }
         index.set_generation(generation);
         Ok(())
@@ -473,13 +494,14 @@ impl Pending {
         match job {
             Job::Update {
                 docs,
+                firsts,
                 items,
                 generation,
                 local,
                 _queued,
             } => {
                 // Its places in the queue are given back when `_queued` drops, at the end.
-                self.lost |= !apply(index, &docs, &generation);
+                self.lost |= !apply(index, &docs, firsts.as_ref(), &generation);
                 self.mark_if_lost(index);
                 self.fresh.extend(items);
                 self.dirty = true;
@@ -688,6 +710,7 @@ mod tests {
         indexer.submit(
             room,
             vec![(*region, record.clone())],
+            None,
             vec![slot(region, record)],
             "g".into(),
             origin,

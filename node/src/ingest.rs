@@ -689,26 +689,36 @@ impl Ingest {
     /// where a reader waits for its own writes).
     /// A failure there never loses data: the indexer rebuilds the index from the store (and a
     /// start would, because its generation no longer matches).
+    #[allow(clippy::too_many_arguments)]
     fn update_index(
         &self,
         indexer: &crate::indexer::Indexer,
         room: crate::indexer::Room,
         checked: Vec<(usize, Record)>,
         changed: &[(kim_protocol::RegionId, usize)],
+        firsts: Option<crate::indexer::Firsts>,
         digest: &StateDigest,
         source: Source,
     ) {
         // The records move to the indexer: the batch needs them no more.
         let mut records: Vec<Option<Record>> = checked.into_iter().map(|(_, r)| Some(r)).collect();
+        let mut firsts = firsts;
+        let mut first = Vec::new();
         let docs: Vec<(kim_protocol::RegionId, Record)> = changed
             .iter()
-            .filter_map(|(region, position)| {
-                records
+            .enumerate()
+            .filter_map(|(i, (region, position))| {
+                let doc = records
                     .get_mut(*position)
                     .and_then(Option::take)
-                    .map(|r| (*region, r))
+                    .map(|r| (*region, r))?;
+                first.push(firsts.as_ref().and_then(|f| f.first.get(i)) == Some(&true));
+                Some(doc)
             })
             .collect();
+        if let Some(f) = firsts.as_mut() {
+            f.first = first;
+        }
         // Saved searches see every new item, whatever path it came by, once it is searchable.
         let items: Vec<Slot> = docs
             .iter()
@@ -719,7 +729,7 @@ impl Ingest {
         } else {
             crate::indexer::Origin::Network
         };
-        indexer.submit(room, docs, items, digest.hash().to_hex(), origin);
+        indexer.submit(room, docs, firsts, items, digest.hash().to_hex(), origin);
     }
 
     /// Documents waiting for the search indexer (0 without one).
@@ -821,8 +831,10 @@ impl Ingest {
         let mut overlay: HashMap<Slot, ItemEntry> = HashMap::new();
         let mut seen_in_batch = std::collections::HashSet::new();
         let mut evidence: Evidence = HashMap::new();
-        // Items whose winner changed, for the search index after the write is durable.
+        // Items whose winner changed, for the search index after the write is durable, and
+        // whether the store held no winner for the item before this batch.
         let mut changed: Vec<(kim_protocol::RegionId, usize)> = Vec::new();
+        let mut first_winners: Vec<bool> = Vec::new();
         let mut outcomes = Vec::with_capacity(checked.len());
         let mut membership_changed = false;
         for (position, (_, record)) in checked.iter().enumerate() {
@@ -877,6 +889,7 @@ impl Ingest {
                 expires_at_ms: c.expires_at_ms,
             };
             let incoming = entry.revision();
+            let first_winner = current.is_none();
             let outcome = match &current {
                 None => {
                     writes.put_record(&record.id, &record.bytes);
@@ -942,6 +955,7 @@ impl Ingest {
                 .is_some_and(|winner| winner.id == record.id)
             {
                 changed.push((region, position));
+                first_winners.push(first_winner);
             }
             outcomes.push(Ok(outcome));
         }
@@ -957,6 +971,11 @@ impl Ingest {
             None => None,
         };
         let resolved = std::time::Instant::now();
+        // Taken before the write: a rebuild that runs from here on may index these items too.
+        let firsts = self.search.as_ref().map(|index| crate::indexer::Firsts {
+            mark: index.rebuild_mark(),
+            first: first_winners,
+        });
         self.store.apply(writes)?;
         // The in-memory state follows the applied write set at once, with no await in between:
         // a caller that gives up during the flush cannot leave the digest or membership behind
@@ -974,7 +993,7 @@ impl Ingest {
         // Handed over under the lock, so the indexer sees write sets in the order applied, and
         // before anything below can fail: the items are in the store now.
         if let (Some(indexer), Some(room)) = (&self.indexer, room) {
-            self.update_index(indexer, room, checked, &changed, &digest, source);
+            self.update_index(indexer, room, checked, &changed, firsts, &digest, source);
         }
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;

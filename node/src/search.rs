@@ -22,6 +22,7 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use kim_protocol::codes;
@@ -663,6 +664,9 @@ pub struct SearchIndex {
     fields: Fields,
     /// Generation to write with the next commit.
     pending_generation: Mutex<Option<String>>,
+    /// Rebuilds begun plus rebuilds ended, so odd while one runs; changed only under the
+    /// writer lock ([`SearchIndex::rebuild_mark`]).
+    rebuilds: AtomicU64,
     /// Makes the next commit fail, as a full disk would (tests of the failure paths).
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
@@ -763,6 +767,7 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             pending_generation: Mutex::new(None),
+            rebuilds: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
         })
@@ -832,6 +837,29 @@ impl SearchIndex {
         self.upsert_with(&writer, content, id, region)
     }
 
+    /// As [`upsert`](Self::upsert) for the first winner the store ever held for its item,
+    /// written after `mark` was taken ([`rebuild_mark`](Self::rebuild_mark)). Unless a rebuild
+    /// ran or began since, no document of the item can be in the index, and the delete that
+    /// an upsert queues is skipped: tantivy looks every delete up in every segment at the next
+    /// commit, which cost about a tenth of the indexing CPU of a catching-up node (`perf`,
+    /// `kim bench catchup`), where nearly every item is new.
+    pub fn insert_first(&self, record: &Record, region: RegionId, mark: u64) -> Result<bool> {
+        if !is_searchable(record.content.kind) {
+            return Ok(false);
+        }
+        let writer = self.writer()?;
+        // Rebuilds move the mark only while holding the writer, which this thread now holds.
+        let unchanged = mark.is_multiple_of(2) && self.rebuilds.load(Ordering::Acquire) == mark;
+        self.add_with(&writer, &record.content, record.id, region, !unchanged)
+    }
+
+    /// The rebuild mark: take it before writing an item's first winner to the store, and hand
+    /// it to [`insert_first`](Self::insert_first) with the record. A rebuild reads the store
+    /// while it runs, so one running then, or begun after, may have indexed the item already.
+    pub fn rebuild_mark(&self) -> u64 {
+        self.rebuilds.load(Ordering::Acquire)
+    }
+
     fn upsert_with(
         &self,
         writer: &IndexWriter,
@@ -839,11 +867,25 @@ impl SearchIndex {
         id: RecordId,
         region: RegionId,
     ) -> Result<bool> {
+        self.add_with(writer, content, id, region, true)
+    }
+
+    /// Adds the item's document, after deleting its older ones if `replacing`.
+    fn add_with(
+        &self,
+        writer: &IndexWriter,
+        content: &Content,
+        id: RecordId,
+        region: RegionId,
+        replacing: bool,
+    ) -> Result<bool> {
         if !is_searchable(content.kind) {
             return Ok(false);
         }
         let key = item_key(&region, content.kind, &content.key);
-        writer.delete_term(Term::from_field_text(self.fields.item, &key));
+        if replacing {
+            writer.delete_term(Term::from_field_text(self.fields.item, &key));
+        }
         let Some(doc) = self.document(content, id, &region, &key) else {
             return Ok(false);
         };
@@ -930,6 +972,15 @@ impl SearchIndex {
         // Changes the writer holds uncommitted go first: `delete_all_documents` does not drop
         // documents still buffered, which the rebuild would then index a second time.
         writer.rollback()?;
+        self.rebuilds.fetch_add(1, Ordering::AcqRel);
+        // Ended (the mark even again) however the rebuild ends; the writer is still held.
+        struct Ended<'a>(&'a AtomicU64);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let _ended = Ended(&self.rebuilds);
         let built = (|| -> Result<u64> {
             writer.delete_all_documents()?;
             let mut indexed = 0u64;

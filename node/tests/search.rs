@@ -528,6 +528,67 @@ fn upsert_replaces_and_remove_and_tombstone_delete() {
     );
 }
 
+/// A first winner skips the delete an upsert queues, unless a rebuild ran or began since the
+/// mark was taken: a rebuild reads the store and may have indexed the same item already.
+#[test]
+fn a_first_winner_is_indexed_once_also_across_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = SearchIndex::open(dir.path()).unwrap();
+    let (c, items) = corpus(20);
+    index_all(&index, &items);
+    let base = index.num_docs();
+    // No rebuild since the mark: indexed once, and a later revision replaces it.
+    let mark = index.rebuild_mark();
+    let (g, r1) = coop(&c, 2, "fresh-item", 1, "Deltaword turbine blades", &["en"]);
+    assert!(index.insert_first(&r1, g, mark).unwrap());
+    index.commit().unwrap();
+    assert_eq!(index.num_docs(), base + 1);
+    assert_eq!(index.count(&q("deltaword")).unwrap(), 1);
+    let (_, r2) = coop(
+        &c,
+        2,
+        "fresh-item",
+        2,
+        "Epsilonword turbine blades",
+        &["en"],
+    );
+    index.upsert(&r2, g).unwrap();
+    index.commit().unwrap();
+    assert_eq!(index.num_docs(), base + 1);
+    assert_eq!(index.count(&q("deltaword")).unwrap(), 0);
+    // The mark is taken, the item reaches the store, a rebuild reads the store (and so the
+    // item) before the indexer gets the item: it is still indexed once.
+    let mark = index.rebuild_mark();
+    let (_, r3) = coop(&c, 3, "raced-item", 1, "Zetaword heat pumps", &["en"]);
+    let store = items
+        .iter()
+        .cloned()
+        .chain([(g, r2.clone()), (g, r3.clone())]);
+    index.rebuild_from(store.map(Ok), "rebuilt").unwrap();
+    assert_ne!(index.rebuild_mark(), mark);
+    assert!(
+        index.rebuild_mark().is_multiple_of(2),
+        "no rebuild runs now"
+    );
+    assert!(index.insert_first(&r3, g, mark).unwrap());
+    index.commit().unwrap();
+    assert_eq!(index.count(&q("zetaword")).unwrap(), 1);
+    assert_eq!(index.num_docs(), base + 2);
+    // A rebuild cut short moves the mark too.
+    let mark = index.rebuild_mark();
+    let failing = items
+        .iter()
+        .cloned()
+        .map(Ok)
+        .chain([Err("stored record 9 does not decode".to_string())]);
+    assert!(index.rebuild_from(failing, "failed").is_err());
+    assert_ne!(index.rebuild_mark(), mark);
+    assert!(index.insert_first(&r3, g, mark).unwrap());
+    index.commit().unwrap();
+    assert_eq!(index.count(&q("zetaword")).unwrap(), 1);
+    assert_eq!(index.num_docs(), base + 2);
+}
+
 fn snapshot(index: &SearchIndex) -> Vec<BTreeSet<(RegionId, Kind, String)>> {
     let queries = [
         Query {
