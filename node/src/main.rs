@@ -216,6 +216,11 @@ enum Command {
         #[command(subcommand)]
         command: kim_node::cli_keys::KeysCommand,
     },
+    /// Work on the store of a stopped node.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Measure and print throughput figures.
     Bench {
         #[command(subcommand)]
@@ -410,5 +415,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Potential { threshold } => cli::potential(&client()?, threshold).await,
         Command::Keys { command } => kim_node::cli_keys::run(&client()?, command).await,
         Command::Bench { what } => bench::run(what).await,
+        Command::Store {
+            command: StoreCommand::Compact,
+        } => compact_store(&data).await,
     }
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum StoreCommand {
+    /// Rewrite the store into a fresh database, dropping what sled keeps of old page
+    /// versions and emptied pages, and swap it in. Stop the node first; a crash or Ctrl-C at
+    /// any point leaves either the old or the new store, complete, at the next start.
+    Compact,
+}
+
+async fn compact_store(data: &DataDir) -> anyhow::Result<()> {
+    let config = Config::load(&data.root)?;
+    let dir = data.store();
+    eprintln!("compacting {} …", dir.display());
+    let started = std::time::Instant::now();
+    let mut reported = std::time::Instant::now();
+    let done = kim_node::store::Store::compact(&dir, config.store_cache_bytes, |entries| {
+        if reported.elapsed() >= std::time::Duration::from_secs(2) {
+            eprintln!("  {entries} entries copied");
+            reported = std::time::Instant::now();
+        }
+    })
+    .await?;
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "store compacted: {} entries in {:.1} s; {:.1} MiB on disk before, {:.1} MiB after",
+        done.entries,
+        started.elapsed().as_secs_f64(),
+        mib(done.bytes_before),
+        mib(done.bytes_after)
+    );
+    Ok(())
 }

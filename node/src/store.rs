@@ -29,6 +29,7 @@
 //!
 //! Beside sled, `records.log` holds the records' bytes (see [`log`] for why and how).
 
+mod compact;
 mod log;
 mod pointers;
 mod sync_set;
@@ -548,6 +549,7 @@ pub struct Store {
     grouped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+pub use compact::{Compacted, dir_bytes};
 pub use sync_set::SyncSet;
 
 impl std::fmt::Debug for Store {
@@ -560,6 +562,7 @@ impl Store {
     /// Opens (or with `create`, creates) the store in `dir`. Never panics on a damaged store.
     pub fn open(dir: &Path, cache_bytes: u64, create: bool) -> Result<Store, StoreError> {
         let dir = dir.to_path_buf();
+        compact::recover(&dir)?;
         if !create && !dir.join("conf").exists() {
             return Err(StoreError::Missing { dir });
         }
@@ -2511,6 +2514,160 @@ mod tests {
             sync_set::Buckets::scan(store)?
         );
         Ok(())
+    }
+
+    /// A store of 3,000 records with one item, some revised away, and local data: what a
+    /// compaction must carry over. Returns the held ids and every entry of every tree.
+    async fn a_store_to_compact(dir: &Path) -> Result<(Vec<RecordId>, Entries), StoreError> {
+        let store = Store::open(dir, CACHE_BYTES_DEFAULT, true)?;
+        let mut digest = StateDigest::default();
+        let mut held = Vec::new();
+        for batch in 0..3u32 {
+            let mut writes = WriteSet::default();
+            for i in 0..1000u32 {
+                let bytes = format!("compacted record {batch} {i}").into_bytes();
+                let id = id_of(&bytes);
+                writes.put_record(&id, &bytes);
+                digest.add(&id);
+                held.push(id);
+            }
+            writes.set_digest(&digest);
+            store.apply(writes)?;
+        }
+        let mut writes = WriteSet::default();
+        for gone in held.drain(100..400) {
+            writes.remove_record(&gone);
+            digest.remove(&gone);
+        }
+        writes.set_digest(&digest);
+        store.apply(writes)?;
+        store
+            .local
+            .insert(b"draft/one", b"local only".as_slice())
+            .map_err(|e| store.io(e))?;
+        store.close().await?;
+        held.sort();
+        let entries = all_entries(&store)?;
+        Ok((held, entries))
+    }
+
+    type Entries = Vec<(Vec<u8>, Vec<(sled::IVec, sled::IVec)>)>;
+
+    fn all_entries(store: &Store) -> Result<Entries, StoreError> {
+        let mut names = store.db.tree_names();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let tree = store.db.open_tree(&name).map_err(|e| store.io(e))?;
+                let kvs = tree.iter().collect::<Result<Vec<_>, _>>();
+                Ok((name.to_vec(), kvs.map_err(|e| store.io(e))?))
+            })
+            .collect()
+    }
+
+    fn assert_holds_exactly(
+        dir: &Path,
+        held: &[RecordId],
+        entries: &Entries,
+    ) -> Result<(), StoreError> {
+        let store = Store::open(dir, CACHE_BYTES_DEFAULT, false)?;
+        assert_eq!(&all_entries(&store)?, entries);
+        assert_eq!(store.digest()?.count(), held.len() as u64);
+        for id in held {
+            assert!(store.record(id)?.is_some(), "record {id} readable");
+        }
+        Ok(())
+    }
+
+    fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy_tree(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), target)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_entry_and_record() -> Result<(), StoreError> {
+        let root = temp_dir("compact");
+        let dir = root.join("store");
+        let (held, entries) = a_store_to_compact(&dir).await?;
+        let mut reports = 0;
+        let done = Store::compact(&dir, CACHE_BYTES_DEFAULT, |_| reports += 1).await?;
+        assert_eq!(
+            done.entries,
+            entries.iter().map(|(_, kv)| kv.len() as u64).sum::<u64>()
+        );
+        assert!(done.bytes_after > 0 && done.bytes_before > 0, "{done:?}");
+        assert_holds_exactly(&dir, &held, &entries)?;
+        // Nothing left beside it.
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .map_err(|e| io_err(&root, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["store"]);
+        assert!(!dir.join(compact::COMPLETE).exists());
+        // A store open elsewhere is not touched.
+        let open = Store::open(&dir, CACHE_BYTES_DEFAULT, false)?;
+        let locked = Store::compact(&dir, CACHE_BYTES_DEFAULT, |_| {}).await;
+        assert!(
+            matches!(locked, Err(StoreError::Locked { .. })),
+            "{locked:?}"
+        );
+        drop(open);
+        assert_holds_exactly(&dir, &held, &entries)?;
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_compaction_cut_short_leaves_one_whole_store_at_the_next_open()
+    -> Result<(), StoreError> {
+        let root = temp_dir("compact-cut");
+        let dir = root.join("store");
+        let copy = root.join("store.compacting");
+        let old = root.join("store.before-compaction");
+        let (held, entries) = a_store_to_compact(&dir).await?;
+        let cp = |from: &Path, to: &Path| copy_tree(from, to).map_err(|e| io_err(to, e));
+        // Stopped while copying: the copy goes, the store stays.
+        cp(&dir, &copy)?;
+        assert_holds_exactly(&dir, &held, &entries)?;
+        assert!(!copy.exists());
+        // Stopped after moving the store aside, the copy unfinished: the store comes back.
+        cp(&dir, &copy)?;
+        std::fs::rename(&dir, &old).map_err(|e| io_err(&dir, e))?;
+        assert_holds_exactly(&dir, &held, &entries)?;
+        assert!(!copy.exists() && !old.exists());
+        // Stopped between the renames with the copy complete: the copy is used.
+        cp(&dir, &copy)?;
+        std::fs::write(copy.join(compact::COMPLETE), b"").map_err(|e| io_err(&copy, e))?;
+        std::fs::rename(&dir, &old).map_err(|e| io_err(&dir, e))?;
+        assert_holds_exactly(&dir, &held, &entries)?;
+        assert!(!copy.exists() && !old.exists());
+        assert!(!dir.join(compact::COMPLETE).exists());
+        // Stopped after the renames: the old store is deleted.
+        cp(&dir, &old)?;
+        std::fs::write(dir.join(compact::COMPLETE), b"").map_err(|e| io_err(&dir, e))?;
+        assert_holds_exactly(&dir, &held, &entries)?;
+        assert!(!old.exists() && !dir.join(compact::COMPLETE).exists());
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    }
+
+    fn io_err(dir: &Path, e: std::io::Error) -> StoreError {
+        StoreError::Io {
+            dir: dir.to_path_buf(),
+            cause: e.to_string(),
+        }
     }
 
     #[tokio::test]

@@ -485,3 +485,58 @@ fn a_large_bundle_round_trips() {
     assert_eq!(digest(&node), before);
     assert!(node.stop_with("TERM").success());
 }
+
+/// `kim store compact` on a stopped node: refused while the node runs, and afterwards the node
+/// starts on the rewritten store with every record, item, draft and private field it held.
+#[test]
+fn compacting_a_stopped_nodes_store_keeps_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = populated_node(tmp.path());
+    let before = status(&node);
+    let export = |node: &Node| {
+        let mut bundle = node.kim(&["export", "--local"]).ok().json();
+        bundle["exported_at_ms"] = Value::Null;
+        bundle
+    };
+    let exported = export(&node);
+    let drafts = node.kim(&["knowledge", "drafts", "--json"]).ok().json();
+    let offer = node
+        .kim(&["offer", "show", "offer-0", "--json"])
+        .ok()
+        .json();
+
+    // While the node runs, its store is locked: a clear refusal, nothing changed.
+    let out = node.kim(&["store", "compact"]).fails();
+    assert!(
+        out.stderr.contains("locked") && out.stderr.contains("stop the other kim node"),
+        "{}",
+        out.stderr
+    );
+
+    assert!(node.stop_with("TERM").success());
+    let out = node.kim(&["store", "compact"]).ok();
+    assert!(out.stdout.contains("store compacted:"), "{}", out.stdout);
+    let names: Vec<String> = std::fs::read_dir(&node.data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("store"))
+        .collect();
+    assert_eq!(names, ["store"], "nothing left beside the store");
+
+    node.start();
+    let after = status(&node);
+    assert_eq!(after["state_digest"], before["state_digest"]);
+    assert_eq!(after["records_by_kind"], before["records_by_kind"]);
+    assert_eq!(export(&node), exported);
+    assert_eq!(
+        node.kim(&["knowledge", "drafts", "--json"]).ok().json(),
+        drafts
+    );
+    assert_eq!(
+        node.kim(&["offer", "show", "offer-0", "--json"])
+            .ok()
+            .json(),
+        offer
+    );
+}

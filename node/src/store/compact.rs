@@ -1,0 +1,261 @@
+//! Offline compaction (`kim store compact`): the store's sled database rewritten into a fresh
+//! directory, checked against the original, and swapped in.
+//!
+//! sled never gives back what its page table once held, and its log keeps superseded page
+//! versions until segments are cleaned. A store upgraded in place (format 5 to 6 moved a
+//! million pointer entries) or one that has seen years of revisions carries that weight: at a
+//! million records an upgraded store made a whole node 25 MiB bigger than a store written
+//! fresh (session 13's figures). A rewrite keeps only the live entries, densely packed.
+//!
+//! The swap survives a crash at any point ([`recover`], run by every [`Store::open`]):
+//! 1. the copy is built in `store.compacting`, compared entry for entry (count and sled's
+//!    checksum of every tree), and marked complete;
+//! 2. `store` is renamed to `store.before-compaction`, then the copy to `store`;
+//! 3. the old directory is deleted, then the mark.
+//!
+//! Cut short before 2, the copy is thrown away; between the renames, the complete copy is put
+//! in place; after them, the leftover old directory is deleted. The record log and the saved
+//! sync-set table are not rewritten: they are linked (or copied) into the new directory.
+
+use std::path::{Path, PathBuf};
+
+use super::{RECORD_LOG, SYNC_SET_FILE, Store, StoreError, open_db};
+
+/// Marks a copy as complete and checked; removed once the swap is done.
+pub(super) const COMPLETE: &str = "compaction-complete";
+
+/// Entries copied per sled batch.
+const BATCH_ENTRIES: usize = 10_000;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Entries copied, over all trees.
+    pub entries: u64,
+    /// Bytes the store's directory took on disk before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The copy's directory and the one the original is moved to during the swap.
+fn siblings(dir: &Path) -> (PathBuf, PathBuf) {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    (
+        dir.with_file_name(format!("{name}.compacting")),
+        dir.with_file_name(format!("{name}.before-compaction")),
+    )
+}
+
+fn io_error(dir: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        dir: dir.to_path_buf(),
+        cause: format!("{what}: {e}"),
+    }
+}
+
+/// Makes the renames and removals in the directory holding `path` durable.
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent()
+        && let Ok(handle) = std::fs::File::open(parent)
+    {
+        let _ = handle.sync_all();
+    }
+}
+
+/// Finishes or undoes a compaction that was cut short (see the module docs).
+pub(super) fn recover(dir: &Path) -> Result<(), StoreError> {
+    let (copy, old) = siblings(dir);
+    if !dir.exists() && old.exists() {
+        if copy.join(COMPLETE).exists() {
+            tracing::warn!(dir = %dir.display(), "a compaction stopped between its renames; putting the checked copy in place");
+            std::fs::rename(&copy, dir)
+                .map_err(|e| io_error(dir, "cannot put the compacted copy in place", e))?;
+        } else {
+            tracing::warn!(dir = %dir.display(), "a compaction stopped unfinished; putting the store back");
+            std::fs::rename(&old, dir)
+                .map_err(|e| io_error(dir, "cannot put the store back after a compaction", e))?;
+        }
+        sync_parent(dir);
+    }
+    if !dir.exists() {
+        return Ok(());
+    }
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)
+            .map_err(|e| io_error(dir, "cannot remove an unfinished compaction copy", e))?;
+    }
+    if dir.join(COMPLETE).exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| {
+                io_error(dir, "cannot remove the store's state before compaction", e)
+            })?;
+        }
+        std::fs::remove_file(dir.join(COMPLETE))
+            .map_err(|e| io_error(dir, "cannot remove the compaction mark", e))?;
+        sync_parent(dir);
+    } else if old.exists() {
+        tracing::warn!(
+            old = %old.display(),
+            "a directory left by an earlier compaction is not the store in use; remove it once you have checked it"
+        );
+    }
+    Ok(())
+}
+
+/// Bytes the files under `path` occupy on disk (allocated blocks, so a sparse log counts
+/// what it holds).
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => allocated(&meta),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(unix)]
+fn allocated(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(meta) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(meta: &std::fs::Metadata) -> u64 {
+    meta.len()
+}
+
+impl Store {
+    /// Rewrites the store in `dir` into a fresh sled database and swaps it in (see the module
+    /// docs). The node must be stopped: a running node holds the store's lock, and this fails
+    /// with [`StoreError::Locked`]. `progress` is called with the entries copied so far, every
+    /// [`BATCH_ENTRIES`]. On any failure before the swap the store is left as it was.
+    pub async fn compact(
+        dir: &Path,
+        cache_bytes: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Compacted, StoreError> {
+        // Opening finishes any interrupted write set and upgrade first.
+        let store = Store::open(dir, cache_bytes, false)?;
+        store.close().await?;
+        let bytes_before = dir_bytes(dir);
+        let (copy_dir, old_dir) = siblings(dir);
+        if copy_dir.exists() {
+            std::fs::remove_dir_all(&copy_dir)
+                .map_err(|e| io_error(dir, "cannot remove an old compaction copy", e))?;
+        }
+        let entries = match copy_checked(&store, &copy_dir, cache_bytes, &mut progress) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&copy_dir);
+                return Err(e);
+            }
+        };
+        // sled's lock goes with the last handle; the directory is renamed after that.
+        drop(store);
+        std::fs::rename(dir, &old_dir)
+            .map_err(|e| io_error(dir, "cannot move the store aside for the compacted copy", e))?;
+        if let Err(e) = std::fs::rename(&copy_dir, dir) {
+            // Put the original back; the copy goes at the next open if this fails too.
+            let _ = std::fs::rename(&old_dir, dir);
+            return Err(io_error(dir, "cannot put the compacted copy in place", e));
+        }
+        sync_parent(dir);
+        // The rest (old directory and mark) is what `recover` does at every open.
+        recover(dir)?;
+        drop(Store::open(dir, cache_bytes, false)?);
+        Ok(Compacted {
+            entries,
+            bytes_before,
+            bytes_after: dir_bytes(dir),
+        })
+    }
+}
+
+/// Copies every tree of `store` into a new database in `copy_dir`, checks it against the
+/// original, links the files beside sled's, and marks the copy complete.
+fn copy_checked(
+    store: &Store,
+    copy_dir: &Path,
+    cache_bytes: u64,
+    progress: &mut impl FnMut(u64),
+) -> Result<u64, StoreError> {
+    let dir = &store.dir;
+    let config = sled::Config::new()
+        .path(copy_dir)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None);
+    let copy = open_db(&config, copy_dir)?;
+    let from_err = |e: sled::Error| store.io(e);
+    let to_err = |e: sled::Error| io_error(copy_dir, "cannot write the compacted copy", e);
+    let mut entries = 0u64;
+    for name in store.db.tree_names() {
+        let from = store.db.open_tree(&name).map_err(from_err)?;
+        let to = copy.open_tree(&name).map_err(to_err)?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0usize;
+        let mut in_tree = 0usize;
+        for entry in from.iter() {
+            let (key, value) = entry.map_err(from_err)?;
+            batch.insert(key, value);
+            in_batch += 1;
+            in_tree += 1;
+            entries += 1;
+            if in_batch == BATCH_ENTRIES {
+                to.apply_batch(std::mem::take(&mut batch)).map_err(to_err)?;
+                in_batch = 0;
+                progress(entries);
+            }
+        }
+        if in_batch > 0 {
+            to.apply_batch(batch).map_err(to_err)?;
+        }
+        if to.len() != in_tree {
+            return Err(io_error(
+                dir,
+                "the compacted copy lost entries; the store is unchanged",
+                format!(
+                    "tree {:?}: {} of {in_tree}",
+                    String::from_utf8_lossy(&name),
+                    to.len()
+                ),
+            ));
+        }
+    }
+    copy.flush().map_err(to_err)?;
+    let original = store.db.checksum().map_err(from_err)?;
+    let copied = copy.checksum().map_err(to_err)?;
+    if original != copied {
+        return Err(io_error(
+            dir,
+            "the compacted copy differs from the store; the store is unchanged",
+            format!("checksum {copied:08x}, store {original:08x}"),
+        ));
+    }
+    drop(copy);
+    for file in [RECORD_LOG, SYNC_SET_FILE] {
+        let from = dir.join(file);
+        if !from.exists() {
+            continue;
+        }
+        let to = copy_dir.join(file);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .and_then(|_| std::fs::File::open(&to)?.sync_all())
+                .map_err(|e| io_error(dir, &format!("cannot copy {file}"), e))?;
+        }
+    }
+    std::fs::File::create(copy_dir.join(COMPLETE))
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(dir, "cannot mark the compacted copy complete", e))?;
+    if let Ok(handle) = std::fs::File::open(copy_dir) {
+        let _ = handle.sync_all();
+    }
+    Ok(entries)
+}
