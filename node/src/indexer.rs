@@ -501,6 +501,9 @@ impl Pending {
                 _queued,
             } => {
                 // Its places in the queue are given back when `_queued` drops, at the end.
+                // After a lost update the rollback may have undone a removal too: until the
+                // rebuild, every document replaces whatever the index holds for its item.
+                let firsts = firsts.filter(|_| !self.lost);
                 self.lost |= !apply(index, &docs, firsts.as_ref(), &generation);
                 self.mark_if_lost(index);
                 self.fresh.extend(items);

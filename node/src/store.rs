@@ -561,8 +561,18 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or with `create`, creates) the store in `dir`. Never panics on a damaged store.
     pub fn open(dir: &Path, cache_bytes: u64, create: bool) -> Result<Store, StoreError> {
+        compact::recover(dir)?;
+        Self::open_recovered(dir, cache_bytes, create)
+    }
+
+    /// [`Store::open`] for [`Store::compact`], which holds the compaction lock and has
+    /// finished any earlier compaction itself.
+    fn open_locked(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Self::open_recovered(dir, cache_bytes, false)
+    }
+
+    fn open_recovered(dir: &Path, cache_bytes: u64, create: bool) -> Result<Store, StoreError> {
         let dir = dir.to_path_buf();
-        compact::recover(&dir)?;
         if !create && !dir.join("conf").exists() {
             return Err(StoreError::Missing { dir });
         }
@@ -2659,6 +2669,25 @@ mod tests {
         std::fs::write(dir.join(compact::COMPLETE), b"").map_err(|e| io_err(&dir, e))?;
         assert_holds_exactly(&dir, &held, &entries)?;
         assert!(!old.exists() && !dir.join(compact::COMPLETE).exists());
+        // While a compaction holds its lock nothing opens the store; a lock file left by one
+        // that stopped is taken, and removed, by the next open.
+        let lock_file = root.join("store.compaction-lock");
+        let lock = std::fs::File::create(&lock_file).map_err(|e| io_err(&root, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io_err(&root, e.into()))?;
+        let refused = Store::open(&dir, CACHE_BYTES_DEFAULT, false).map(drop);
+        assert!(
+            matches!(refused, Err(StoreError::Locked { .. })),
+            "{refused:?}"
+        );
+        let refused = Store::compact(&dir, CACHE_BYTES_DEFAULT, |_| {}).await;
+        assert!(
+            matches!(refused, Err(StoreError::Locked { .. })),
+            "{refused:?}"
+        );
+        drop(lock);
+        assert_holds_exactly(&dir, &held, &entries)?;
+        assert!(!lock_file.exists());
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
     }

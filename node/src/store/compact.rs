@@ -37,6 +37,16 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
+/// The lock a compaction holds from start to end, beside the store (a file in the store
+/// would move with the renames). Every open checks it first ([`recover`]), so no node or
+/// command opens the store, or tidies up after a compaction, while one runs.
+fn lock_path(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}.compaction-lock"))
+}
+
 /// The copy's directory and the one the original is moved to during the swap.
 fn siblings(dir: &Path) -> (PathBuf, PathBuf) {
     let name = dir
@@ -57,15 +67,50 @@ fn io_error(dir: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// Makes the renames and removals in the directory holding `path` durable.
 fn sync_parent(path: &Path) {
-    if let Some(parent) = path.parent()
-        && let Ok(handle) = std::fs::File::open(parent)
-    {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(handle) = std::fs::File::open(parent) {
         let _ = handle.sync_all();
     }
 }
 
-/// Finishes or undoes a compaction that was cut short (see the module docs).
+/// Finishes or undoes a compaction that was cut short (see the module docs); refuses with
+/// [`StoreError::Locked`] while a compaction runs.
 pub(super) fn recover(dir: &Path) -> Result<(), StoreError> {
+    let lock = lock_path(dir);
+    let held = match std::fs::File::open(&lock) {
+        // Left by a compaction that stopped: take it while tidying up, then remove it.
+        Ok(file) => {
+            try_lock(dir, &file)?;
+            Some(file)
+        }
+        Err(_) => None,
+    };
+    recover_unlocked(dir)?;
+    if held.is_some() {
+        let _ = std::fs::remove_file(&lock);
+        sync_parent(dir);
+    }
+    Ok(())
+}
+
+/// Takes the compaction lock on `file` (released when it is closed), or reports the store
+/// as locked.
+fn try_lock(dir: &Path, file: &std::fs::File) -> Result<(), StoreError> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(e) => Err(io_error(dir, "cannot take the compaction lock", e)),
+    }
+}
+
+/// [`recover`] for a caller that holds the compaction lock.
+fn recover_unlocked(dir: &Path) -> Result<(), StoreError> {
     let (copy, old) = siblings(dir);
     if !dir.exists() && old.exists() {
         if copy.join(COMPLETE).exists() {
@@ -98,7 +143,7 @@ pub(super) fn recover(dir: &Path) -> Result<(), StoreError> {
     } else if old.exists() {
         tracing::warn!(
             old = %old.display(),
-            "a directory left by an earlier compaction is not the store in use; remove it once you have checked it"
+            "a directory left by an earlier compaction is not the store in use, and its records.log may be the store's own (a hard link): move it away, do not restore from it"
         );
     }
     Ok(())
@@ -140,41 +185,102 @@ impl Store {
         cache_bytes: u64,
         mut progress: impl FnMut(u64),
     ) -> Result<Compacted, StoreError> {
-        // Opening finishes any interrupted write set and upgrade first.
-        let store = Store::open(dir, cache_bytes, false)?;
-        store.close().await?;
-        let bytes_before = dir_bytes(dir);
-        let (copy_dir, old_dir) = siblings(dir);
-        if copy_dir.exists() {
-            std::fs::remove_dir_all(&copy_dir)
-                .map_err(|e| io_error(dir, "cannot remove an old compaction copy", e))?;
-        }
-        let entries = match copy_checked(&store, &copy_dir, cache_bytes, &mut progress) {
-            Ok(entries) => entries,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&copy_dir);
-                return Err(e);
-            }
-        };
-        // sled's lock goes with the last handle; the directory is renamed after that.
-        drop(store);
-        std::fs::rename(dir, &old_dir)
-            .map_err(|e| io_error(dir, "cannot move the store aside for the compacted copy", e))?;
-        if let Err(e) = std::fs::rename(&copy_dir, dir) {
-            // Put the original back; the copy goes at the next open if this fails too.
-            let _ = std::fs::rename(&old_dir, dir);
-            return Err(io_error(dir, "cannot put the compacted copy in place", e));
-        }
+        let dir = &checked_path(dir)?;
+        let lock_file = lock_path(dir);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_file)
+            .map_err(|e| io_error(dir, "cannot create the compaction lock", e))?;
+        try_lock(dir, &lock)?;
+        let result = compact_locked(dir, cache_bytes, &mut progress).await;
+        // Removed while still held, so no open passes it before the store is whole.
+        let _ = std::fs::remove_file(&lock_file);
+        drop(lock);
         sync_parent(dir);
-        // The rest (old directory and mark) is what `recover` does at every open.
-        recover(dir)?;
+        let done = result?;
         drop(Store::open(dir, cache_bytes, false)?);
-        Ok(Compacted {
-            entries,
-            bytes_before,
-            bytes_after: dir_bytes(dir),
-        })
+        Ok(done)
     }
+}
+
+/// The store's path made absolute, refused if it is a symbolic link (the renames would
+/// replace the link by a directory) or has no name of its own.
+fn checked_path(dir: &Path) -> Result<PathBuf, StoreError> {
+    // A missing store may be one a compaction moved aside: opening it finds out.
+    if std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(io_error(
+            dir,
+            "cannot compact a store reached through a symbolic link",
+            "give the directory it points to as the data directory's store, or move the store there",
+        ));
+    }
+    let name = dir.file_name().ok_or_else(|| {
+        io_error(
+            dir,
+            "cannot compact",
+            "the store's path does not end in a directory name",
+        )
+    })?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| io_error(dir, "cannot resolve the store's directory", e))?;
+    Ok(parent.join(name))
+}
+
+async fn compact_locked(
+    dir: &Path,
+    cache_bytes: u64,
+    progress: &mut impl FnMut(u64),
+) -> Result<Compacted, StoreError> {
+    recover_unlocked(dir)?;
+    // Opening finishes any interrupted write set and upgrade first.
+    let store = Store::open_locked(dir, cache_bytes)?;
+    store.close().await?;
+    let bytes_before = dir_bytes(dir);
+    let (copy_dir, old_dir) = siblings(dir);
+    if old_dir.exists() {
+        return Err(io_error(
+            dir,
+            "cannot compact",
+            format!(
+                "{} is left from an earlier compaction: move it away first",
+                old_dir.display()
+            ),
+        ));
+    }
+    if copy_dir.exists() {
+        std::fs::remove_dir_all(&copy_dir)
+            .map_err(|e| io_error(dir, "cannot remove an old compaction copy", e))?;
+    }
+    let entries = match copy_checked(&store, &copy_dir, cache_bytes, progress) {
+        Ok(entries) => entries,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy_dir);
+            return Err(e);
+        }
+    };
+    // sled's lock goes with the last handle; the directory is renamed after that.
+    drop(store);
+    std::fs::rename(dir, &old_dir)
+        .map_err(|e| io_error(dir, "cannot move the store aside for the compacted copy", e))?;
+    if let Err(e) = std::fs::rename(&copy_dir, dir) {
+        // Put the original back; the copy goes at the next open if this fails too.
+        let _ = std::fs::rename(&old_dir, dir);
+        return Err(io_error(dir, "cannot put the compacted copy in place", e));
+    }
+    sync_parent(dir);
+    // The rest (old directory and mark) is what `recover` does at every open.
+    recover_unlocked(dir)?;
+    Ok(Compacted {
+        entries,
+        bytes_before,
+        bytes_after: dir_bytes(dir),
+    })
 }
 
 /// Copies every tree of `store` into a new database in `copy_dir`, checks it against the
@@ -229,16 +335,27 @@ fn copy_checked(
         }
     }
     copy.flush().map_err(to_err)?;
+    drop(copy);
+    // sled syncs its data file, not its config or blobs: every file of the copy is synced,
+    // then the copy is opened again and checked as read back, before it is marked complete.
+    sync_tree(copy_dir).map_err(|e| io_error(copy_dir, "cannot sync the compacted copy", e))?;
+    let copy = open_db(&config, copy_dir)?;
     let original = store.db.checksum().map_err(from_err)?;
     let copied = copy.checksum().map_err(to_err)?;
-    if original != copied {
+    let mut copied_entries = 0u64;
+    for name in copy.tree_names() {
+        copied_entries += copy.open_tree(&name).map_err(to_err)?.len() as u64;
+    }
+    drop(copy);
+    if original != copied || copied_entries != entries {
         return Err(io_error(
             dir,
             "the compacted copy differs from the store; the store is unchanged",
-            format!("checksum {copied:08x}, store {original:08x}"),
+            format!(
+                "checksum {copied:08x} and {copied_entries} entries, store {original:08x} and {entries}"
+            ),
         ));
     }
-    drop(copy);
     for file in [RECORD_LOG, SYNC_SET_FILE] {
         let from = dir.join(file);
         if !from.exists() {
@@ -253,9 +370,20 @@ fn copy_checked(
     }
     std::fs::File::create(copy_dir.join(COMPLETE))
         .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::File::open(copy_dir)?.sync_all())
         .map_err(|e| io_error(dir, "cannot mark the compacted copy complete", e))?;
-    if let Ok(handle) = std::fs::File::open(copy_dir) {
-        let _ = handle.sync_all();
-    }
     Ok(entries)
+}
+
+/// Syncs every file and directory under `path`.
+fn sync_tree(path: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(path)?.sync_all()
 }
