@@ -80,19 +80,21 @@ pub enum Origin {
     Network,
 }
 
-/// Which documents of a batch are the first winner the store held for their item, and the
-/// index's rebuild mark taken before the store write ([`SearchIndex::insert_first`]).
-#[derive(Debug, Clone, Default)]
-pub struct Firsts {
-    pub mark: u64,
-    /// Per document, in order; missing entries count as false.
-    pub first: Vec<bool>,
+/// A new winner for the index.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// The owning region (the store's `ItemEntry::region`).
+    pub region: RegionId,
+    pub record: Record,
+    /// The store held no winner for this item before (see [`SearchIndex::insert_first`]).
+    pub first: bool,
 }
 
 enum Job {
     Update {
-        docs: Vec<(RegionId, Record)>,
-        firsts: Option<Firsts>,
+        docs: Vec<Doc>,
+        /// The index's rebuild mark taken before the store write, if there is an index.
+        mark: Option<u64>,
         items: Vec<Slot>,
         generation: String,
         /// For staff changes, their place in the order handed over ([`Handover`]).
@@ -261,12 +263,13 @@ impl Indexer {
 
     /// Queues a batch's new winners and the generation (store digest) they bring the index
     /// to, in the room taken for them. Never waits; when they become searchable depends on
-    /// `origin`.
+    /// `origin`. `mark` is the index's rebuild mark taken before the store write
+    /// ([`SearchIndex::rebuild_mark`]); without one every document replaces its item's.
     pub fn submit(
         &self,
         room: Room,
-        docs: Vec<(RegionId, Record)>,
-        firsts: Option<Firsts>,
+        docs: Vec<Doc>,
+        mark: Option<u64>,
         items: Vec<Slot>,
         generation: String,
         origin: Origin,
@@ -278,7 +281,7 @@ impl Indexer {
         let sent = match origin {
             Origin::Network => jobs.send(Job::Update {
                 docs,
-                firsts,
+                mark,
                 items,
                 generation,
                 local: None,
@@ -292,7 +295,7 @@ impl Indexer {
                 let seq = *last + 1;
                 let sent = jobs.send(Job::Update {
                     docs,
-                    firsts,
+                    mark,
                     items,
                     generation,
                     local: Some(seq),
@@ -351,17 +354,12 @@ fn commit(index: &SearchIndex) -> bool {
 }
 
 /// Indexes the documents; false if that failed (and the uncommitted changes were rolled back).
-fn apply(
-    index: &SearchIndex,
-    docs: &[(RegionId, Record)],
-    firsts: Option<&Firsts>,
-    generation: &str,
-) -> bool {
+fn apply(index: &SearchIndex, docs: &[Doc], mark: Option<u64>, generation: &str) -> bool {
     let result = (|| -> Result<(), SearchError> {
-        for (i, (region, record)) in docs.iter().enumerate() {
-            match firsts.filter(|f| f.first.get(i) == Some(&true)) {
-                Some(f) => index.insert_first(record, *region, f.mark)?,
-                None => index.upsert(record, *region)?,
+        for doc in docs {
+            match mark.filter(|_| doc.first) {
+                Some(mark) => index.insert_first(&doc.record, doc.region, mark)?,
+                None => index.upsert(&doc.record, doc.region)?,
             };
         }
         index.set_generation(generation);
@@ -494,7 +492,7 @@ impl Pending {
         match job {
             Job::Update {
                 docs,
-                firsts,
+                mark,
                 items,
                 generation,
                 local,
@@ -503,8 +501,8 @@ impl Pending {
                 // Its places in the queue are given back when `_queued` drops, at the end.
                 // After a lost update the rollback may have undone a removal too: until the
                 // rebuild, every document replaces whatever the index holds for its item.
-                let firsts = firsts.filter(|_| !self.lost);
-                self.lost |= !apply(index, &docs, firsts.as_ref(), &generation);
+                let mark = mark.filter(|_| !self.lost);
+                self.lost |= !apply(index, &docs, mark, &generation);
                 self.mark_if_lost(index);
                 self.fresh.extend(items);
                 self.dirty = true;
@@ -712,7 +710,11 @@ mod tests {
         let room = indexer.room(1).await;
         indexer.submit(
             room,
-            vec![(*region, record.clone())],
+            vec![Doc {
+                region: *region,
+                record: record.clone(),
+                first: false,
+            }],
             None,
             vec![slot(region, record)],
             "g".into(),

@@ -695,41 +695,35 @@ impl Ingest {
         indexer: &crate::indexer::Indexer,
         room: crate::indexer::Room,
         checked: Vec<(usize, Record)>,
-        changed: &[(kim_protocol::RegionId, usize)],
-        firsts: Option<crate::indexer::Firsts>,
+        changed: &[(kim_protocol::RegionId, usize, bool)],
+        mark: Option<u64>,
         digest: &StateDigest,
         source: Source,
     ) {
         // The records move to the indexer: the batch needs them no more.
         let mut records: Vec<Option<Record>> = checked.into_iter().map(|(_, r)| Some(r)).collect();
-        let mut firsts = firsts;
-        let mut first = Vec::new();
-        let docs: Vec<(kim_protocol::RegionId, Record)> = changed
+        let docs: Vec<crate::indexer::Doc> = changed
             .iter()
-            .enumerate()
-            .filter_map(|(i, (region, position))| {
-                let doc = records
-                    .get_mut(*position)
-                    .and_then(Option::take)
-                    .map(|r| (*region, r))?;
-                first.push(firsts.as_ref().and_then(|f| f.first.get(i)) == Some(&true));
-                Some(doc)
+            .filter_map(|&(region, position, first)| {
+                let record = records.get_mut(position).and_then(Option::take)?;
+                Some(crate::indexer::Doc {
+                    region,
+                    record,
+                    first,
+                })
             })
             .collect();
-        if let Some(f) = firsts.as_mut() {
-            f.first = first;
-        }
         // Saved searches see every new item, whatever path it came by, once it is searchable.
         let items: Vec<Slot> = docs
             .iter()
-            .map(|(region, r)| slot_of(region, &r.content))
+            .map(|d| slot_of(&d.region, &d.record.content))
             .collect();
         let origin = if matches!(source, Source::Api | Source::Import) {
             crate::indexer::Origin::Local
         } else {
             crate::indexer::Origin::Network
         };
-        indexer.submit(room, docs, firsts, items, digest.hash().to_hex(), origin);
+        indexer.submit(room, docs, mark, items, digest.hash().to_hex(), origin);
     }
 
     /// Documents waiting for the search indexer (0 without one).
@@ -831,10 +825,9 @@ impl Ingest {
         let mut overlay: HashMap<Slot, ItemEntry> = HashMap::new();
         let mut seen_in_batch = std::collections::HashSet::new();
         let mut evidence: Evidence = HashMap::new();
-        // Items whose winner changed, for the search index after the write is durable, and
-        // whether the store held no winner for the item before this batch.
-        let mut changed: Vec<(kim_protocol::RegionId, usize)> = Vec::new();
-        let mut first_winners: Vec<bool> = Vec::new();
+        // Items whose winner changed, for the search index after the write is durable: the
+        // region, the record's position, and whether the store held no winner for the item.
+        let mut changed: Vec<(kim_protocol::RegionId, usize, bool)> = Vec::new();
         let mut outcomes = Vec::with_capacity(checked.len());
         let mut membership_changed = false;
         for (position, (_, record)) in checked.iter().enumerate() {
@@ -954,8 +947,7 @@ impl Ingest {
                 .get(&slot_of(&region, c))
                 .is_some_and(|winner| winner.id == record.id)
             {
-                changed.push((region, position));
-                first_winners.push(first_winner);
+                changed.push((region, position, first_winner));
             }
             outcomes.push(Ok(outcome));
         }
@@ -972,10 +964,7 @@ impl Ingest {
         };
         let resolved = std::time::Instant::now();
         // Taken before the write: a rebuild that runs from here on may index these items too.
-        let firsts = self.search.as_ref().map(|index| crate::indexer::Firsts {
-            mark: index.rebuild_mark(),
-            first: first_winners,
-        });
+        let mark = self.search.as_ref().map(|index| index.rebuild_mark());
         self.store.apply(writes)?;
         // The in-memory state follows the applied write set at once, with no await in between:
         // a caller that gives up during the flush cannot leave the digest or membership behind
@@ -993,7 +982,7 @@ impl Ingest {
         // Handed over under the lock, so the indexer sees write sets in the order applied, and
         // before anything below can fail: the items are in the store now.
         if let (Some(indexer), Some(room)) = (&self.indexer, room) {
-            self.update_index(indexer, room, checked, &changed, firsts, &digest, source);
+            self.update_index(indexer, room, checked, &changed, mark, &digest, source);
         }
         if let Ok(mut d) = self.digest.lock() {
             *d = digest;

@@ -834,7 +834,7 @@ impl SearchIndex {
             return Ok(false);
         }
         let writer = self.writer()?;
-        self.upsert_with(&writer, content, id, region)
+        self.upsert_with(&writer, content, id, region, true)
     }
 
     /// As [`upsert`](Self::upsert) for the first winner the store ever held for its item,
@@ -850,7 +850,7 @@ impl SearchIndex {
         let writer = self.writer()?;
         // Rebuilds move the mark only while holding the writer, which this thread now holds.
         let unchanged = mark.is_multiple_of(2) && self.rebuilds.load(Ordering::Acquire) == mark;
-        self.add_with(&writer, &record.content, record.id, region, !unchanged)
+        self.upsert_with(&writer, &record.content, record.id, region, !unchanged)
     }
 
     /// The rebuild mark: take it before writing an item's first winner to the store, and hand
@@ -860,18 +860,8 @@ impl SearchIndex {
         self.rebuilds.load(Ordering::Acquire)
     }
 
-    fn upsert_with(
-        &self,
-        writer: &IndexWriter,
-        content: &Content,
-        id: RecordId,
-        region: RegionId,
-    ) -> Result<bool> {
-        self.add_with(writer, content, id, region, true)
-    }
-
     /// Adds the item's document, after deleting its older ones if `replacing`.
-    fn add_with(
+    fn upsert_with(
         &self,
         writer: &IndexWriter,
         content: &Content,
@@ -986,7 +976,7 @@ impl SearchIndex {
             let mut indexed = 0u64;
             for winner in winners {
                 let (region, record) = winner.map_err(SearchError::Source)?;
-                if self.upsert_with(&writer, &record.content, record.id, region)? {
+                if self.upsert_with(&writer, &record.content, record.id, region, true)? {
                     indexed += 1;
                 }
             }

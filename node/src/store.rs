@@ -549,7 +549,7 @@ pub struct Store {
     grouped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub use compact::{Compacted, dir_bytes};
+pub use compact::Compacted;
 pub use sync_set::SyncSet;
 
 impl std::fmt::Debug for Store {
@@ -576,14 +576,7 @@ impl Store {
         if !create && !dir.join("conf").exists() {
             return Err(StoreError::Missing { dir });
         }
-        let config = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // Every acknowledged write is flushed explicitly; a periodic flusher would only add
-            // background work.
-            .flush_every_ms(None);
-        let db = open_db(&config, &dir)?;
+        let db = open_db(&sled_config(&dir, cache_bytes), &dir)?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|e| StoreError::Damaged {
                 dir: dir.clone(),
@@ -1766,6 +1759,17 @@ impl Store {
     }
 }
 
+/// sled's settings for a store in `dir` (also those of a compaction's copy).
+fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // Every acknowledged write is flushed explicitly; a periodic flusher would only add
+        // background work.
+        .flush_every_ms(None)
+}
+
 /// Opens sled with `config`. sled releases its file lock only when its background threads drop
 /// their last handle, so a store closed a moment ago in this process can still look locked: a
 /// lock conflict is retried briefly before it is reported. sled may panic on some kinds of
@@ -2469,21 +2473,7 @@ mod tests {
         store
             .grouped
             .store(false, std::sync::atomic::Ordering::Release);
-        let mut digest = StateDigest::default();
-        let mut held = Vec::new();
-        for batch in 0..3u32 {
-            let mut writes = WriteSet::default();
-            for i in 0..1000u32 {
-                let bytes = format!("record {batch} {i}").into_bytes();
-                // Ids as they come; a few share a bucket with their neighbours.
-                let id = id_of(&bytes);
-                writes.put_record(&id, &bytes);
-                digest.add(&id);
-                held.push(id);
-            }
-            writes.set_digest(&digest);
-            store.apply(writes)?;
-        }
+        let (mut held, mut digest) = three_thousand_records(&store, "record")?;
         let gone = held.remove(17);
         let mut writes = WriteSet::default();
         writes.remove_record(&gone);
@@ -2526,16 +2516,18 @@ mod tests {
         Ok(())
     }
 
-    /// A store of 3,000 records with one item, some revised away, and local data: what a
-    /// compaction must carry over. Returns the held ids and every entry of every tree.
-    async fn a_store_to_compact(dir: &Path) -> Result<(Vec<RecordId>, Entries), StoreError> {
-        let store = Store::open(dir, CACHE_BYTES_DEFAULT, true)?;
+    /// Stores 3,000 records named `{label} {batch} {i}` in three write sets (ids as they
+    /// come; a few share a bucket with their neighbours); returns their ids and the digest.
+    fn three_thousand_records(
+        store: &Store,
+        label: &str,
+    ) -> Result<(Vec<RecordId>, StateDigest), StoreError> {
         let mut digest = StateDigest::default();
         let mut held = Vec::new();
         for batch in 0..3u32 {
             let mut writes = WriteSet::default();
             for i in 0..1000u32 {
-                let bytes = format!("compacted record {batch} {i}").into_bytes();
+                let bytes = format!("{label} {batch} {i}").into_bytes();
                 let id = id_of(&bytes);
                 writes.put_record(&id, &bytes);
                 digest.add(&id);
@@ -2544,6 +2536,14 @@ mod tests {
             writes.set_digest(&digest);
             store.apply(writes)?;
         }
+        Ok((held, digest))
+    }
+
+    /// A store of 3,000 records, 300 of them removed again, and local data: what a
+    /// compaction must carry over. Returns the held ids and every entry of every tree.
+    async fn a_store_to_compact(dir: &Path) -> Result<(Vec<RecordId>, Entries), StoreError> {
+        let store = Store::open(dir, CACHE_BYTES_DEFAULT, true)?;
+        let (mut held, mut digest) = three_thousand_records(&store, "compacted record")?;
         let mut writes = WriteSet::default();
         for gone in held.drain(100..400) {
             writes.remove_record(&gone);
@@ -2590,6 +2590,11 @@ mod tests {
         Ok(())
     }
 
+    /// A test's own file operations failing, as the store reports I/O errors.
+    fn io_err(dir: &Path, e: impl std::fmt::Display) -> StoreError {
+        compact::io_error(dir, "test file operation", e)
+    }
+
     fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(to)?;
         for entry in std::fs::read_dir(from)? {
@@ -2609,8 +2614,7 @@ mod tests {
         let root = temp_dir("compact");
         let dir = root.join("store");
         let (held, entries) = a_store_to_compact(&dir).await?;
-        let mut reports = 0;
-        let done = Store::compact(&dir, CACHE_BYTES_DEFAULT, |_| reports += 1).await?;
+        let done = Store::compact(&dir, CACHE_BYTES_DEFAULT, |_| {}).await?;
         assert_eq!(
             done.entries,
             entries.iter().map(|(_, kv)| kv.len() as u64).sum::<u64>()
@@ -2674,7 +2678,7 @@ mod tests {
         let lock_file = root.join("store.compaction-lock");
         let lock = std::fs::File::create(&lock_file).map_err(|e| io_err(&root, e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| io_err(&root, e.into()))?;
+            .map_err(|e| io_err(&root, e))?;
         let refused = Store::open(&dir, CACHE_BYTES_DEFAULT, false).map(drop);
         assert!(
             matches!(refused, Err(StoreError::Locked { .. })),
@@ -2690,13 +2694,6 @@ mod tests {
         assert!(!lock_file.exists());
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
-    }
-
-    fn io_err(dir: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Io {
-            dir: dir.to_path_buf(),
-            cause: e.to_string(),
-        }
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{RECORD_LOG, SYNC_SET_FILE, Store, StoreError, open_db};
+use super::{RECORD_LOG, SYNC_SET_FILE, Store, StoreError, open_db, sled_config};
 
 /// Marks a copy as complete and checked; removed once the swap is done.
 pub(super) const COMPLETE: &str = "compaction-complete";
@@ -32,46 +32,51 @@ const BATCH_ENTRIES: usize = 10_000;
 pub struct Compacted {
     /// Entries copied, over all trees.
     pub entries: u64,
-    /// Bytes the store's directory took on disk before and after.
+    /// The store's size on disk ([`Store::size_on_disk`]) before and after.
     pub bytes_before: u64,
     pub bytes_after: u64,
+}
+
+/// The store directory's own name, which its siblings below are named after.
+fn store_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The lock a compaction holds from start to end, beside the store (a file in the store
 /// would move with the renames). Every open checks it first ([`recover`]), so no node or
 /// command opens the store, or tidies up after a compaction, while one runs.
 fn lock_path(dir: &Path) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-    dir.with_file_name(format!("{name}.compaction-lock"))
+    dir.with_file_name(format!("{}.compaction-lock", store_name(dir)))
 }
 
 /// The copy's directory and the one the original is moved to during the swap.
 fn siblings(dir: &Path) -> (PathBuf, PathBuf) {
-    let name = dir
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    let name = store_name(dir);
     (
         dir.with_file_name(format!("{name}.compacting")),
         dir.with_file_name(format!("{name}.before-compaction")),
     )
 }
 
-fn io_error(dir: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn io_error(dir: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
         dir: dir.to_path_buf(),
         cause: format!("{what}: {e}"),
     }
 }
 
-/// Makes the renames and removals in the directory holding `path` durable.
-fn sync_parent(path: &Path) {
-    let parent = match path.parent() {
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    if let Ok(handle) = std::fs::File::open(parent) {
+    }
+}
+
+/// Makes the renames and removals in the directory holding `path` durable.
+fn sync_parent(path: &Path) {
+    if let Ok(handle) = std::fs::File::open(parent_of(path)) {
         let _ = handle.sync_all();
     }
 }
@@ -149,32 +154,6 @@ fn recover_unlocked(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Bytes the files under `path` occupy on disk (allocated blocks, so a sparse log counts
-/// what it holds).
-pub fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-            Ok(meta) => allocated(&meta),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-#[cfg(unix)]
-fn allocated(meta: &std::fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::blocks(meta) * 512
-}
-
-#[cfg(not(unix))]
-fn allocated(meta: &std::fs::Metadata) -> u64 {
-    meta.len()
-}
-
 impl Store {
     /// Rewrites the store in `dir` into a fresh sled database and swaps it in (see the module
     /// docs). The node must be stopped: a running node holds the store's lock, and this fails
@@ -199,9 +178,12 @@ impl Store {
         let _ = std::fs::remove_file(&lock_file);
         drop(lock);
         sync_parent(dir);
-        let done = result?;
-        drop(Store::open(dir, cache_bytes, false)?);
-        Ok(done)
+        let (entries, bytes_before) = result?;
+        Ok(Compacted {
+            entries,
+            bytes_before,
+            bytes_after: Store::open(dir, cache_bytes, false)?.size_on_disk(),
+        })
     }
 }
 
@@ -213,7 +195,7 @@ fn checked_path(dir: &Path) -> Result<PathBuf, StoreError> {
         return Err(io_error(
             dir,
             "cannot compact a store reached through a symbolic link",
-            "give the directory it points to as the data directory's store, or move the store there",
+            "stop the node, move the directory the link points to in place of the link, then retry",
         ));
     }
     let name = dir.file_name().ok_or_else(|| {
@@ -223,25 +205,23 @@ fn checked_path(dir: &Path) -> Result<PathBuf, StoreError> {
             "the store's path does not end in a directory name",
         )
     })?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let parent = std::fs::canonicalize(parent)
+    let parent = std::fs::canonicalize(parent_of(dir))
         .map_err(|e| io_error(dir, "cannot resolve the store's directory", e))?;
     Ok(parent.join(name))
 }
 
+/// The compaction itself, under the lock; returns the entries copied and the store's size
+/// before.
 async fn compact_locked(
     dir: &Path,
     cache_bytes: u64,
     progress: &mut impl FnMut(u64),
-) -> Result<Compacted, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     recover_unlocked(dir)?;
     // Opening finishes any interrupted write set and upgrade first.
     let store = Store::open_locked(dir, cache_bytes)?;
     store.close().await?;
-    let bytes_before = dir_bytes(dir);
+    let bytes_before = store.size_on_disk();
     let (copy_dir, old_dir) = siblings(dir);
     if old_dir.exists() {
         return Err(io_error(
@@ -276,11 +256,7 @@ async fn compact_locked(
     sync_parent(dir);
     // The rest (old directory and mark) is what `recover` does at every open.
     recover_unlocked(dir)?;
-    Ok(Compacted {
-        entries,
-        bytes_before,
-        bytes_after: dir_bytes(dir),
-    })
+    Ok((entries, bytes_before))
 }
 
 /// Copies every tree of `store` into a new database in `copy_dir`, checks it against the
@@ -292,11 +268,7 @@ fn copy_checked(
     progress: &mut impl FnMut(u64),
 ) -> Result<u64, StoreError> {
     let dir = &store.dir;
-    let config = sled::Config::new()
-        .path(copy_dir)
-        .cache_capacity(cache_bytes)
-        .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(None);
+    let config = sled_config(copy_dir, cache_bytes);
     let copy = open_db(&config, copy_dir)?;
     let from_err = |e: sled::Error| store.io(e);
     let to_err = |e: sled::Error| io_error(copy_dir, "cannot write the compacted copy", e);
