@@ -798,8 +798,11 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let base = i64::from(rustix::process::getpriority_process(None)?);
         let dir = tempfile::tempdir()?;
-        let (_index, indexer) = start(dir.path())?;
+        let (index, indexer) = start(dir.path())?;
         let docs = offers(1)?;
+        // A rebuild asked for on a thread of normal priority (as at a node's start) replaces
+        // tantivy's writer and its threads; they must not come back at that priority.
+        index.rebuild(std::iter::empty(), "rebuilt")?;
         submit_one(&indexer, &docs[0], Origin::Local).await;
         // After a commit the indexer thread has run, and tantivy's workers were respawned by it.
         indexer.fresh().await;
@@ -809,6 +812,16 @@ mod tests {
             indexers.contains(&lowered),
             "no indexer thread runs at nice {lowered}: {indexers:?}"
         );
+        // tantivy's own threads (names as the kernel keeps them, 15 bytes): the one indexing,
+        // the one finishing segments and commits,
+        // and the ones merging segments (the heaviest, at moments nobody chooses).
+        for name in ["thrd-tantivy-in", "segment_updater", "merge_thread_0"] {
+            let nices = nice_of_threads(name)?;
+            assert!(
+                !nices.is_empty() && nices.iter().all(|n| *n == lowered),
+                "{name} threads are not all at nice {lowered}: {nices:?}"
+            );
+        }
         // The caller keeps its priority.
         assert_eq!(i64::from(rustix::process::getpriority_process(None)?), base);
         Ok(())

@@ -702,6 +702,33 @@ pub(crate) fn lower_this_thread_priority() {
     }
 }
 
+/// Runs `work` on a short-lived thread of lowered priority ([`lower_this_thread_priority`]) and
+/// waits for it. tantivy starts a writer's threads (indexing, segment updater, merges) from
+/// the thread that creates the writer, and a rollback or a commit creates some of them anew:
+/// done here, they run at the lowered priority whichever thread asked. (A rebuild at start
+/// runs on the node's own thread; before this, its rollback left tantivy's merge threads at
+/// full priority for the node's whole life, where they preempted gossip hops.)
+fn on_a_lowered_thread<T: Send>(what: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                lower_this_thread_priority();
+                work()
+            })
+            .join()
+    })
+    .map_err(|_| {
+        SearchError::Tantivy(tantivy::TantivyError::SystemError(format!(
+            "the thread running the index's {what} panicked"
+        )))
+    })?
+}
+
+/// [`IndexWriter::rollback`], which replaces the writer and its threads, on a lowered thread.
+fn roll_back(writer: &mut IndexWriter) -> Result<()> {
+    on_a_lowered_thread("rollback", || Ok(writer.rollback().map(|_| ())?))
+}
+
 impl SearchIndex {
     /// Opens the index in `dir` (created if missing) with the default writer heap.
     ///
@@ -746,15 +773,9 @@ impl SearchIndex {
         // Created on a thread of lowered priority, so tantivy's indexing, merging and segment
         // threads inherit it (the indexer thread, which commits and so respawns the indexing
         // workers, lowers its own too).
-        let writer = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    lower_this_thread_priority();
-                    index.writer_with_num_threads(1, heap_bytes.max(15_000_000))
-                })
-                .join()
+        let writer = on_a_lowered_thread("writer", || {
+            Ok(index.writer_with_num_threads(1, heap_bytes.max(15_000_000))?)
         })
-        .map_err(|_| open_err("the thread creating the index writer panicked".into()))?
         .map_err(|e| open_err(e.to_string()))?;
         let reader = index
             .reader_builder()
@@ -929,7 +950,7 @@ impl SearchIndex {
     /// failed).
     pub fn rollback(&self) -> Result<()> {
         let mut writer = self.writer()?;
-        writer.rollback()?;
+        roll_back(&mut writer)?;
         if let Ok(mut pending) = self.pending_generation.lock() {
             *pending = None;
         }
@@ -961,7 +982,7 @@ impl SearchIndex {
         let mut writer = self.writer()?;
         // Changes the writer holds uncommitted go first: `delete_all_documents` does not drop
         // documents still buffered, which the rebuild would then index a second time.
-        writer.rollback()?;
+        roll_back(&mut writer)?;
         self.rebuilds.fetch_add(1, Ordering::AcqRel);
         // Ended (the mark even again) however the rebuild ends; the writer is still held.
         struct Ended<'a>(&'a AtomicU64);
@@ -985,7 +1006,7 @@ impl SearchIndex {
         let indexed = match built {
             Ok(indexed) => indexed,
             Err(err) => {
-                let _ = writer.rollback();
+                let _ = roll_back(&mut writer);
                 if let Ok(mut pending) = self.pending_generation.lock() {
                     *pending = None;
                 }
@@ -993,8 +1014,10 @@ impl SearchIndex {
             }
         };
         self.set_generation(generation);
-        if let Err(err) = self.commit_with(&mut writer) {
-            let _ = writer.rollback();
+        // The commit respawns tantivy's indexing thread: on a lowered thread too.
+        let held: &mut IndexWriter = &mut writer;
+        if let Err(err) = on_a_lowered_thread("commit", || self.commit_with(held)) {
+            let _ = roll_back(&mut writer);
             return Err(err);
         }
         tracing::info!(
