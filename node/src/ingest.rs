@@ -345,6 +345,46 @@ pub struct Ingest {
 }
 
 /// Milliseconds since the Unix epoch from the system clock.
+/// Receives a batch's forecast ([`Ingest::ingest_forecast`]).
+type Forecast<'a> = Box<dyn FnOnce(Vec<Result<Accepted, Rejected>>) + Send + 'a>;
+
+/// The item entry a record makes when it wins its item.
+fn item_entry(record: &Record, region: kim_protocol::RegionId) -> ItemEntry {
+    let c = &record.content;
+    ItemEntry {
+        id: record.id,
+        region,
+        author: c.author,
+        kind: c.kind,
+        key: c.key.clone(),
+        revision: c.revision,
+        tombstone: c.body.is_tombstone(),
+        created_at_ms: c.created_at_ms,
+        expires_at_ms: c.expires_at_ms,
+    }
+}
+
+/// What [`Ingest::write`] makes of a record of a withdrawable item whose current winner is
+/// `current` (the same decisions, without the writes).
+fn outcome_against(current: Option<&ItemEntry>, incoming: &ItemEntry) -> Accepted {
+    let id = incoming.id;
+    let Some(cur) = current else {
+        return Accepted::Stored { id };
+    };
+    match decide(&cur.revision(), &incoming.revision()) {
+        Decision::Duplicate => Accepted::Duplicate { id },
+        Decision::Keep => Accepted::Older { id },
+        Decision::Replace => Accepted::Stored { id },
+        Decision::Equivocation {
+            incoming_wins: false,
+        } if cur.tombstone => Accepted::Older { id },
+        Decision::Equivocation { incoming_wins } => Accepted::Equivocation {
+            id,
+            wins: incoming_wins,
+        },
+    }
+}
+
 pub fn system_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -592,6 +632,25 @@ impl Ingest {
             .await
     }
 
+    /// The pipeline for gossiped records. `early` gets every record's forecast as soon as the
+    /// checks before the store write have decided it: refused, already held, an older revision,
+    /// or new (what the write will make of it, unless a concurrent write changes the item
+    /// first). Gossip forwards on that forecast, so a hop waits for verification, not for the
+    /// store. The returned results are final, as [`Ingest::ingest_batch`]'s.
+    pub async fn ingest_forecast(
+        &self,
+        batch: Vec<Vec<u8>>,
+        source: Source,
+        early: impl FnOnce(Vec<Result<Accepted, Rejected>>) + Send,
+    ) -> Vec<Result<Accepted, Rejected>> {
+        self.pipeline_with(
+            batch.into_iter().map(Input::Bytes).collect(),
+            source,
+            Some(Box::new(early)),
+        )
+        .await
+    }
+
     /// The same pipeline for records whose signatures the caller verified a moment ago (import
     /// checks a whole bundle before writing any of it), so the crypto is not done twice.
     /// Everything else — held check, validation, authorisation, resolution — runs as usual.
@@ -611,6 +670,15 @@ impl Ingest {
     }
 
     async fn pipeline(&self, batch: Vec<Input>, source: Source) -> Vec<Result<Accepted, Rejected>> {
+        self.pipeline_with(batch, source, None).await
+    }
+
+    async fn pipeline_with(
+        &self,
+        batch: Vec<Input>,
+        source: Source,
+        early: Option<Forecast<'_>>,
+    ) -> Vec<Result<Accepted, Rejected>> {
         let started = std::time::Instant::now();
         let len = batch.len();
         let store = self.store.clone();
@@ -649,6 +717,9 @@ impl Ingest {
             .into_iter()
             .map(|r| r.map(|r| r.map_err(|err| self.reject(err, source))))
             .collect();
+        if let Some(early) = early {
+            early(self.forecast(&results, &passed));
+        }
         let checked_at = started.elapsed();
         let count = passed.len();
         if !passed.is_empty() {
@@ -805,6 +876,42 @@ impl Ingest {
     /// on before the lock was taken (a removal written by another batch meanwhile), each item
     /// record is judged again here, so a region's items cannot slip in after its purge.
     #[allow(clippy::type_complexity)]
+    /// Every record's outcome as far as the checks decided it, and for those that passed, what
+    /// the write would make of them against their items as the store holds them now.
+    fn forecast(
+        &self,
+        results: &[Option<Result<Accepted, Rejected>>],
+        passed: &[(usize, Record)],
+    ) -> Vec<Result<Accepted, Rejected>> {
+        let mut out: Vec<Result<Accepted, Rejected>> = results
+            .iter()
+            .map(|r| {
+                r.clone()
+                    .unwrap_or(Err(Rejected::Store("not decided".into())))
+            })
+            .collect();
+        let membership = self.membership();
+        for (i, record) in passed {
+            let c = &record.content;
+            let outcome = if !c.kind.is_replicated()
+                || c.kind.is_membership()
+                || !c.kind.withdrawable()
+            {
+                Ok(Accepted::Stored { id: record.id })
+            } else {
+                let region = membership.region_of(&c.author).unwrap_or(c.author);
+                self.store
+                    .item(&region, c.kind, &c.key)
+                    .map(|current| outcome_against(current.as_ref(), &item_entry(record, region)))
+                    .map_err(Rejected::from)
+            };
+            if let Some(slot) = out.get_mut(*i) {
+                *slot = outcome;
+            }
+        }
+        out
+    }
+
     async fn write(
         &self,
         checked: Vec<(usize, Record)>,
@@ -870,17 +977,7 @@ impl Ingest {
                 Some(entry) => Some(entry.clone()),
                 None => self.store.item(&region, c.kind, &c.key)?,
             };
-            let entry = ItemEntry {
-                id: record.id,
-                region,
-                author: c.author,
-                kind: c.kind,
-                key: c.key.clone(),
-                revision: c.revision,
-                tombstone: c.body.is_tombstone(),
-                created_at_ms: c.created_at_ms,
-                expires_at_ms: c.expires_at_ms,
-            };
+            let entry = item_entry(record, region);
             let incoming = entry.revision();
             let first_winner = current.is_none();
             let outcome = match &current {
@@ -1481,6 +1578,85 @@ mod tests {
         }
         assert_eq!(ingest.store().digest()?, digest);
         assert_eq!(ingest.store().record_ids().count(), 3);
+        Ok(())
+    }
+
+    /// Gossip forwards on the forecast: it arrives while the store write is still held back
+    /// (here by the writer lock), and it says what the write then does with each record: new,
+    /// held, older revision, forged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_forecast_comes_before_the_write_and_agrees_with_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(dir.path())?;
+        let ingest = Arc::new(ingest);
+        let held = offer(&ingest, &key, 1, "held")?;
+        let revised = offer(&ingest, &key, 2, "revised")?;
+        let mut content = revised.content.clone();
+        content.revision += 1;
+        let newer = Record::sign(&content, &key)?;
+        for record in [&held, &newer] {
+            assert!(
+                ingest
+                    .ingest_one(record.bytes.clone(), Source::Sync)
+                    .await?
+                    .is_new()
+            );
+        }
+        let fresh = offer(&ingest, &key, 3, "fresh")?;
+        let mut forged = offer(&ingest, &key, 4, "forged")?.bytes;
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let batch = vec![
+            fresh.bytes.clone(),
+            held.bytes.clone(),
+            revised.bytes.clone(),
+            forged,
+        ];
+        let digest = ingest.digest();
+        let writer = ingest.writer.lock().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn({
+            let ingest = Arc::clone(&ingest);
+            async move {
+                ingest
+                    .ingest_forecast(batch, Source::Gossip, move |forecast| {
+                        let _ = tx.send(forecast);
+                    })
+                    .await
+            }
+        });
+        let forecast = tokio::time::timeout(std::time::Duration::from_secs(30), rx).await??;
+        // The write has not happened: the writer lock is still ours.
+        assert_eq!(ingest.digest(), digest);
+        assert!(!ingest.store().has_record(&fresh.id)?);
+        assert!(
+            matches!(forecast[0], Ok(Accepted::Stored { id }) if id == fresh.id),
+            "{forecast:?}"
+        );
+        assert!(
+            matches!(forecast[1], Ok(Accepted::Duplicate { .. })),
+            "{forecast:?}"
+        );
+        assert!(
+            matches!(forecast[2], Ok(Accepted::Older { .. })),
+            "{forecast:?}"
+        );
+        assert!(
+            matches!(forecast[3], Err(Rejected::Invalid(_))),
+            "{forecast:?}"
+        );
+        drop(writer);
+        let written = task.await?;
+        assert_eq!(written.len(), forecast.len());
+        for (w, f) in written.iter().zip(&forecast) {
+            match (w, f) {
+                (Ok(w), Ok(f)) => assert_eq!(w, f),
+                (Err(w), Err(f)) => assert_eq!(w.code(), f.code()),
+                _ => panic!("written {written:?} but forecast {forecast:?}"),
+            }
+        }
+        assert!(ingest.store().has_record(&fresh.id)?);
         Ok(())
     }
 

@@ -5,8 +5,9 @@
 //! - **gossipsub** on the federation's records topic pushes each new record to the mesh within
 //!   milliseconds. Messages are anonymous at the libp2p level (the record carries its own
 //!   signature), the message id is the record id (BLAKE3 of the bytes), and nothing is forwarded
-//!   before the ingest pipeline accepted it (`validate_messages()` +
-//!   `report_message_validation_result`). Invalid records cost the forwarding peer score.
+//!   before the ingest pipeline's checks accepted it (`validate_messages()` +
+//!   `report_message_validation_result`, on [`Records::ingest_gossip`]'s early verdicts, which
+//!   come before the store write). Invalid records cost the forwarding peer score.
 //! - **sync** over request-response (`/kim/<federation>/sync/1`) runs the range-based
 //!   reconciliation of `kim_protocol::reconcile` on every new outbound connection and
 //!   periodically with a random connected peer, then fetches what we lack and pushes what the
@@ -242,6 +243,22 @@ pub trait Records: Send + Sync + 'static {
         records: Vec<Vec<u8>>,
         origin: Origin,
     ) -> impl Future<Output = Vec<Verdict>> + Send;
+
+    /// Runs gossiped records through the ingest pipeline and sends their forwarding verdicts
+    /// through `early` as soon as the checks before the store write decided them, so a gossip
+    /// hop does not wait for the write. Returns the final verdicts. The default sends the final
+    /// verdicts as the early ones.
+    fn ingest_gossip(
+        &self,
+        records: Vec<Vec<u8>>,
+        early: oneshot::Sender<Vec<Verdict>>,
+    ) -> impl Future<Output = Vec<Verdict>> + Send {
+        async move {
+            let verdicts = self.ingest(records, Origin::Gossip).await;
+            let _ = early.send(verdicts.clone());
+            verdicts
+        }
+    }
 
     /// Every id of the sync set, ascending.
     fn ids(&self) -> anyhow::Result<Vec<Id>>;
@@ -1436,11 +1453,13 @@ impl NetClient {
 enum Internal {
     /// A former member's node was told of the membership change (or time ran out).
     Farewelled(PeerId),
-    /// Verdicts for a batch of gossip messages, in order.
+    /// Forwarding verdicts for a batch of gossip messages, in order.
     GossipVerdicts {
         messages: Vec<(gossipsub::MessageId, PeerId)>,
         verdicts: Vec<Verdict>,
     },
+    /// The batch of gossip messages in the pipeline was written (after its verdicts).
+    GossipWritten,
     /// A session wants to send a sync request.
     Outbound {
         peer: PeerId,
@@ -2852,10 +2871,17 @@ impl<R: Records> EventLoop<R> {
         let records = Arc::clone(&self.records);
         let internal = self.internal_tx.clone();
         tokio::spawn(async move {
-            let verdicts = records.ingest(batch, Origin::Gossip).await;
-            let _ = internal
-                .send(Internal::GossipVerdicts { messages, verdicts })
-                .await;
+            // Forwarded (or not) on the early verdicts; the next batch waits for the write.
+            let (early, verdicts) = oneshot::channel();
+            let report = async {
+                // No early verdicts (the pipeline failed): every message is ignored.
+                let verdicts = verdicts.await.unwrap_or_default();
+                let _ = internal
+                    .send(Internal::GossipVerdicts { messages, verdicts })
+                    .await;
+            };
+            tokio::join!(report, records.ingest_gossip(batch, early));
+            let _ = internal.send(Internal::GossipWritten).await;
         });
     }
 
@@ -2903,8 +2929,6 @@ impl<R: Records> EventLoop<R> {
                 "gossip batch verdicts"
             );
         }
-        self.gossip_ingesting = false;
-        self.pump_gossip();
     }
 
     // ----- sync: plumbing ----------------------------------------------------------------------
@@ -2913,6 +2937,10 @@ impl<R: Records> EventLoop<R> {
         match internal {
             Internal::GossipVerdicts { messages, verdicts } => {
                 self.on_gossip_verdicts(messages, verdicts)
+            }
+            Internal::GossipWritten => {
+                self.gossip_ingesting = false;
+                self.pump_gossip();
             }
             Internal::Outbound {
                 peer,
@@ -3694,7 +3722,21 @@ mod ingest_adapter {
     use kim_protocol::reconcile::Id;
 
     use super::{Origin, Records, SyncOutcome, SyncStep, Verdict};
-    use crate::ingest::{Ingest, Rejected, Source};
+    use crate::ingest::{Accepted, Ingest, Rejected, Source};
+
+    /// What the network makes of a pipeline result.
+    fn verdict_of(result: &Result<Accepted, Rejected>) -> Verdict {
+        match result {
+            Ok(accepted) if accepted.is_new() => Verdict::New,
+            Ok(_) => Verdict::Known,
+            // Our store failed: not the sender's fault, do not penalise.
+            Err(Rejected::Store(_)) => Verdict::Failed,
+            Err(Rejected::NotMember | Rejected::RetiredKey | Rejected::UnknownAuthor) => {
+                Verdict::Unauthorised
+            }
+            Err(_) => Verdict::Invalid,
+        }
+    }
 
     /// Most ids reserved up front for a sync snapshot, whatever the digest counts (a damaged
     /// count must not reserve gigabytes); beyond it the vector grows as it reads.
@@ -3713,19 +3755,24 @@ mod ingest_adapter {
             async move {
                 self.ingest_batch(records, source)
                     .await
-                    .into_iter()
-                    .map(|result| match result {
-                        Ok(accepted) if accepted.is_new() => Verdict::New,
-                        Ok(_) => Verdict::Known,
-                        // Our store failed: not the sender's fault, do not penalise.
-                        Err(Rejected::Store(_)) => Verdict::Failed,
-                        Err(
-                            Rejected::NotMember | Rejected::RetiredKey | Rejected::UnknownAuthor,
-                        ) => Verdict::Unauthorised,
-                        Err(_) => Verdict::Invalid,
-                    })
+                    .iter()
+                    .map(verdict_of)
                     .collect()
             }
+        }
+
+        async fn ingest_gossip(
+            &self,
+            records: Vec<Vec<u8>>,
+            early: tokio::sync::oneshot::Sender<Vec<Verdict>>,
+        ) -> Vec<Verdict> {
+            self.ingest_forecast(records, Source::Gossip, move |forecast| {
+                let _ = early.send(forecast.iter().map(verdict_of).collect());
+            })
+            .await
+            .iter()
+            .map(verdict_of)
+            .collect()
         }
 
         fn ids(&self) -> anyhow::Result<Vec<Id>> {

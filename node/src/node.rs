@@ -569,6 +569,23 @@ struct NodeRecords {
     arrivals: broadcast::Sender<Arrival>,
 }
 
+impl NodeRecords {
+    /// After a batch from the network: wakes the membership task if access may have changed
+    /// (the counter moved since `access`), and announces the records that were new.
+    fn arrived(&self, ids: &[RecordId], verdicts: &[Verdict], origin: Origin, access: u64) {
+        if self.ingest.access_changes() != access {
+            self.changed.notify_one();
+        }
+        if verdicts.contains(&Verdict::New) {
+            for (id, verdict) in ids.iter().zip(verdicts) {
+                if *verdict == Verdict::New {
+                    let _ = self.arrivals.send(Arrival { id: *id, origin });
+                }
+            }
+        }
+    }
+}
+
 /// A record that arrived from the network and was new here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival {
@@ -588,16 +605,23 @@ impl Records for NodeRecords {
         };
         let access = self.ingest.access_changes();
         let verdicts = Records::ingest(self.ingest.as_ref(), records, origin).await;
-        if self.ingest.access_changes() != access {
-            self.changed.notify_one();
-        }
-        if verdicts.contains(&Verdict::New) {
-            for (id, verdict) in ids.iter().zip(&verdicts) {
-                if *verdict == Verdict::New {
-                    let _ = self.arrivals.send(Arrival { id: *id, origin });
-                }
-            }
-        }
+        self.arrived(&ids, &verdicts, origin, access);
+        verdicts
+    }
+
+    async fn ingest_gossip(
+        &self,
+        records: Vec<Vec<u8>>,
+        early: tokio::sync::oneshot::Sender<Vec<Verdict>>,
+    ) -> Vec<Verdict> {
+        let ids: Vec<RecordId> = if self.arrivals.receiver_count() > 0 {
+            records.iter().map(|r| record_id(r)).collect()
+        } else {
+            Vec::new()
+        };
+        let access = self.ingest.access_changes();
+        let verdicts = Records::ingest_gossip(self.ingest.as_ref(), records, early).await;
+        self.arrived(&ids, &verdicts, Origin::Gossip, access);
         verdicts
     }
 
