@@ -11,7 +11,7 @@
 //! - [`net`]: the libp2p event loop (gossip, sync, discovery, gate) and its client.
 //! - [`search`]: the tantivy index of searchable items, kept in step with the store.
 //! - [`service`]: publish, revise, withdraw, list, drafts; the one place that signs.
-//! - [`matches`]: one offer or request against the replica: index retrieval, exact scoring.
+//! - [`mod@matches`]: one offer or request against the replica: index retrieval, exact scoring.
 //! - [`saved`]: saved searches and the notifications new items raise (local only).
 //! - [`overview`]: per-region counts and the co-operation potential matrix.
 //! - [`api`]: axum routes under `/api/v1`, errors, auth, OpenAPI; [`api_find`] adds search,
@@ -21,7 +21,7 @@
 //!   federation profile|create|sign|adopt` (founding with several regions, offline);
 //!   [`cli_keys`]: `kim keys rotate`.
 //! - [`keys`]: the region key files: rotation hand-over on disk and its crash recovery.
-//! - [`bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy;
+//! - [`mod@bench`]: `kim bench …`; [`bench_reconcile`]: `kim bench reconcile` against negentropy;
 //!   [`bench_search`]: `kim bench search`; [`bench_net`]: `kim bench propagation|catchup`.
 //! - [`founding`], [`demo`], [`indexer`]: founding records, `kim demo`, the search indexer.
 

@@ -6,7 +6,7 @@
 //!   [`Store::apply`] for how it is made atomic without sled's process-wide batch lock):
 //!   - `R` id's first 18 bits → pointers to the record log for every record of the sync set
 //!     (winners, tombstones, equivocation evidence, membership records) whose id starts so:
-//!     one entry per group of 262,144, not one per record (format 6; see [`pointers`] for why)
+//!     one entry per group of 262,144, not one per record (format 6; see the `pointers` module for why)
 //!   - `i` region ‖ kind ‖ key → the current winner of each item: an [`ItemEntry`] stored
 //!     without what its key says (`StoredItem`, format 3)
 //!   - `w` kind ‖ [`Position`] → the item's `i` key, for withdrawn items only (list withdrawn
@@ -27,7 +27,7 @@
 //!   fields), as JSON.
 //! - `audit`: the audit log, sequence number (BE) → JSON entry.
 //!
-//! Beside sled, `records.log` holds the records' bytes (see [`log`] for why and how).
+//! Beside sled, `records.log` holds the records' bytes (see the `log` module for why and how).
 
 mod compact;
 mod log;
@@ -40,7 +40,7 @@ use kim_protocol::digest::StateDigest;
 use kim_protocol::{Kind, PublicKey, RecordId, RegionId};
 use serde::{Deserialize, Serialize};
 
-/// Version of the on-disk layout. Bump it and add a step to [`migrate`] when the layout changes.
+/// Version of the on-disk layout. Bump it and add a step to `migrate` when the layout changes.
 ///
 /// - 1: record bytes as sled values.
 /// - 2: record bytes in the record log, sled values are pointers to them.
@@ -1056,7 +1056,7 @@ impl Store {
     /// Applies a write set atomically (all of it or none of it survives a crash). Not yet
     /// durable: see [`Store::flush`].
     ///
-    /// The new records' bytes go to the record log first, synced (see [`log`]). Then, as sled
+    /// The new records' bytes go to the record log first, synced (see the `log` module). Then, as sled
     /// recovers a prefix of the writes it was given, in order: the journal (the keys of the new
     /// records, every other change, and where the bytes of removed records lie) is written
     /// first, then the new records' pointers, then the other changes (insertions before

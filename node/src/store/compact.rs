@@ -158,7 +158,7 @@ impl Store {
     /// Rewrites the store in `dir` into a fresh sled database and swaps it in (see the module
     /// docs). The node must be stopped: a running node holds the store's lock, and this fails
     /// with [`StoreError::Locked`]. `progress` is called with the entries copied so far, every
-    /// [`BATCH_ENTRIES`]. On any failure before the swap the store is left as it was.
+    /// `BATCH_ENTRIES`. On any failure before the swap the store is left as it was.
     pub async fn compact(
         dir: &Path,
         cache_bytes: u64,
