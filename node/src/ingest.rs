@@ -344,7 +344,6 @@ pub struct Ingest {
     indexer: Option<crate::indexer::Indexer>,
 }
 
-/// Milliseconds since the Unix epoch from the system clock.
 /// Receives a batch's forecast ([`Ingest::ingest_forecast`]).
 type Forecast<'a> = Box<dyn FnOnce(Vec<Result<Accepted, Rejected>>) + Send + 'a>;
 
@@ -385,6 +384,7 @@ fn outcome_against(current: Option<&ItemEntry>, incoming: &ItemEntry) -> Accepte
     }
 }
 
+/// Milliseconds since the Unix epoch from the system clock.
 pub fn system_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -867,15 +867,6 @@ impl Ingest {
         Ok(())
     }
 
-    /// Resolves and writes checked records atomically, then flushes if the source is
-    /// acknowledged ([`Source::acknowledged`]). `generation` is the write
-    /// count the batch's held check saw: if another batch was written since, each record is
-    /// checked again here, under the lock, so nothing is stored or counted in the digest twice.
-    ///
-    /// Authorisation was judged against the membership of `checked_state`; if membership moved
-    /// on before the lock was taken (a removal written by another batch meanwhile), each item
-    /// record is judged again here, so a region's items cannot slip in after its purge.
-    #[allow(clippy::type_complexity)]
     /// Every record's outcome as far as the checks decided it, and for those that passed, what
     /// the write would make of them against their items as the store holds them now.
     fn forecast(
@@ -912,6 +903,15 @@ impl Ingest {
         out
     }
 
+    /// Resolves and writes checked records atomically, then flushes if the source is
+    /// acknowledged ([`Source::acknowledged`]). `generation` is the write
+    /// count the batch's held check saw: if another batch was written since, each record is
+    /// checked again here, under the lock, so nothing is stored or counted in the digest twice.
+    ///
+    /// Authorisation was judged against the membership of `checked_state`; if membership moved
+    /// on before the lock was taken (a removal written by another batch meanwhile), each item
+    /// record is judged again here, so a region's items cannot slip in after its purge.
+    #[allow(clippy::type_complexity)]
     async fn write(
         &self,
         checked: Vec<(usize, Record)>,
