@@ -570,6 +570,17 @@ struct NodeRecords {
 }
 
 impl NodeRecords {
+    /// Before a batch from the network: the records' ids if anyone watches arrivals, and the
+    /// access counter to compare with afterwards ([`NodeRecords::arrived`]).
+    fn arriving(&self, records: &[Vec<u8>]) -> (Vec<RecordId>, u64) {
+        let ids = if self.arrivals.receiver_count() > 0 {
+            records.iter().map(|r| record_id(r)).collect()
+        } else {
+            Vec::new()
+        };
+        (ids, self.ingest.access_changes())
+    }
+
     /// After a batch from the network: wakes the membership task if access may have changed
     /// (the counter moved since `access`), and announces the records that were new.
     fn arrived(&self, ids: &[RecordId], verdicts: &[Verdict], origin: Origin, access: u64) {
@@ -598,12 +609,7 @@ const ARRIVALS_QUEUE_LEN: usize = 4096;
 
 impl Records for NodeRecords {
     async fn ingest(&self, records: Vec<Vec<u8>>, origin: Origin) -> Vec<Verdict> {
-        let ids: Vec<RecordId> = if self.arrivals.receiver_count() > 0 {
-            records.iter().map(|r| record_id(r)).collect()
-        } else {
-            Vec::new()
-        };
-        let access = self.ingest.access_changes();
+        let (ids, access) = self.arriving(&records);
         let verdicts = Records::ingest(self.ingest.as_ref(), records, origin).await;
         self.arrived(&ids, &verdicts, origin, access);
         verdicts
@@ -614,12 +620,7 @@ impl Records for NodeRecords {
         records: Vec<Vec<u8>>,
         early: tokio::sync::oneshot::Sender<Vec<Verdict>>,
     ) -> Vec<Verdict> {
-        let ids: Vec<RecordId> = if self.arrivals.receiver_count() > 0 {
-            records.iter().map(|r| record_id(r)).collect()
-        } else {
-            Vec::new()
-        };
-        let access = self.ingest.access_changes();
+        let (ids, access) = self.arriving(&records);
         let verdicts = Records::ingest_gossip(self.ingest.as_ref(), records, early).await;
         self.arrived(&ids, &verdicts, Origin::Gossip, access);
         verdicts
