@@ -501,6 +501,34 @@ async fn ingest_run(
     Ok((measured, disk))
 }
 
+/// Decode and validate alone, on one thread: the part of the pipeline's work besides the
+/// signature check that no store design can skip.
+fn decode_validate_rate(batches: Vec<Vec<Vec<u8>>>, ctx: &Context) -> anyhow::Result<Measured> {
+    let count: usize = batches.iter().map(Vec::len).sum();
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    for bytes in batches.into_iter().flatten() {
+        let record = Record::decode(bytes).context("a benchmark record does not decode")?;
+        validate(&record.content, ctx).context("a benchmark record is invalid")?;
+        black_box(record);
+    }
+    Ok(Measured::of(count, start, cpu))
+}
+
+/// One sled insert per record, flushed per batch, on a fresh database with the store's
+/// settings ([`crate::store::one_insert_per_record`]): the least a sled-backed store writes.
+fn sled_floor_rate(ids: &[[u8; 32]], batch: usize) -> anyhow::Result<Measured> {
+    let dir = std::env::temp_dir().join(format!(
+        "kim-bench-sled-floor-{}-{}",
+        std::process::id(),
+        crate::ingest::system_now_ms()
+    ));
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    crate::store::one_insert_per_record(&dir, ids, batch)?;
+    Ok(Measured::of(ids.len(), start, cpu))
+}
+
 /// The fastest of several measurements of one figure, and the slowest rate seen.
 fn fastest(runs: Vec<Measured>) -> anyhow::Result<(Measured, f64)> {
     let slowest = runs
@@ -569,6 +597,22 @@ async fn ingest(count: usize, batch: usize, in_flight: usize, runs: usize) -> an
         );
     }
     let (many, many_slowest) = fastest(many_runs)?;
+    eprintln!("measuring the parts alone…");
+    let ctx = Context {
+        federation,
+        now_ms: crate::ingest::system_now_ms(),
+    };
+    let (parts, _) = fastest(
+        (0..runs)
+            .map(|_| decode_validate_rate(batches(), &ctx))
+            .collect::<anyhow::Result<_>>()?,
+    )?;
+    let ids: Vec<[u8; 32]> = records.iter().map(|r| r.id.0).collect();
+    let (floor, _) = fastest(
+        (0..runs)
+            .map(|_| sled_floor_rate(&ids, batch))
+            .collect::<anyhow::Result<_>>()?,
+    )?;
     println!(
         "kim bench ingest: {count} records (mean {mean_bytes} bytes), batches of {batch}, \
          each run on a fresh store (1 in flight: {:.1} MB), every batch flushed before it is \
@@ -622,6 +666,27 @@ async fn ingest(count: usize, batch: usize, in_flight: usize, runs: usize) -> an
             "",
             "",
             raw / pipeline
+        );
+    }
+    println!("the parts alone, 1 thread (fastest of {runs} runs each):");
+    row("decode + validate, nothing else", &parts, None);
+    row(
+        &format!("sled: 1 insert per record, flush per {batch}"),
+        &floor,
+        None,
+    );
+    if let (Some(raw), Some(dv), Some(sled)) = (
+        raw_one.cpu_us_per_record,
+        parts.cpu_us_per_record,
+        floor.cpu_us_per_record,
+    ) {
+        println!(
+            "{:<48} {:>10} {:>8} {:>9.2}   (verify, decode, validate and one sled insert: \
+             the best ratio a sled store allows)",
+            "CPU per record: raw verify / (sum of the three)",
+            "",
+            "",
+            raw / (raw + dv + sled)
         );
     }
     Ok(())
@@ -685,4 +750,33 @@ fn encoding(count: usize, min_ms: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ingest benchmark runs end to end on a small set: every record is stored by each
+    /// pipeline run (it fails otherwise), and the parts alone are measured on the same records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ingest_benchmark_stores_every_record_and_measures_the_parts() {
+        let ran = ingest(300, 100, 2, 1).await;
+        assert!(ran.is_ok(), "{ran:?}");
+        let refused = ingest(300, 0, 2, 1).await;
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn decode_and_validate_alone_refuse_a_damaged_record() -> anyhow::Result<()> {
+        let (_, federation, records) = federation_records(3)?;
+        let ctx = Context {
+            federation,
+            now_ms: crate::ingest::system_now_ms(),
+        };
+        let mut bytes: Vec<Vec<u8>> = records.iter().map(|r| r.bytes.clone()).collect();
+        assert!(decode_validate_rate(vec![bytes.clone()], &ctx).is_ok());
+        bytes[1].truncate(10);
+        assert!(decode_validate_rate(vec![bytes], &ctx).is_err());
+        Ok(())
+    }
 }

@@ -1759,6 +1759,36 @@ impl Store {
     }
 }
 
+/// The least any sled-backed store of these records must do, for `kim bench ingest` to set
+/// beside the pipeline: a fresh sled database in `dir` with the store's own settings, one
+/// insert per id (the id → its 13-byte record-log pointer, the smallest entry that finds a
+/// record by id), `ids` taken in batches of `batch` with a flush after each. Nothing else is
+/// read or written. `dir` must not exist yet; it is removed afterwards.
+pub fn one_insert_per_record(dir: &Path, ids: &[[u8; 32]], batch: usize) -> Result<(), StoreError> {
+    if dir.exists() {
+        return Err(StoreError::Io {
+            dir: dir.to_path_buf(),
+            cause: "exists already; the sled floor measurement needs a fresh directory".into(),
+        });
+    }
+    let config = sled_config(dir, CACHE_BYTES_DEFAULT);
+    let written = (|| -> Result<(), sled::Error> {
+        let db = config.open()?;
+        let tree = db.open_tree("data")?;
+        let mut pointer = [0u8; log::POINTER_LEN];
+        for (n, chunk) in ids.chunks(batch.max(1)).enumerate() {
+            for (i, id) in chunk.iter().enumerate() {
+                pointer[..8].copy_from_slice(&((n * batch + i) as u64).to_be_bytes());
+                tree.insert(id, &pointer[..])?;
+            }
+            db.flush()?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(dir);
+    written.map_err(|e| classify(dir, e))
+}
+
 /// sled's settings for a store in `dir` (also those of a compaction's copy).
 fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
     sled::Config::new()
@@ -1848,6 +1878,34 @@ mod tests {
         let back: Journal = postcard::from_bytes(&encoded)?;
         assert_eq!(back.changes, journal.changes);
         Ok(())
+    }
+
+    #[test]
+    fn the_sled_floor_writes_in_a_fresh_directory_only_and_removes_it() {
+        let fresh = temp_dir("sled-floor");
+        let ids: Vec<[u8; 32]> = (0..500u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                id
+            })
+            .collect();
+        assert!(one_insert_per_record(&fresh, &ids, 64).is_ok());
+        assert!(!fresh.exists(), "the measurement's database is removed");
+        // A directory that holds anything is never opened, let alone removed.
+        let taken = temp_dir("sled-floor-taken");
+        assert!(std::fs::create_dir_all(&taken).is_ok());
+        assert!(std::fs::write(taken.join("keep"), b"data").is_ok());
+        let refused = one_insert_per_record(&taken, &ids, 64);
+        assert!(
+            matches!(&refused, Err(StoreError::Io { dir, cause }) if *dir == taken && cause.contains("exists already")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            std::fs::read(taken.join("keep")).ok(),
+            Some(b"data".to_vec())
+        );
+        let _ = std::fs::remove_dir_all(&taken);
     }
 
     fn temp_dir(name: &str) -> PathBuf {
