@@ -225,6 +225,50 @@ pub struct Record {
     content_end: usize,
 }
 
+/// A postcard output that compares instead of storing: it refuses (as
+/// `SerializeBufferFull`) the first byte that differs from `expected` or runs past its end,
+/// and finishes only at its exact end. So `serialize_with_flavor(value, SameAs::new(bytes))`
+/// is `Ok` exactly when `to_stdvec(value) == bytes`.
+struct SameAs<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+impl<'a> SameAs<'a> {
+    fn new(expected: &'a [u8]) -> Self {
+        SameAs { expected, at: 0 }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for SameAs<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.at + data.len();
+        if self.expected.get(self.at..end) != Some(data) {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.at = end;
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        if self.expected.get(self.at) != Some(&data) {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        if self.at == self.expected.len() {
+            Ok(())
+        } else {
+            Err(postcard::Error::SerializeBufferFull)
+        }
+    }
+}
+
 /// BLAKE3 of a record's wire bytes.
 pub fn record_id(bytes: &[u8]) -> RecordId {
     RecordId(*blake3::hash(bytes).as_bytes())
@@ -276,10 +320,12 @@ impl Record {
             return Err(Error::TrailingBytes { count: rest.len() });
         }
         // One byte form per record: overlong varints or other encoder freedom would give the
-        // same content several ids.
-        let canonical = postcard::to_stdvec(&content).map_err(malformed)?;
-        if canonical != content_bytes {
-            return Err(Error::NonCanonical);
+        // same content several ids. Encoded again and compared as it is written, with no
+        // buffer: the first differing byte ends it.
+        match postcard::serialize_with_flavor(&content, SameAs::new(content_bytes)) {
+            Ok(()) => {}
+            Err(postcard::Error::SerializeBufferFull) => return Err(Error::NonCanonical),
+            Err(other) => return Err(malformed(other)),
         }
         let content_end = bytes.len() - SignatureBytes::LEN;
         let content_start = content_end - content_bytes.len();
@@ -489,6 +535,63 @@ mod tests {
             Record::decode(overlong).map_err(|e| e.code()),
             Err("record.non_canonical")
         );
+        Ok(())
+    }
+
+    /// A record whose content bytes are `content` and whose signature is zeros: enough for
+    /// decode, which does not verify.
+    fn enveloped(content: &[u8]) -> Vec<u8> {
+        let mut bytes = postcard::to_stdvec(&content.len()).unwrap_or_default();
+        bytes.extend_from_slice(content);
+        bytes.extend_from_slice(&[0u8; SignatureBytes::LEN]);
+        bytes
+    }
+
+    #[test]
+    fn content_in_any_but_its_canonical_form_is_refused() -> Result<(), Error> {
+        let k = key(3);
+        let record = Record::sign(&tombstone(&k), &k)?;
+        let content = record.content_bytes().to_vec();
+        assert!(Record::decode(enveloped(&content)).is_ok());
+        // format (1) + federation (32) + author (32), then the kind's variant index and the
+        // key's length, each a one-byte varint: written as overlong two-byte varints they
+        // decode to the same content.
+        for at in [65usize, 66] {
+            let byte = content[at];
+            assert!(byte < 0x80);
+            let mut overlong = content[..at].to_vec();
+            overlong.extend_from_slice(&[byte | 0x80, 0x00]);
+            overlong.extend_from_slice(&content[at + 1..]);
+            assert_eq!(
+                Record::decode(enveloped(&overlong)).map_err(|e| e.code()),
+                Err("record.non_canonical"),
+                "overlong varint at {at}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_comparing_output_agrees_with_encoding_and_comparing() -> Result<(), Error> {
+        use postcard::ser_flavors::Flavor as _;
+        let k = key(3);
+        let content = tombstone(&k);
+        let bytes = postcard::to_stdvec(&content).map_err(malformed)?;
+        let same = |expected: &[u8]| {
+            postcard::serialize_with_flavor(&content, SameAs::new(expected)).is_ok()
+        };
+        assert!(same(&bytes));
+        assert!(!same(&bytes[..bytes.len() - 1]), "shorter");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!same(&longer), "longer");
+        for at in [0, bytes.len() / 2, bytes.len() - 1] {
+            let mut changed = bytes.clone();
+            changed[at] ^= 1;
+            assert!(!same(&changed), "byte {at} changed");
+        }
+        let mut empty = SameAs::new(&[]);
+        assert!(empty.try_extend(&[]).is_ok() && empty.finalize().is_ok());
         Ok(())
     }
 
