@@ -272,6 +272,8 @@ enum BareCommand {
     Dial(Multiaddr),
     Publish(Vec<u8>),
     MeshPeers(tokio::sync::oneshot::Sender<usize>),
+    /// Connected peers and gossip mesh peers.
+    Links(tokio::sync::oneshot::Sender<(usize, usize)>),
 }
 
 /// A swarm with only gossipsub, configured like KIM's (anonymous, message id = BLAKE3 of the
@@ -332,6 +334,12 @@ async fn bare_node(
                     Some(BareCommand::MeshPeers(reply)) => {
                         let _ = reply.send(swarm.behaviour().all_mesh_peers().count());
                     }
+                    Some(BareCommand::Links(reply)) => {
+                        let _ = reply.send((
+                            swarm.connected_peers().count(),
+                            swarm.behaviour().all_mesh_peers().count(),
+                        ));
+                    }
                     None => break,
                 }
             }
@@ -372,6 +380,8 @@ pub async fn propagation(
         let edges = topology(n, degree, n as u64);
         let scratch = Scratch::new("propagation")?;
         eprintln!("[{n} nodes] starting KIM nodes…");
+        // Discovery is off (`start_federation`): each KIM node keeps to the topology's links,
+        // as the bare nodes do; the output shows both sides' peer counts.
         let federation = start_federation(&scratch.0, n, |c| {
             c.sync_interval_secs = 0;
             c.sync_on_connect = false;
@@ -409,6 +419,12 @@ pub async fn propagation(
             published.insert(record_id(bytes), (*origin, Instant::now()));
         }
         let bare_result = collect(bare_rx, &published, n, Duration::from_secs(30)).await;
+        let mut bare_links = Vec::with_capacity(n);
+        for node in &bare {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let _ = node.1.send(BareCommand::Links(reply));
+            bare_links.push(answer.await.unwrap_or((0, 0)));
+        }
         drop(bare);
 
         // KIM: the same records through the same topology, each stored by its origin first.
@@ -504,8 +520,11 @@ pub async fn propagation(
         eprintln!("[{n} nodes] KIM published {count}; collecting deliveries…");
         let kim_result = collect(kim_rx, &published, n, Duration::from_secs(60)).await;
         let mut fetched_by_sync = 0;
+        let mut kim_links = Vec::with_capacity(n);
         for node in &federation.nodes {
             fetched_by_sync += node.net.stats().await.map_or(0, |s| s.sync_records_new);
+            let peers = node.net.peers().await.unwrap_or_default();
+            kim_links.push((peers.len(), peers.iter().filter(|p| p.gossip_mesh).count()));
         }
         federation.stop().await?;
 
@@ -514,6 +533,18 @@ pub async fn propagation(
             "{n} nodes, {} links, {count} records ({:.0} B mean):",
             edges.len(),
             record_bytes as f64 / count.max(1) as f64
+        );
+        // The comparison holds only if both ran on the same links: a KIM node that found and
+        // dialled more members than its edges would forward to a larger mesh.
+        let mean = |links: &[(usize, usize)], pick: fn(&(usize, usize)) -> usize| {
+            links.iter().map(pick).sum::<usize>() as f64 / links.len().max(1) as f64
+        };
+        println!(
+            "  peers per node  bare: {:.1} connected, {:.1} in the gossip mesh; KIM: {:.1} connected, {:.1} in the mesh",
+            mean(&bare_links, |l| l.0),
+            mean(&bare_links, |l| l.1),
+            mean(&kim_links, |l| l.0),
+            mean(&kim_links, |l| l.1),
         );
         println!("  bare gossipsub  {}", bare_result.summary());
         println!("  KIM             {}", kim_result.summary());

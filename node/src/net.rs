@@ -1595,6 +1595,15 @@ pub fn new<R: Records>(
     // at every start that there is nobody to ask).
     kad_config
         .set_periodic_bootstrap_interval(config.discovery.then_some(Duration::from_secs(300)));
+    if !config.discovery {
+        // Nor any other way: by default kademlia puts every connected peer that speaks its
+        // protocol into the routing table and, while the table is small, bootstraps on each
+        // insert. That query asks the peers this node connected to for the nodes they know
+        // and dials them, so a node with discovery off still ended up connected to every
+        // member. With manual inserts the table holds only what `add_address` puts there,
+        // which identify does only with discovery on.
+        kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+    }
     let mut kademlia = kad::Behaviour::with_config(
         local_peer_id,
         kad::store::MemoryStore::new(local_peer_id),
