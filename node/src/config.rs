@@ -127,7 +127,9 @@ sync_interval_secs = {sync_interval}
 # catches up at once).
 sync_on_connect = {sync_on_connect}
 
-# Discover other members' nodes through the federation's DHT.
+# Discover other members' nodes through the federation's DHT and dial them. Off: the node
+# dials only its bootstrap peers and the addresses members publish in their region
+# profiles (and accepts members that dial it).
 discovery = {discovery}
 
 # sled page cache in bytes. sled holds about two and a half times this once the cache
