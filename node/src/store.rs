@@ -1776,7 +1776,8 @@ pub fn one_insert_per_record(dir: &Path, ids: &[[u8; 32]], batch: usize) -> Resu
         let db = config.open()?;
         let tree = db.open_tree("data")?;
         let mut pointer = [0u8; log::POINTER_LEN];
-        for (n, chunk) in ids.chunks(batch.max(1)).enumerate() {
+        let batch = batch.max(1);
+        for (n, chunk) in ids.chunks(batch).enumerate() {
             for (i, id) in chunk.iter().enumerate() {
                 pointer[..8].copy_from_slice(&((n * batch + i) as u64).to_be_bytes());
                 tree.insert(id, &pointer[..])?;
