@@ -374,6 +374,8 @@ fn outcome_against(current: Option<&ItemEntry>, incoming: &ItemEntry) -> Accepte
         Decision::Duplicate => Accepted::Duplicate { id },
         Decision::Keep => Accepted::Older { id },
         Decision::Replace => Accepted::Stored { id },
+        // A content body is never kept as evidence beside a tombstone: the tombstone wins
+        // and erasure must hold.
         Decision::Equivocation {
             incoming_wins: false,
         } if cur.tombstone => Accepted::Older { id },
@@ -978,68 +980,47 @@ impl Ingest {
                 None => self.store.item(&region, c.kind, &c.key)?,
             };
             let entry = item_entry(record, region);
-            let incoming = entry.revision();
             let first_winner = current.is_none();
-            let outcome = match &current {
-                None => {
+            // What becomes of the record is decided in one place, `outcome_against`, which the
+            // gossip forecast uses too; here only the writes that follow from it.
+            let outcome = outcome_against(current.as_ref(), &entry);
+            // A newer revision replaces the winner; so does a tombstone that wins an
+            // equivocation (no content body is kept as evidence beside it: erasure must hold).
+            let replaces = matches!(outcome, Accepted::Stored { .. })
+                || (matches!(outcome, Accepted::Equivocation { wins: true, .. })
+                    && entry.tombstone);
+            match (&current, &outcome) {
+                (None, _) => {
                     writes.put_record(&record.id, &record.bytes);
                     digest.add(&record.id);
                     writes.set_item(&entry, None);
                     overlay.insert(slot, entry);
-                    Accepted::Stored { id: record.id }
                 }
-                Some(cur) => {
-                    match decide(&cur.revision(), &incoming) {
-                        Decision::Duplicate => Accepted::Duplicate { id: record.id },
-                        Decision::Keep => Accepted::Older { id: record.id },
-                        Decision::Replace => {
-                            self.supersede(&mut writes, &mut digest, &mut evidence, cur)?;
-                            writes.put_record(&record.id, &record.bytes);
-                            digest.add(&record.id);
-                            writes.set_item(&entry, Some(cur));
-                            overlay.insert(slot, entry);
-                            Accepted::Stored { id: record.id }
-                        }
-                        // A content body is never kept as evidence beside a tombstone: the
-                        // tombstone wins and erasure must hold.
-                        Decision::Equivocation {
-                            incoming_wins: false,
-                        } if cur.tombstone => Accepted::Older { id: record.id },
-                        Decision::Equivocation {
-                            incoming_wins: true,
-                        } if entry.tombstone => {
-                            self.supersede(&mut writes, &mut digest, &mut evidence, cur)?;
-                            writes.put_record(&record.id, &record.bytes);
-                            digest.add(&record.id);
-                            writes.set_item(&entry, Some(cur));
-                            overlay.insert(slot, entry);
-                            Accepted::Equivocation {
-                                id: record.id,
-                                wins: true,
-                            }
-                        }
-                        Decision::Equivocation { incoming_wins } => {
-                            tracing::warn!(
-                                author = %c.author, kind = %c.kind, key = %c.key,
-                                revision = c.revision, "equivocation: two records with one revision"
-                            );
-                            writes.put_record(&record.id, &record.bytes);
-                            digest.add(&record.id);
-                            let loser = if incoming_wins { cur.id } else { record.id };
-                            writes.mark_equivocation(&region, c.kind, &c.key, &loser);
-                            evidence.entry(slot.clone()).or_default().push(loser);
-                            if incoming_wins {
-                                writes.set_item(&entry, Some(cur));
-                                overlay.insert(slot, entry);
-                            }
-                            Accepted::Equivocation {
-                                id: record.id,
-                                wins: incoming_wins,
-                            }
-                        }
+                (Some(cur), _) if replaces => {
+                    self.supersede(&mut writes, &mut digest, &mut evidence, cur)?;
+                    writes.put_record(&record.id, &record.bytes);
+                    digest.add(&record.id);
+                    writes.set_item(&entry, Some(cur));
+                    overlay.insert(slot, entry);
+                }
+                (Some(cur), Accepted::Equivocation { wins, .. }) => {
+                    tracing::warn!(
+                        author = %c.author, kind = %c.kind, key = %c.key,
+                        revision = c.revision, "equivocation: two records with one revision"
+                    );
+                    writes.put_record(&record.id, &record.bytes);
+                    digest.add(&record.id);
+                    let loser = if *wins { cur.id } else { record.id };
+                    writes.mark_equivocation(&region, c.kind, &c.key, &loser);
+                    evidence.entry(slot.clone()).or_default().push(loser);
+                    if *wins {
+                        writes.set_item(&entry, Some(cur));
+                        overlay.insert(slot, entry);
                     }
                 }
-            };
+                // A duplicate or an older revision: nothing to write.
+                (Some(_), _) => {}
+            }
             if overlay
                 .get(&slot_of(&region, c))
                 .is_some_and(|winner| winner.id == record.id)
@@ -1657,6 +1638,103 @@ mod tests {
             }
         }
         assert!(ingest.store().has_record(&fresh.id)?);
+        Ok(())
+    }
+
+    /// Two records of one item with one revision: the second is kept as evidence beside the
+    /// winner the rule picks; a tombstone of that revision then wins and erases both bodies; a
+    /// body of that revision arriving after the tombstone is older. The gossip forecast says
+    /// the same as the write at every step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn equivocations_keep_evidence_and_a_tombstone_of_the_revision_erases_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ingest, key) = pipeline(dir.path())?;
+        let at_revision_one = |seed: u64, tombstone: bool| -> Result<Record, kim_protocol::Error> {
+            let mut content = offer(&ingest, &key, seed, "twice")?.content;
+            content.revision = 1;
+            if tombstone {
+                content.body = kim_protocol::Body::Tombstone(kim_protocol::types::Tombstone {
+                    reason: "withdrawn in a test".into(),
+                });
+                content.expires_at_ms = None;
+            }
+            Record::sign(&content, &key)
+        };
+        let ingest_with_forecast = |record: &Record| {
+            let bytes = record.bytes.clone();
+            let ingest = &ingest;
+            async move {
+                let forecast = std::sync::Mutex::new(Vec::new());
+                let written = ingest
+                    .ingest_forecast(vec![bytes], Source::Gossip, |f| {
+                        if let Ok(mut slot) = forecast.lock() {
+                            *slot = f;
+                        }
+                    })
+                    .await;
+                let forecast = forecast.into_inner().unwrap_or_default();
+                assert_eq!(forecast.len(), 1);
+                assert_eq!(written.len(), 1);
+                match (&written[0], &forecast[0]) {
+                    (Ok(w), Ok(f)) => assert_eq!(w, f),
+                    other => panic!("written and forecast differ: {other:?}"),
+                }
+                written.into_iter().next()
+            }
+        };
+        let region = samples::public_key(&key);
+        let (a, b) = (at_revision_one(11, false)?, at_revision_one(12, false)?);
+        let first = ingest_with_forecast(&a).await;
+        assert!(
+            matches!(first, Some(Ok(Accepted::Stored { .. }))),
+            "{first:?}"
+        );
+        let second = ingest_with_forecast(&b).await;
+        let Some(Ok(Accepted::Equivocation { wins, .. })) = second else {
+            panic!("not an equivocation: {second:?}");
+        };
+        let (winner, loser) = if wins { (&b, &a) } else { (&a, &b) };
+        let entry = ingest.store().item(&region, Kind::Cooperation, "twice")?;
+        assert_eq!(entry.map(|e| e.id), Some(winner.id));
+        assert_eq!(
+            ingest
+                .store()
+                .equivocations(&region, Kind::Cooperation, "twice")?,
+            vec![loser.id]
+        );
+        assert!(ingest.store().has_record(&a.id)? && ingest.store().has_record(&b.id)?);
+
+        let tombstone = at_revision_one(13, true)?;
+        let withdrawn = ingest_with_forecast(&tombstone).await;
+        assert!(
+            matches!(
+                withdrawn,
+                Some(Ok(Accepted::Equivocation { wins: true, .. }))
+            ),
+            "{withdrawn:?}"
+        );
+        let entry = ingest
+            .store()
+            .item(&region, Kind::Cooperation, "twice")?
+            .ok_or("no winner")?;
+        assert!(entry.tombstone && entry.id == tombstone.id);
+        assert!(!ingest.store().has_record(&a.id)? && !ingest.store().has_record(&b.id)?);
+        assert!(
+            ingest
+                .store()
+                .equivocations(&region, Kind::Cooperation, "twice")?
+                .is_empty()
+        );
+
+        let late = at_revision_one(14, false)?;
+        let refused = ingest_with_forecast(&late).await;
+        assert!(
+            matches!(refused, Some(Ok(Accepted::Older { .. }))),
+            "{refused:?}"
+        );
+        assert!(!ingest.store().has_record(&late.id)?);
+        assert_eq!(ingest.store().digest()?, ingest.digest());
         Ok(())
     }
 
