@@ -22,6 +22,7 @@
 //! - [`names`]: libp2p protocol ids and gossip topics.
 //! - [`error`]: the one error enum with stable codes.
 
+mod batch;
 pub mod blob;
 pub mod bytes;
 pub mod codes;
