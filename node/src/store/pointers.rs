@@ -45,6 +45,17 @@ pub(super) type Pointer = [u8; POINTER_LEN];
 pub(super) type PointerIter<'a> =
     Box<dyn Iterator<Item = Result<([u8; 32], Pointer), StoreError>> + 'a>;
 
+/// At most this many group hints are kept; beyond, they are dropped all at once (a hint only
+/// saves a read, and records checked but never written leave theirs behind).
+const GROUP_HINTS_MAX: usize = 4096;
+
+/// Pointer groups as [`Store::holds`] read them for records it did not find: the write that
+/// stores such a record next changes that group, and starts its compare-and-swap from the
+/// value read then instead of reading it again. A hint that is stale by then (another write
+/// changed the group) fails the swap, which then reads the group as it is: a hint saves one
+/// sled read per new record and can never make a write lose or keep a wrong entry.
+pub(super) type GroupHints = std::collections::HashMap<[u8; 4], Option<sled::IVec>>;
+
 /// The bucket an id falls in.
 pub(super) fn bucket_of(id: &[u8; 32]) -> usize {
     usize::from(u16::from_be_bytes([id[0], id[1]]))
@@ -144,9 +155,33 @@ impl Store {
             .and_then(|at| value[at + TAIL..at + ENTRY].try_into().ok()))
     }
 
+    /// Whether the record stored under `tag` is held. For a grouped record that is not, the
+    /// group as read is kept as a hint for the write that may follow (see [`GroupHints`]).
+    pub(super) fn holds_pointer(&self, tag: u8, id: &RecordId) -> Result<bool, StoreError> {
+        if self.single(tag) {
+            return Ok(self.pointer(tag, id)?.is_some());
+        }
+        let value = self.group_value(&id.0)?;
+        let held = value.as_deref().is_some_and(|v| position(v, &id.0).is_ok());
+        if !held && let Ok(mut hints) = self.group_hints.lock() {
+            if hints.len() >= GROUP_HINTS_MAX {
+                hints.clear();
+            }
+            hints.insert(group_key(&id.0), value);
+        }
+        Ok(held)
+    }
+
+    /// Takes the hint for the group under `key`, if the held check left one.
+    fn take_group_hint(&self, key: &[u8; 4]) -> Option<Option<sled::IVec>> {
+        self.group_hints.lock().ok()?.remove(key)
+    }
+
     /// Sets the pointer of the record stored under `tag` (`Some`) or removes it (`None`);
     /// returns the one it replaced. Writers hold the store's apply lock, but a group is
-    /// swapped in atomically anyway, so a concurrent writer could never lose an entry.
+    /// swapped in atomically anyway, so a concurrent writer could never lose an entry. A new
+    /// pointer starts from the held check's hint of its group, if there is one; the swap
+    /// succeeds only if the group still is that value.
     pub(super) fn set_pointer(
         &self,
         tag: u8,
@@ -163,13 +198,22 @@ impl Store {
             return Ok(old.and_then(|v| v.as_ref().try_into().ok()));
         }
         let key = group_key(&id.0);
+        let mut hint = pointer.and_then(|_| self.take_group_hint(&key));
         loop {
-            let current = self.group_value(&id.0)?;
+            let hinted = hint.is_some();
+            let current = match hint.take() {
+                Some(value) => value,
+                None => self.group_value(&id.0)?,
+            };
             let value: &[u8] = current.as_deref().unwrap_or_default();
             let (old, updated) = match (position(value, &id.0), pointer) {
                 (Ok(at), Some(p)) => {
                     let old: Option<Pointer> = value[at + TAIL..at + ENTRY].try_into().ok();
                     if old.as_ref() == Some(p) {
+                        if hinted {
+                            // Only a swap would confirm a hint: read the group as it is.
+                            continue;
+                        }
                         return Ok(old);
                     }
                     let mut v = value.to_vec();
