@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kim_protocol::digest::StateDigest;
-use kim_protocol::envelope::{Body, Kind, Record, verify_batch};
+use kim_protocol::envelope::{Body, Kind, Record, author_key, verify_batch_with};
 use kim_protocol::limits::RECORD_BYTES_MAX;
 use kim_protocol::membership::{AuthorStatus, Charter, MembershipState, evaluate};
 use kim_protocol::resolve::{Decision, decide};
@@ -184,6 +184,48 @@ pub fn authorise(
 /// the API) in place, where the thread hop would cost more than it frees.
 const OFFLOAD_RECORDS_MIN: usize = 64;
 
+/// At most this many authors' decoded keys are kept; beyond, the cache starts again (members
+/// are a few dozen; the rest are strangers whose records authorisation refuses).
+const AUTHOR_KEYS_MAX: usize = 256;
+
+/// Authors' keys as decoded for signature checks, or why they were refused, kept across
+/// batches: a gossip batch is often one record, and decoding its author's key cost about a
+/// tenth of the check each time.
+#[derive(Debug, Default)]
+struct AuthorKeys(
+    Mutex<
+        HashMap<
+            kim_protocol::bytes::PublicKey,
+            Result<ed25519_dalek::VerifyingKey, kim_protocol::Error>,
+        >,
+    >,
+);
+
+impl AuthorKeys {
+    /// The decoded key of `author`, as [`author_key`] decodes it.
+    fn get(
+        &self,
+        author: &kim_protocol::bytes::PublicKey,
+    ) -> Result<ed25519_dalek::VerifyingKey, kim_protocol::Error> {
+        if let Some(known) = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|keys| keys.get(author).cloned())
+        {
+            return known;
+        }
+        let parsed = author_key(author);
+        if let Ok(mut keys) = self.0.lock() {
+            if keys.len() >= AUTHOR_KEYS_MAX {
+                keys.clear();
+            }
+            keys.insert(*author, parsed.clone());
+        }
+        parsed
+    }
+}
+
 /// The stateless half of a batch, done: what was refused or already held, and what passed.
 struct CheckedBatch {
     /// Per input position: decided here (refused, or already held), or `None` if it passed.
@@ -200,6 +242,7 @@ struct CheckedBatch {
 /// apart from one store read per record (the held check), so it may run on any thread.
 fn check_batch(
     store: &Store,
+    keys: &AuthorKeys,
     batch: Vec<Input>,
     ctx: &Context,
     membership: &MembershipState,
@@ -241,7 +284,7 @@ fn check_batch(
         .filter(|(_, _, unverified)| *unverified)
         .map(|(_, r, _)| r)
         .collect();
-    let mut batch_verdicts = verify_batch(&refs).into_iter();
+    let mut batch_verdicts = verify_batch_with(&refs, &mut |author| keys.get(author)).into_iter();
     let mut passed: Vec<(usize, Record)> = Vec::with_capacity(decoded.len());
     let mut verdicts = Vec::with_capacity(decoded.len());
     for (_, _, unverified) in &decoded {
@@ -342,6 +385,8 @@ pub struct Ingest {
     search: Option<Arc<crate::search::SearchIndex>>,
     /// Applies durable changes to `search` off the pipeline's path.
     indexer: Option<crate::indexer::Indexer>,
+    /// Decoded author keys for the signature checks.
+    author_keys: Arc<AuthorKeys>,
 }
 
 /// Receives a batch's forecast ([`Ingest::ingest_forecast`]).
@@ -416,6 +461,7 @@ impl Ingest {
             clock: system_now_ms,
             search: None,
             indexer: None,
+            author_keys: Arc::default(),
         };
         ingest.reevaluate_membership()?;
         ingest.purge_if_stale()?;
@@ -692,7 +738,8 @@ impl Ingest {
         };
         // Read before any held check, so a write applied after it is caught under the lock.
         let generation = self.generation.load(Ordering::Acquire);
-        let check = move || check_batch(&store, batch, &ctx, &membership, source);
+        let keys = Arc::clone(&self.author_keys);
+        let check = move || check_batch(&store, &keys, batch, &ctx, &membership, source);
         let checked = if len >= OFFLOAD_RECORDS_MIN {
             // Pure CPU for milliseconds: off the async runtime, and beside another batch's write.
             match tokio::task::spawn_blocking(check).await {
@@ -1736,6 +1783,38 @@ mod tests {
         assert!(!ingest.store().has_record(&late.id)?);
         assert_eq!(ingest.store().digest()?, ingest.digest());
         Ok(())
+    }
+
+    /// The key cache answers as `author_key` does, refusals included, and stays bounded.
+    #[test]
+    fn author_keys_are_kept_as_decoded_and_bounded() {
+        let keys = AuthorKeys::default();
+        let good = kim_protocol::bytes::PublicKey(
+            ed25519_dalek::SigningKey::from_bytes(&[5; 32])
+                .verifying_key()
+                .to_bytes(),
+        );
+        // The identity point: a weak key.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let weak = kim_protocol::bytes::PublicKey(weak);
+        for _ in 0..2 {
+            assert_eq!(keys.get(&good), author_key(&good));
+            assert_eq!(keys.get(&weak), Err(kim_protocol::Error::WeakPublicKey));
+        }
+        for i in 0..(AUTHOR_KEYS_MAX as u32 + 10) {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            let author = kim_protocol::bytes::PublicKey(
+                ed25519_dalek::SigningKey::from_bytes(&seed)
+                    .verifying_key()
+                    .to_bytes(),
+            );
+            assert!(keys.get(&author).is_ok());
+        }
+        let held = keys.0.lock().map(|k| k.len()).unwrap_or(usize::MAX);
+        assert!(held <= AUTHOR_KEYS_MAX, "{held} keys kept");
+        assert_eq!(keys.get(&good), author_key(&good));
     }
 
     /// Batches long enough to be checked on a blocking thread, several in flight at once with
