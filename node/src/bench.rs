@@ -83,6 +83,9 @@ pub enum BenchCommand {
     Catchup {
         #[arg(long, default_value_t = 100_000)]
         records: usize,
+        /// Each node's sled cache in MiB (a node's `store_cache_bytes`).
+        #[arg(long, default_value_t = crate::store::CACHE_BYTES_DEFAULT >> 20)]
+        store_cache_mib: u64,
     },
     /// Search, matching, index build rate, memory and disk on synthetic federations (see
     /// `bench_search.rs`).
@@ -157,7 +160,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             seconds,
             degree,
         } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
-        BenchCommand::Catchup { records } => crate::bench_net::catchup(records).await,
+        BenchCommand::Catchup {
+            records,
+            store_cache_mib,
+        } => crate::bench_net::catchup(records, store_cache_mib << 20).await,
         BenchCommand::Interest { count } => crate::bench_net::interest(count).await,
         BenchCommand::Blobs { mb, runs } => crate::bench_blobs::run(mb, runs).await,
         BenchCommand::Search {

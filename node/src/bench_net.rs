@@ -571,18 +571,20 @@ pub async fn propagation(
 
 // ----- catch-up --------------------------------------------------------------------------------
 
-/// `kim bench catchup`.
-pub async fn catchup(records: usize) -> anyhow::Result<()> {
+/// `kim bench catchup`, with each node's sled cache at `store_cache_bytes`.
+pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<()> {
     let scratch = Scratch::new("catchup")?;
     let federation = start_federation(&scratch.0, 2, |c| {
+        c.store_cache_bytes = store_cache_bytes;
         c.sync_interval_secs = 0;
         c.sync_on_connect = true;
         c.gossip = false;
     })
     .await?;
     println!(
-        "catch-up: node B lacks {records} records node A holds; B dials A and syncs (TCP loopback, {} cores)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "catch-up: node B lacks {records} records node A holds; B dials A and syncs (TCP loopback, {} cores, sled cache {} MiB per node)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        store_cache_bytes >> 20
     );
     let signed = {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
