@@ -1954,7 +1954,7 @@ mod tests {
         store.apply(writes)?;
         assert!(!store.holds(&w, true)?, "the stale hint brought w back");
         assert_eq!(store.record(&x)?, Some(b"x".to_vec()));
-        // A fresh hint is used as is, and a later write of the same group reads again.
+        // y's hint, taken after x was written, is fresh: the write succeeds from it and keeps x.
         assert!(!store.holds(&y, true)?);
         let mut writes = WriteSet::default();
         writes.put_record(&y, b"y");
