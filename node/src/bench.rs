@@ -163,7 +163,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Catchup {
             records,
             store_cache_mib,
-        } => crate::bench_net::catchup(records, store_cache_mib << 20).await,
+        } => crate::bench_net::catchup(records, store_cache_mib << 20)
+            .await
+            .map(|_| ()),
         BenchCommand::Interest { count } => crate::bench_net::interest(count).await,
         BenchCommand::Blobs { mb, runs } => crate::bench_blobs::run(mb, runs).await,
         BenchCommand::Search {
@@ -767,6 +769,26 @@ mod tests {
         assert!(ran.is_ok(), "{ran:?}");
         let refused = ingest(300, 0, 2, 1).await;
         assert!(refused.is_err());
+    }
+
+    /// The catch-up benchmark runs end to end on a small set: node B ends with every record
+    /// (the bench waits for equal digests), the wire carries about the records' own bytes, and
+    /// nothing to catch up is refused rather than divided by.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_catchup_benchmark_brings_every_record_over() -> anyhow::Result<()> {
+        let figures = crate::bench_net::catchup(300, crate::store::CACHE_BYTES_DEFAULT).await?;
+        assert_eq!(figures.records, 300, "{figures:?}");
+        assert!(figures.records_per_second > 0.0, "{figures:?}");
+        assert!(
+            (1.0..=1.1).contains(&figures.wire_per_record_byte),
+            "{figures:?}"
+        );
+        assert!(
+            crate::bench_net::catchup(0, crate::store::CACHE_BYTES_DEFAULT)
+                .await
+                .is_err()
+        );
+        Ok(())
     }
 
     #[test]

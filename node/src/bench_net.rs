@@ -571,8 +571,22 @@ pub async fn propagation(
 
 // ----- catch-up --------------------------------------------------------------------------------
 
+/// What `kim bench catchup` measured.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchupFigures {
+    /// Records node B lacked and then held (the two nodes' digests are equal at the end).
+    pub records: usize,
+    pub records_per_second: f64,
+    /// Sync bytes on the wire, both ways, per byte of the records themselves.
+    pub wire_per_record_byte: f64,
+}
+
 /// `kim bench catchup`, with each node's sled cache at `store_cache_bytes`.
-pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<()> {
+pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<CatchupFigures> {
+    anyhow::ensure!(
+        records > 0,
+        "catch-up needs at least one record (--records)"
+    );
     let scratch = Scratch::new("catchup")?;
     let federation = start_federation(&scratch.0, 2, |c| {
         c.store_cache_bytes = store_cache_bytes;
@@ -626,6 +640,7 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<(
     // Node A's own indexing of what it loaded is done first, so the CPU below is the sync's.
     a.state.service.ingest().flush_search().await;
     let before = b.net.stats().await?;
+    let held_before = b.state.service.ingest().digest().count();
     let cpu_before = crate::bench::process_cpu_seconds();
     let started = Instant::now();
     b.net.dial(federation.addrs[0].clone()).await?;
@@ -680,7 +695,11 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<(
         );
     }
     federation.stop().await?;
-    Ok(())
+    Ok(CatchupFigures {
+        records: target.count().saturating_sub(held_before) as usize,
+        records_per_second: records as f64 / elapsed.as_secs_f64(),
+        wire_per_record_byte: wire as f64 / record_bytes as f64,
+    })
 }
 
 /// `kim bench interest`: expressions of interest from node B to an offer of node A over
