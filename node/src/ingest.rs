@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use ed25519_dalek::VerifyingKey;
+use kim_protocol::bytes::PublicKey;
 use kim_protocol::digest::StateDigest;
 use kim_protocol::envelope::{Body, Kind, Record, author_key, verify_batch_with};
 use kim_protocol::limits::RECORD_BYTES_MAX;
@@ -192,21 +194,11 @@ const AUTHOR_KEYS_MAX: usize = 256;
 /// batches: a gossip batch is often one record, and decoding its author's key cost about a
 /// tenth of the check each time.
 #[derive(Debug, Default)]
-struct AuthorKeys(
-    Mutex<
-        HashMap<
-            kim_protocol::bytes::PublicKey,
-            Result<ed25519_dalek::VerifyingKey, kim_protocol::Error>,
-        >,
-    >,
-);
+struct AuthorKeys(Mutex<HashMap<PublicKey, Result<VerifyingKey, kim_protocol::Error>>>);
 
 impl AuthorKeys {
     /// The decoded key of `author`, as [`author_key`] decodes it.
-    fn get(
-        &self,
-        author: &kim_protocol::bytes::PublicKey,
-    ) -> Result<ed25519_dalek::VerifyingKey, kim_protocol::Error> {
+    fn get(&self, author: &PublicKey) -> Result<VerifyingKey, kim_protocol::Error> {
         if let Some(known) = self
             .0
             .lock()

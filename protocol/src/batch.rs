@@ -15,8 +15,8 @@
 //! Scalars are reduced modulo the group order L, so the gathered sum differs from the separate
 //! terms by a multiple of `[L]A`. That is the identity exactly when `A` has no small-order
 //! component (`A` is torsion-free), which holds for every key made as `[a]B`, that is every
-//! honest key. A key with a torsion component keeps its separate terms, so the equation's
-//! verdict is the one the separate terms give for every input. Checking torsion costs one
+//! honest key. A key with a torsion component keeps its separate terms, so for every input
+//! the equation's verdict is the one the separate terms give with the same `zᵢ`. Checking torsion costs one
 //! scalar multiplication, so only a key with at least [`GATHER_MIN`] records in the batch is
 //! checked and gathered.
 //!
@@ -70,6 +70,15 @@ enum Gather {
     Unchecked,
 }
 
+/// A signature's `R` and `S` halves.
+fn split_signature(signature: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
+    let mut r = [0u8; 32];
+    let mut s = [0u8; 32];
+    r.copy_from_slice(&signature[..32]);
+    s.copy_from_slice(&signature[32..]);
+    (r, s)
+}
+
 fn equation(items: &[Item<'_>], keys: &[VerifyingKey], gather: Gather) -> bool {
     if items.is_empty() {
         return true;
@@ -83,7 +92,7 @@ fn equation(items: &[Item<'_>], keys: &[VerifyingKey], gather: Gather) -> bool {
         let Some(key) = keys.get(item.key) else {
             return false;
         };
-        let (r, s) = item.signature.split_at(32);
+        let (r, s) = split_signature(item.signature);
         let mut h = Sha512::new();
         h.update(r);
         h.update(key.as_bytes());
@@ -92,14 +101,8 @@ fn equation(items: &[Item<'_>], keys: &[VerifyingKey], gather: Gather) -> bool {
         }
         let hram: [u8; 64] = h.finalize().into();
         transcript.update(&hram);
-        transcript.update(s);
-        let Ok(s) = <[u8; 32]>::try_from(s) else {
-            return false;
-        };
+        transcript.update(&s);
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
-            return false;
-        };
-        let Ok(r) = <[u8; 32]>::try_from(r) else {
             return false;
         };
         let Some(r) = CompressedEdwardsY(r).decompress() else {
@@ -170,7 +173,7 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
-    /// A signature by `signing` over `message`, as the batch takes it.
+    /// A signature over `kim/record/v1 ‖ message`, as the batch takes it.
     struct Signed {
         signature: [u8; 64],
         message: Vec<u8>,
