@@ -159,7 +159,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             rate,
             seconds,
             degree,
-        } => crate::bench_net::propagation(nodes, rate, seconds, degree).await,
+        } => crate::bench_net::propagation(nodes, rate, seconds, degree)
+            .await
+            .map(|_| ()),
         BenchCommand::Catchup {
             records,
             store_cache_mib,
@@ -788,6 +790,35 @@ mod tests {
                 .await
                 .is_err()
         );
+        Ok(())
+    }
+
+    /// The propagation bench runs both sides end to end on a small federation: every record
+    /// reaches every node through bare gossipsub and through KIM, latencies and CPU figures are
+    /// measured, and sizes or rates that would measure nothing are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_propagation_benchmark_delivers_every_record_on_both_sides() -> anyhow::Result<()> {
+        let figures = crate::bench_net::propagation(vec![4], 20, 1, 3).await?;
+        assert_eq!(figures.len(), 1);
+        let f = figures[0];
+        assert_eq!((f.nodes, f.records), (4, 20), "{f:?}");
+        assert_eq!(f.bare_delivered, 20, "{f:?}");
+        assert_eq!(f.kim_delivered, 20, "{f:?}");
+        assert!(
+            f.bare_p50 > Duration::ZERO && f.kim_p50 > Duration::ZERO,
+            "{f:?}"
+        );
+        if std::path::Path::new("/proc/self/stat").exists() {
+            assert!(f.bare_cpu_us.is_some_and(|us| us > 0.0), "{f:?}");
+            assert!(f.kim_cpu_us.is_some_and(|us| us > 0.0), "{f:?}");
+        }
+        for (nodes, rate, seconds) in [(vec![1], 20, 1), (vec![4], 0, 1), (vec![4], 20, 0)] {
+            assert!(
+                crate::bench_net::propagation(nodes, rate, seconds, 3)
+                    .await
+                    .is_err()
+            );
+        }
         Ok(())
     }
 

@@ -3,7 +3,11 @@
 //! - `kim bench propagation`: records published at a fixed rate into federations of 10, 30
 //!   and 50 nodes; the time until the last node has stored each record (p50, p99), beside
 //!   bare gossipsub (no signature checks, no store, same libp2p stack and gossipsub settings)
-//!   in the same topology in the same run.
+//!   in the same topology in the same run. Bare gossipsub runs first, before any KIM node
+//!   starts, so each side has the process to itself; both sides' CPU per record and node is
+//!   printed beside the latencies. All nodes share the machine's cores, and every record
+//!   reaches every node within milliseconds of the others, so once the cores are busy the
+//!   latency follows the CPU a record costs the whole federation.
 //! - `kim bench catchup`: a node that lacks 100,000 records connects to one that has them;
 //!   records per second until both hold the same set, and sync bytes on the wire relative to
 //!   the records' own bytes.
@@ -65,6 +69,12 @@ pub(crate) async fn start_federation(
     n: usize,
     configure: impl Fn(&mut Config),
 ) -> anyhow::Result<Federation> {
+    let (founders, founding) = found_federation(n)?;
+    start_nodes(dir, founders, founding, configure).await
+}
+
+/// `n` founders (real NUTS regions, numbered) and their founding, before any node runs.
+fn found_federation(n: usize) -> anyhow::Result<(Vec<FounderSpec>, Founding)> {
     const REGIONS: [(&str, &str); 6] = [
         ("Steiermark", "AT22"),
         ("Vzhodna Slovenija", "SI03"),
@@ -86,6 +96,17 @@ pub(crate) async fn start_federation(
         ThresholdRule::Majority,
         system_now_ms(),
     )?;
+    Ok((founders, founding))
+}
+
+/// Starts one node per founder under `dir`, each seeded with `founding`.
+async fn start_nodes(
+    dir: &Path,
+    founders: Vec<FounderSpec>,
+    founding: Founding,
+    configure: impl Fn(&mut Config),
+) -> anyhow::Result<Federation> {
+    let n = founders.len();
     let mut nodes = Vec::with_capacity(n);
     let mut addrs = Vec::with_capacity(n);
     for (i, founder) in founders.iter().enumerate() {
@@ -164,6 +185,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The process's CPU time over a stretch of wall time.
+struct CpuWindow {
+    cpu: Option<f64>,
+    wall: Instant,
+}
+
+impl CpuWindow {
+    fn start() -> CpuWindow {
+        CpuWindow {
+            cpu: crate::bench::process_cpu_seconds(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// (CPU seconds, wall seconds) since the start; `None` where CPU time cannot be read.
+    fn finish(self) -> Option<(f64, f64)> {
+        let now = crate::bench::process_cpu_seconds()?;
+        Some((now - self.cpu?, self.wall.elapsed().as_secs_f64()))
+    }
 }
 
 /// Signed synthetic offers, authored round-robin by `founders`.
@@ -361,13 +403,35 @@ async fn wait_meshes(mut count: impl AsyncFnMut(usize) -> usize, n: usize) {
 
 // ----- propagation -----------------------------------------------------------------------------
 
+/// What `kim bench propagation` measured for one federation size.
+#[derive(Debug, Clone, Copy)]
+pub struct PropagationFigures {
+    pub nodes: usize,
+    pub records: usize,
+    /// Records that reached every other node, bare gossipsub and KIM.
+    pub bare_delivered: usize,
+    pub kim_delivered: usize,
+    pub bare_p50: Duration,
+    pub kim_p50: Duration,
+    /// The process's CPU microseconds per record and node, from the first publish to the last
+    /// delivery (`None` where CPU time cannot be read).
+    pub bare_cpu_us: Option<f64>,
+    pub kim_cpu_us: Option<f64>,
+}
+
 /// `kim bench propagation`.
 pub async fn propagation(
     sizes: Vec<usize>,
     rate: u32,
     seconds: u64,
     degree: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<PropagationFigures>> {
+    if let Some(n) = sizes.iter().find(|n| **n < 2) {
+        anyhow::bail!("propagation needs at least 2 nodes per federation (--nodes {n})");
+    }
+    if rate == 0 || seconds == 0 {
+        anyhow::bail!("propagation needs at least one record (--rate and --seconds above 0)");
+    }
     println!(
         "propagation: {rate} records/s for {seconds} s, random topology (ring + chords, degree ≈ {degree}), \
          TCP loopback, {} cores",
@@ -376,21 +440,16 @@ pub async fn propagation(
     println!("latency = publish → stored on the last of the other nodes (KIM) / delivered (bare)");
     let count = (rate as u64 * seconds) as usize;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut figures = Vec::with_capacity(sizes.len());
     for n in sizes {
         let edges = topology(n, degree, n as u64);
         let scratch = Scratch::new("propagation")?;
-        eprintln!("[{n} nodes] starting KIM nodes…");
-        // Discovery is off (`start_federation`): each KIM node keeps to the topology's links,
-        // as the bare nodes do; the output shows both sides' peer counts.
-        let federation = start_federation(&scratch.0, n, |c| {
-            c.sync_interval_secs = 0;
-            c.sync_on_connect = false;
-        })
-        .await?;
-        let records = records_for(&federation.founding, &federation.founders, count, n as u64)?;
+        let (founders, founding) = found_federation(n)?;
+        let records = records_for(&founding, &founders, count, n as u64)?;
         let record_bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
 
-        // Bare gossipsub, same topology, same records.
+        // Bare gossipsub first, same topology, same records, and nothing else in the process
+        // (the KIM nodes start after it), so its CPU figure is its own.
         eprintln!("[{n} nodes] bare gossipsub…");
         let (bare_tx, bare_rx) = mpsc::unbounded_channel();
         let mut bare = Vec::with_capacity(n);
@@ -411,14 +470,17 @@ pub async fn propagation(
             n,
         )
         .await;
+        eprintln!("[{n} nodes] bare publishing…");
         let mut published = HashMap::new();
         let mut ticker = tokio::time::interval(period);
+        let bare_cpu = CpuWindow::start();
         for (origin, bytes) in &records {
             ticker.tick().await;
             let _ = bare[*origin].1.send(BareCommand::Publish(bytes.clone()));
             published.insert(record_id(bytes), (*origin, Instant::now()));
         }
         let bare_result = collect(bare_rx, &published, n, Duration::from_secs(30)).await;
+        let bare_cpu = bare_cpu.finish();
         let mut bare_links = Vec::with_capacity(n);
         for node in &bare {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -427,6 +489,14 @@ pub async fn propagation(
         }
         drop(bare);
 
+        eprintln!("[{n} nodes] starting KIM nodes…");
+        // Discovery is off (`start_federation`): each KIM node keeps to the topology's links,
+        // as the bare nodes do; the output shows both sides' peer counts.
+        let federation = start_nodes(&scratch.0, founders, founding, |c| {
+            c.sync_interval_secs = 0;
+            c.sync_on_connect = false;
+        })
+        .await?;
         // KIM: the same records through the same topology, each stored by its origin first.
         eprintln!("[{n} nodes] KIM…");
         let (kim_tx, kim_rx) = mpsc::unbounded_channel();
@@ -474,6 +544,8 @@ pub async fn propagation(
         .await;
         // Each publish runs as its own task, as concurrent API calls would: an origin that
         // waits for its commit does not hold back the next record, so the rate holds.
+        eprintln!("[{n} nodes] KIM publishing…");
+        let kim_cpu = CpuWindow::start();
         let mut ticker = tokio::time::interval(period);
         let mut publishing = tokio::task::JoinSet::new();
         for (origin, bytes) in &records {
@@ -519,6 +591,7 @@ pub async fn propagation(
         let achieved = (count.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9);
         eprintln!("[{n} nodes] KIM published {count}; collecting deliveries…");
         let kim_result = collect(kim_rx, &published, n, Duration::from_secs(60)).await;
+        let kim_cpu = kim_cpu.finish();
         let mut fetched_by_sync = 0;
         let mut kim_links = Vec::with_capacity(n);
         for node in &federation.nodes {
@@ -553,6 +626,31 @@ pub async fn propagation(
             percentile(&origin_ingest, 50.0).as_secs_f64() * 1000.0,
             percentile(&origin_ingest, 99.0).as_secs_f64() * 1000.0
         );
+        // Per record and node: each node takes every record once (the origin through its API).
+        if let (Some((bare_s, bare_wall)), Some((kim_s, kim_wall))) = (bare_cpu, kim_cpu) {
+            let per = |cpu_s: f64| cpu_s * 1e6 / (count * n).max(1) as f64;
+            println!(
+                "  CPU per record and node  bare {:.0} µs, KIM {:.0} µs (ratio {:.2}); cores busy \
+                 from the first publish to the last delivery: bare {:.2}, KIM {:.2}",
+                per(bare_s),
+                per(kim_s),
+                kim_s / bare_s.max(1e-9),
+                bare_s / bare_wall.max(1e-9),
+                kim_s / kim_wall.max(1e-9),
+            );
+        }
+        let per_record_node =
+            |cpu: Option<(f64, f64)>| cpu.map(|(cpu_s, _)| cpu_s * 1e6 / (count * n).max(1) as f64);
+        figures.push(PropagationFigures {
+            nodes: n,
+            records: count,
+            bare_delivered: bare_result.complete.len(),
+            kim_delivered: kim_result.complete.len(),
+            bare_p50: bare_result.p(50.0),
+            kim_p50: kim_result.p(50.0),
+            bare_cpu_us: per_record_node(bare_cpu),
+            kim_cpu_us: per_record_node(kim_cpu),
+        });
         let ratio =
             |p: f64| kim_result.p(p).as_secs_f64() / bare_result.p(p).as_secs_f64().max(1e-9);
         println!(
@@ -566,7 +664,7 @@ pub async fn propagation(
             }
         );
     }
-    Ok(())
+    Ok(figures)
 }
 
 // ----- catch-up --------------------------------------------------------------------------------
