@@ -490,7 +490,7 @@ pub async fn propagation(
         drop(bare);
 
         eprintln!("[{n} nodes] starting KIM nodes…");
-        // Discovery is off (`start_federation`): each KIM node keeps to the topology's links,
+        // Discovery is off (`start_nodes`): each KIM node keeps to the topology's links,
         // as the bare nodes do; the output shows both sides' peer counts.
         let federation = start_nodes(&scratch.0, founders, founding, |c| {
             c.sync_interval_secs = 0;
@@ -627,21 +627,9 @@ pub async fn propagation(
             percentile(&origin_ingest, 99.0).as_secs_f64() * 1000.0
         );
         // Per record and node: each node takes every record once (the origin through its API).
-        if let (Some((bare_s, bare_wall)), Some((kim_s, kim_wall))) = (bare_cpu, kim_cpu) {
-            let per = |cpu_s: f64| cpu_s * 1e6 / (count * n).max(1) as f64;
-            println!(
-                "  CPU per record and node  bare {:.0} µs, KIM {:.0} µs (ratio {:.2}); cores busy \
-                 from the first publish to the last delivery: bare {:.2}, KIM {:.2}",
-                per(bare_s),
-                per(kim_s),
-                kim_s / bare_s.max(1e-9),
-                bare_s / bare_wall.max(1e-9),
-                kim_s / kim_wall.max(1e-9),
-            );
-        }
         let per_record_node =
             |cpu: Option<(f64, f64)>| cpu.map(|(cpu_s, _)| cpu_s * 1e6 / (count * n).max(1) as f64);
-        figures.push(PropagationFigures {
+        let side = PropagationFigures {
             nodes: n,
             records: count,
             bare_delivered: bare_result.complete.len(),
@@ -650,7 +638,19 @@ pub async fn propagation(
             kim_p50: kim_result.p(50.0),
             bare_cpu_us: per_record_node(bare_cpu),
             kim_cpu_us: per_record_node(kim_cpu),
-        });
+        };
+        if let (Some(bare_us), Some(kim_us), Some((bare_s, bare_wall)), Some((kim_s, kim_wall))) =
+            (side.bare_cpu_us, side.kim_cpu_us, bare_cpu, kim_cpu)
+        {
+            println!(
+                "  CPU per record and node  bare {bare_us:.0} µs, KIM {kim_us:.0} µs (ratio {:.2}); \
+                 cores busy from the first publish to the last delivery: bare {:.2}, KIM {:.2}",
+                kim_us / bare_us.max(1e-9),
+                bare_s / bare_wall.max(1e-9),
+                kim_s / kim_wall.max(1e-9),
+            );
+        }
+        figures.push(side);
         let ratio =
             |p: f64| kim_result.p(p).as_secs_f64() / bare_result.p(p).as_secs_f64().max(1e-9);
         println!(
