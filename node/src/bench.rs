@@ -394,14 +394,18 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
 
 /// What one measured run cost: per second of wall time and CPU microseconds per record.
 #[derive(Debug, Clone, Copy)]
-struct Measured {
-    per_second: f64,
-    seconds: f64,
-    cpu_us_per_record: Option<f64>,
+pub(crate) struct Measured {
+    pub(crate) per_second: f64,
+    pub(crate) seconds: f64,
+    /// The whole process's CPU (all threads, user and system) per record; `None` where
+    /// [`process_cpu_seconds`] cannot be read.
+    pub(crate) cpu_us_per_record: Option<f64>,
 }
 
 impl Measured {
-    fn of(count: usize, started: Instant, cpu_at_start: Option<f64>) -> Measured {
+    /// `count` records done since `started`, when the process had used `cpu_at_start` seconds
+    /// of CPU ([`process_cpu_seconds`]).
+    pub(crate) fn of(count: usize, started: Instant, cpu_at_start: Option<f64>) -> Measured {
         let seconds = started.elapsed().as_secs_f64();
         let cpu = process_cpu_seconds()
             .zip(cpu_at_start)
@@ -411,6 +415,11 @@ impl Measured {
             seconds,
             cpu_us_per_record: cpu,
         }
+    }
+
+    /// Cores the process kept busy on average over the run.
+    pub(crate) fn cores_busy(&self) -> Option<f64> {
+        self.cpu_us_per_record.map(|us| us * self.per_second / 1e6)
     }
 
     fn cpu(&self) -> String {

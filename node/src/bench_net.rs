@@ -29,6 +29,7 @@ use rand_core::{Rng as _, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::bench::{Measured, process_cpu_seconds};
 use crate::config::{Config, DataDir};
 use crate::founding::{self, FounderSpec, Founding};
 use crate::ingest::{Source, system_now_ms};
@@ -185,27 +186,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-/// The process's CPU time over a stretch of wall time.
-struct CpuWindow {
-    cpu: Option<f64>,
-    wall: Instant,
-}
-
-impl CpuWindow {
-    fn start() -> CpuWindow {
-        CpuWindow {
-            cpu: crate::bench::process_cpu_seconds(),
-            wall: Instant::now(),
-        }
-    }
-
-    /// (CPU seconds, wall seconds) since the start; `None` where CPU time cannot be read.
-    fn finish(self) -> Option<(f64, f64)> {
-        let now = crate::bench::process_cpu_seconds()?;
-        Some((now - self.cpu?, self.wall.elapsed().as_secs_f64()))
-    }
 }
 
 /// Signed synthetic offers, authored round-robin by `founders`.
@@ -473,14 +453,14 @@ pub async fn propagation(
         eprintln!("[{n} nodes] bare publishing…");
         let mut published = HashMap::new();
         let mut ticker = tokio::time::interval(period);
-        let bare_cpu = CpuWindow::start();
+        let (bare_started, bare_cpu) = (Instant::now(), process_cpu_seconds());
         for (origin, bytes) in &records {
             ticker.tick().await;
             let _ = bare[*origin].1.send(BareCommand::Publish(bytes.clone()));
             published.insert(record_id(bytes), (*origin, Instant::now()));
         }
         let bare_result = collect(bare_rx, &published, n, Duration::from_secs(30)).await;
-        let bare_cpu = bare_cpu.finish();
+        let bare_cost = Measured::of(count * n, bare_started, bare_cpu);
         let mut bare_links = Vec::with_capacity(n);
         for node in &bare {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -545,7 +525,7 @@ pub async fn propagation(
         // Each publish runs as its own task, as concurrent API calls would: an origin that
         // waits for its commit does not hold back the next record, so the rate holds.
         eprintln!("[{n} nodes] KIM publishing…");
-        let kim_cpu = CpuWindow::start();
+        let (kim_started, kim_cpu) = (Instant::now(), process_cpu_seconds());
         let mut ticker = tokio::time::interval(period);
         let mut publishing = tokio::task::JoinSet::new();
         for (origin, bytes) in &records {
@@ -591,7 +571,7 @@ pub async fn propagation(
         let achieved = (count.saturating_sub(1)) as f64 / span.as_secs_f64().max(1e-9);
         eprintln!("[{n} nodes] KIM published {count}; collecting deliveries…");
         let kim_result = collect(kim_rx, &published, n, Duration::from_secs(60)).await;
-        let kim_cpu = kim_cpu.finish();
+        let kim_cost = Measured::of(count * n, kim_started, kim_cpu);
         let mut fetched_by_sync = 0;
         let mut kim_links = Vec::with_capacity(n);
         for node in &federation.nodes {
@@ -627,8 +607,6 @@ pub async fn propagation(
             percentile(&origin_ingest, 99.0).as_secs_f64() * 1000.0
         );
         // Per record and node: each node takes every record once (the origin through its API).
-        let per_record_node =
-            |cpu: Option<(f64, f64)>| cpu.map(|(cpu_s, _)| cpu_s * 1e6 / (count * n).max(1) as f64);
         let side = PropagationFigures {
             nodes: n,
             records: count,
@@ -636,18 +614,19 @@ pub async fn propagation(
             kim_delivered: kim_result.complete.len(),
             bare_p50: bare_result.p(50.0),
             kim_p50: kim_result.p(50.0),
-            bare_cpu_us: per_record_node(bare_cpu),
-            kim_cpu_us: per_record_node(kim_cpu),
+            bare_cpu_us: bare_cost.cpu_us_per_record,
+            kim_cpu_us: kim_cost.cpu_us_per_record,
         };
-        if let (Some(bare_us), Some(kim_us), Some((bare_s, bare_wall)), Some((kim_s, kim_wall))) =
-            (side.bare_cpu_us, side.kim_cpu_us, bare_cpu, kim_cpu)
-        {
+        if let (Some(bare_us), Some(kim_us), Some(bare_cores), Some(kim_cores)) = (
+            side.bare_cpu_us,
+            side.kim_cpu_us,
+            bare_cost.cores_busy(),
+            kim_cost.cores_busy(),
+        ) {
             println!(
                 "  CPU per record and node  bare {bare_us:.0} µs, KIM {kim_us:.0} µs (ratio {:.2}); \
-                 cores busy from the first publish to the last delivery: bare {:.2}, KIM {:.2}",
+                 cores busy from the first publish to the last delivery: bare {bare_cores:.2}, KIM {kim_cores:.2}",
                 kim_us / bare_us.max(1e-9),
-                bare_s / bare_wall.max(1e-9),
-                kim_s / kim_wall.max(1e-9),
             );
         }
         figures.push(side);
@@ -739,7 +718,7 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<C
     a.state.service.ingest().flush_search().await;
     let before = b.net.stats().await?;
     let held_before = b.state.service.ingest().digest().count();
-    let cpu_before = crate::bench::process_cpu_seconds();
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     b.net.dial(federation.addrs[0].clone()).await?;
     let mut last_report = Instant::now();
@@ -762,10 +741,7 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<C
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let elapsed = started.elapsed();
-    let cpu = crate::bench::process_cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
+    let cost = Measured::of(records, started, cpu_before);
     let backlog = b.state.service.ingest().index_backlog();
     let after = b.net.stats().await?;
     let wire = (after.sync_bytes_in - before.sync_bytes_in)
@@ -773,8 +749,8 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<C
     println!(
         "  {records} records ({:.1} MB of record bytes) in {:.2} s: {:.0} records/s end to end (target ≥ 20,000)",
         record_bytes as f64 / 1e6,
-        elapsed.as_secs_f64(),
-        records as f64 / elapsed.as_secs_f64()
+        cost.seconds,
+        cost.per_second
     );
     println!(
         "  sync bytes on the wire (frames both ways, before noise/yamux headers): {:.1} MB = {:.3} × record bytes (target ≤ 1.1)",
@@ -783,19 +759,17 @@ pub async fn catchup(records: usize, store_cache_bytes: u64) -> anyhow::Result<C
     );
     // Per thread figures would miss tantivy's indexing threads, which end at every commit;
     // `perf record --call-graph dwarf` on the bench splits the CPU by stage.
-    if let Some(cpu) = cpu {
+    if let (Some(us), Some(cores)) = (cost.cpu_us_per_record, cost.cores_busy()) {
         println!(
-            "  CPU meanwhile (both nodes and their search indexing, one process): {:.1} s = {:.2} cores busy, \
-             {:.0} us per record; {backlog} documents still queued for B's index",
-            cpu,
-            cpu / elapsed.as_secs_f64(),
-            cpu * 1e6 / records as f64,
+            "  CPU meanwhile (both nodes and their search indexing, one process): {:.1} s = {cores:.2} cores busy, \
+             {us:.0} us per record; {backlog} documents still queued for B's index",
+            us * records as f64 / 1e6,
         );
     }
     federation.stop().await?;
     Ok(CatchupFigures {
         records: target.count().saturating_sub(held_before) as usize,
-        records_per_second: records as f64 / elapsed.as_secs_f64(),
+        records_per_second: cost.per_second,
         wire_per_record_byte: wire as f64 / record_bytes as f64,
     })
 }

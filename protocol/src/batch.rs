@@ -16,9 +16,9 @@
 //! terms by a multiple of `[L]A`. That is the identity exactly when `A` has no small-order
 //! component (`A` is torsion-free), which holds for every key made as `[a]B`, that is every
 //! honest key. A key with a torsion component keeps its separate terms, so for every input
-//! the equation's verdict is the one the separate terms give with the same `zᵢ`. Checking torsion costs one
-//! scalar multiplication, so only a key with at least [`GATHER_MIN`] records in the batch is
-//! checked and gathered.
+//! the equation's verdict is the one the separate terms give with the same `zᵢ`. Checking
+//! torsion costs one scalar multiplication, so only a key with at least [`GATHER_MIN`] records
+//! in the batch is checked and gathered.
 //!
 //! The `zᵢ` come from a BLAKE3 stream keyed by a transcript of every `kᵢ` hash and every `Sᵢ`,
 //! deterministic as the reference's are: a signer cannot know them before fixing the batch's
